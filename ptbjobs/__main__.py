@@ -1,0 +1,3 @@
+from ptbjobs.cli import entry
+
+entry()

@@ -1,0 +1,83 @@
+"""The language model: embedding -> stacked LSTM/GRU -> softmax over the vocabulary.
+
+Dropout sits only on the non-recurrent connections (Zaremba et al. 2014, fig. 2): on the embedding
+going into layer 1, between layers, and on the last layer's output going into the softmax. PyTorch's
+`nn.LSTM(num_layers=2, dropout=p)` would cover only the middle one, so the layers are kept as
+separate single-layer modules (each still a cuDNN kernel on GPU).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ptbjobs.config import CellType, TrainConfig
+
+# Hidden state: a flat list of (1, batch, hidden) tensors, per layer [h] for GRU and [h, c] for
+# LSTM. Flat, so it can be detached, moved and checkpointed without knowing the cell type.
+Hidden = list[torch.Tensor]
+
+_CELL_MODULES = {CellType.LSTM: nn.LSTM, CellType.GRU: nn.GRU}
+_STATES_PER_LAYER = {CellType.LSTM: 2, CellType.GRU: 1}
+
+
+class RNNLM(nn.Module):
+    def __init__(self, config: TrainConfig, vocab_size: int):
+        super().__init__()
+        self.cell = config.cell
+        self.num_layers = config.num_layers
+        self.hidden_size = config.hidden_size
+        self.dropout = config.dropout
+        self.variational = config.variational_dropout
+        self.embedding = nn.Embedding(vocab_size, config.emb_size)
+        rnn = _CELL_MODULES[config.cell]
+        self.layers = nn.ModuleList(
+            rnn(config.emb_size if i == 0 else config.hidden_size, config.hidden_size)
+            for i in range(config.num_layers)
+        )
+        self.decoder = nn.Linear(config.hidden_size, vocab_size)
+        if config.tie_weights:
+            self.decoder.weight = self.embedding.weight
+        # Zaremba initialises every parameter, embedding and biases included, uniform in
+        # +-init_scale (PyTorch's Embedding default, N(0, 1), would be far too large).
+        for parameter in self.parameters():
+            nn.init.uniform_(parameter, -config.init_scale, config.init_scale)
+
+    def init_hidden(self, batch_size: int) -> Hidden:
+        weight = self.decoder.weight
+        count = self.num_layers * _STATES_PER_LAYER[self.cell]
+        return [weight.new_zeros(1, batch_size, self.hidden_size) for _ in range(count)]
+
+    def forward(self, inputs: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
+        """inputs (T, B) word ids -> logits (T, B, V) and the hidden state after step T."""
+        x = self._drop(self.embedding(inputs))  # (T, B, E)
+        per_layer = _STATES_PER_LAYER[self.cell]
+        new_hidden: Hidden = []
+        for index, layer in enumerate(self.layers):
+            state = hidden[index * per_layer : (index + 1) * per_layer]
+            x, out_state = layer(x, tuple(state) if per_layer == 2 else state[0])  # (T, B, H)
+            new_hidden.extend(out_state if per_layer == 2 else (out_state,))
+            x = self._drop(x)
+        return self.decoder(x), new_hidden  # (T, B, V)
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.dropout == 0.0:
+            return x
+        if not self.variational:
+            return F.dropout(x, self.dropout, training=True)
+        # One mask per sequence (Gal & Ghahramani): the same units dropped at every time step.
+        keep = 1.0 - self.dropout
+        mask = x.new_empty(1, x.size(1), x.size(2)).bernoulli_(keep) / keep
+        return x * mask
+
+
+def detach(hidden: Hidden) -> Hidden:
+    """Cut the graph at the chunk boundary, keeping the values (truncated BPTT)."""
+    return [h.detach() for h in hidden]
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters, a tied embedding counted once. PyTorch's recurrent layers have two
+    bias vectors per gate (input and hidden), so an LSTM layer of 200 on 200 inputs counts 321,600."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

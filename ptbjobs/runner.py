@@ -1,0 +1,117 @@
+"""Run one training in a run folder, start to end or from where it stopped.
+
+This is what `ptbjobs train` calls, and what every scheduled job runs: the same command on the same
+folder is idempotent. A finished run is not trained again; an unfinished one resumes from its last
+good checkpoint; a folder holding a run of a different config is refused rather than overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from ptbjobs import __version__, checkpoint
+from ptbjobs.config import RESUME_NEUTRAL_FIELDS, TrainConfig
+from ptbjobs.data import CANONICAL_SHA256, SPLITS, load_corpus, sha256_file, split_filename
+from ptbjobs.errors import DivergedError, PtbjobsError
+from ptbjobs.rundir import RunDir, RunState
+from ptbjobs.train import Reporter, SilentReporter, Trainer, TrainingInterrupted
+
+log = logging.getLogger(__name__)
+
+# Signals after which the run saves its state at the next step boundary and exits: USR2 is what
+# Slurm sends before a time limit or preemption, TERM what `scancel` and most killers send.
+STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+
+
+def run_training(config: TrainConfig, out: Path, data_dir: Path | str | None = None,
+                 reporter: Reporter | None = None, handle_signals: bool = True) -> dict[str, Any]:
+    """Train the run in `out` to completion and return its final metrics record."""
+    reporter = reporter or SilentReporter()
+    run = RunDir(out)
+    existing = run.read_config()
+    if existing is not None:
+        _refuse_changed_config(run, TrainConfig.from_mapping(existing["train"], source=str(run.config_path)), config)
+        final = _final_record(run)
+        if final is not None:
+            reporter.note(f"{out} is already complete: test perplexity {final['test_ppl']:.2f}")
+            return final
+    corpus = load_corpus(data_dir)
+    run.create()
+    if existing is None:
+        run.write_json(run.config_path, _config_record(config, corpus.data_dir))
+    trainer = Trainer(config, corpus, run, reporter)
+    resumed = checkpoint.load_latest(run.checkpoint_dir)
+    if resumed is not None:
+        state, path = resumed
+        trainer.load_state(state)
+    reporter.start(config, run, str(resumed[1]) if resumed else None)
+    run.write_state(RunState.RUNNING, epoch=trainer.epoch, step=trainer.global_step)
+    try:
+        with _stop_on_signals(trainer, enabled=handle_signals):
+            final = trainer.fit()
+    except DivergedError as exc:
+        run.write_state(RunState.DIVERGED, message=exc.message)
+        raise
+    except TrainingInterrupted as exc:
+        run.write_state(RunState.INTERRUPTED, message=exc.message, step=trainer.global_step)
+        raise
+    except BaseException as exc:
+        run.write_state(RunState.FAILED, message=f"{type(exc).__name__}: {exc}", step=trainer.global_step)
+        raise
+    run.write_state(RunState.COMPLETED, test_ppl=final["test_ppl"], best_epoch=final["best_epoch"])
+    reporter.finish(final)
+    return final
+
+
+def _final_record(run: RunDir) -> dict[str, Any] | None:
+    state = run.read_state()
+    if not state or state["state"] != RunState.COMPLETED.value:
+        return None
+    records = run.read_metrics()
+    return records[-1] if records and records[-1].get("final") else None
+
+
+def _refuse_changed_config(run: RunDir, before: TrainConfig, now: TrainConfig) -> None:
+    old, new = before.to_dict(), now.to_dict()
+    changed = [key for key in new if key not in RESUME_NEUTRAL_FIELDS and old.get(key) != new[key]]
+    if changed:
+        detail = ", ".join(f"{key} {old.get(key)!r} -> {new[key]!r}" for key in changed)
+        raise PtbjobsError(f"{run.path} holds a run with another config ({detail})",
+                           "use another --out, or delete that folder to start over")
+
+
+def _config_record(config: TrainConfig, data_dir: Path) -> dict[str, Any]:
+    files = {}
+    for split in SPLITS:
+        path = data_dir / split_filename(split)
+        digest = sha256_file(path)
+        files[split] = {"sha256": digest, "canonical": digest == CANONICAL_SHA256[split]}
+    return {"ptbjobs_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "train": config.to_dict(), "data": {"dir": str(data_dir.resolve()), "files": files}}
+
+
+@contextlib.contextmanager
+def _stop_on_signals(trainer: Trainer, enabled: bool) -> Iterator[None]:
+    """While training, turn USR2/TERM/INT into "checkpoint at the next step, then stop"; a second
+    Ctrl-C stops at once."""
+    if not enabled:
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and trainer.stop_requested:
+            raise KeyboardInterrupt
+        log.warning("received %s: saving state at the next step, then stopping", signal.Signals(signum).name)
+        trainer.request_checkpoint(stop=True)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
