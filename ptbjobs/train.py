@@ -91,7 +91,12 @@ def perplexity(model: RNNLM, source: torch.Tensor, bptt: int) -> float:
         total_nll += F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").double()
         tokens += targets.numel()
     model.train(was_training)
-    return math.exp(total_nll.item() / tokens)
+    return exp_or_inf(total_nll.item() / tokens)
+
+
+def exp_or_inf(nll_per_token: float) -> float:
+    """Perplexity from the mean NLL; inf (not an OverflowError) for a diverged model."""
+    return math.exp(nll_per_token) if nll_per_token < 709.0 else math.inf
 
 
 class Trainer:
@@ -269,7 +274,7 @@ class Trainer:
         mean_nll = self.epoch_nll.item() / max(self.epoch_tokens, 1)
         self._raise_if_diverged(mean_nll)
         self.reporter.progress(Progress(self.epoch + 1, self.chunk, self.chunks_per_epoch, self.lr,
-                                        math.exp(min(mean_nll, 700.0)), tokens_per_s))
+                                        exp_or_inf(mean_nll), tokens_per_s))
 
     def _checkpoint_due(self, now: float) -> bool:
         config = self.config
@@ -294,7 +299,7 @@ class Trainer:
         record = {
             "epoch": self.epoch + 1,
             "lr": self.lr,
-            "train_ppl": math.exp(train_nll),
+            "train_ppl": exp_or_inf(train_nll),
             "valid_ppl": valid_ppl,
             "tokens_per_s": self.epoch_tokens / max(self.epoch_train_s, 1e-9),
             "elapsed_s": self.elapsed_s(),

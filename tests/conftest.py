@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny synthetic corpus (fast, exact), the real PTB folder (skipped if absent),
+and a tiny training config that runs in well under a second an epoch."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from ptbjobs.config import TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def real_ptb_dir() -> Path | None:
+    candidates = [os.environ.get("PTBJOBS_TEST_DATA"), REPO.parent / "shared" / "data" / "ptb"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "ptb.train.txt").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture
+def ptb_dir() -> Path:
+    found = real_ptb_dir()
+    if found is None:
+        pytest.skip("the real PTB files are not here (set PTBJOBS_TEST_DATA)")
+    return found
+
+
+def write_corpus(folder: Path, seed: int = 0, vocab: int = 30, lines: tuple[int, int, int] = (300, 40, 40)) -> Path:
+    """A small corpus with some structure to learn: each word tends to be followed by the next."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(vocab)]
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count in zip(("train", "valid", "test"), lines):
+        out = []
+        for _ in range(count):
+            start = rng.randrange(vocab)
+            out.append(" " + " ".join(words[(start + k + rng.randrange(2)) % vocab] for k in range(rng.randint(3, 12))) + " ")
+        (folder / f"ptb.{split}.txt").write_text("\n".join(out) + "\n")
+    return folder
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "data")
+
+
+@pytest.fixture
+def tiny_config() -> TrainConfig:
+    return TrainConfig(emb_size=16, hidden_size=16, batch_size=4, bptt=5, eval_batch_size=3, epochs=3,
+                       decay_after=1, device="cpu", checkpoint_every_min=0, dropout=0.2)

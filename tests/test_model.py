@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ptbjobs.config import TrainConfig
+from ptbjobs.model import RNNLM, count_parameters, detach
+
+
+def capture_inputs(model: RNNLM) -> dict[str, torch.Tensor]:
+    """The input tensor each of layer 1, layer 2 and the decoder sees on the next forward."""
+    seen: dict[str, torch.Tensor] = {}
+    for name, module in [("layer1", model.layers[0]), ("layer2", model.layers[1]), ("decoder", model.decoder)]:
+        module.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, args[0].detach()))
+    return seen
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_every_parameter_starts_uniform_within_init_scale(cell):
+    model = RNNLM(TrainConfig(cell=cell, init_scale=0.1), vocab_size=1000)
+    for name, parameter in model.named_parameters():
+        assert parameter.abs().max() <= 0.1, name
+        assert parameter.abs().max() > 0.09, name  # really spread over the range, not zeros
+    # PyTorch's Embedding default would be N(0, 1)
+    assert model.embedding.weight.std() < 0.07
+
+
+def test_the_parameter_count_counts_two_bias_vectors_per_gate():
+    model = RNNLM(TrainConfig(), vocab_size=10000)
+    lstm_layer = sum(p.numel() for p in model.layers[0].parameters())
+    assert lstm_layer == 321_600  # 4 gates x (200x200 + 200x200 + 200 + 200)
+    assert count_parameters(model) == 10000 * 200 + 2 * 321_600 + 200 * 10000 + 10000
+
+
+def test_tied_weights_share_one_tensor_and_count_once():
+    model = RNNLM(TrainConfig(tie_weights=True), vocab_size=10000)
+    assert model.decoder.weight is model.embedding.weight
+    assert count_parameters(model) == 10000 * 200 + 2 * 321_600 + 10000
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_dropout_hits_the_three_non_recurrent_connections_and_nothing_in_eval(cell):
+    torch.manual_seed(0)
+    model = RNNLM(TrainConfig(cell=cell, dropout=0.5, emb_size=64, hidden_size=64), vocab_size=50)
+    assert all(layer.dropout == 0 for layer in model.layers)  # no dropout inside the recurrent modules
+    seen = capture_inputs(model)
+    inputs = torch.randint(0, 50, (20, 8))
+    model.train()
+    model(inputs, model.init_hidden(8))
+    for name in ("layer1", "layer2", "decoder"):
+        zero_fraction = (seen[name] == 0).float().mean().item()
+        assert 0.4 < zero_fraction < 0.6, (name, zero_fraction)
+    model.eval()
+    model(inputs, model.init_hidden(8))
+    for name in ("layer1", "layer2", "decoder"):
+        assert (seen[name] == 0).float().mean().item() < 0.01, name
+
+
+def test_variational_dropout_drops_the_same_units_at_every_time_step():
+    torch.manual_seed(0)
+    model = RNNLM(TrainConfig(dropout=0.5, variational_dropout=True, emb_size=32, hidden_size=32), vocab_size=50)
+    seen = capture_inputs(model)
+    model(torch.randint(0, 50, (12, 6)), model.init_hidden(6))
+    for name in ("layer1", "layer2", "decoder"):
+        dropped = seen[name] == 0  # (T, B, F)
+        assert dropped.any(), name
+        assert torch.equal(dropped, dropped[:1].expand_as(dropped)), name
+        assert not torch.equal(dropped[:, 0], dropped[:, 1]), name  # but one mask per sequence
+
+
+@pytest.mark.parametrize("cell, states", [("lstm", 4), ("gru", 2)])
+def test_the_hidden_state_is_carried_and_detachable(cell, states):
+    model = RNNLM(TrainConfig(cell=cell, emb_size=8, hidden_size=8), vocab_size=20)
+    hidden = model.init_hidden(3)
+    assert len(hidden) == states and all(h.shape == (1, 3, 8) for h in hidden)
+    logits, hidden = model(torch.randint(0, 20, (5, 3)), hidden)
+    assert logits.shape == (5, 3, 20)
+    assert all(h.requires_grad for h in hidden)
+    assert not any(h.requires_grad for h in detach(hidden))
+    # a carried state changes the next output: the model really reads it
+    step = torch.randint(0, 20, (1, 3))
+    fresh, _ = model(step, model.init_hidden(3))
+    carried, _ = model(step, hidden)
+    assert not torch.allclose(fresh, carried)

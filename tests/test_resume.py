@@ -1,0 +1,105 @@
+"""Exact resume: a run stopped anywhere and restarted ends bit-identical to an uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ptbjobs import checkpoint
+from ptbjobs.config import TrainConfig
+from ptbjobs.errors import CheckpointError
+from ptbjobs.runner import run_training
+from ptbjobs.train import TrainingInterrupted
+from ptbjobs.rundir import RunDir, RunState
+
+TIMING_KEYS = {"tokens_per_s", "elapsed_s"}
+
+
+def comparable(records: list[dict]) -> list[dict]:
+    """Metrics records without the wall-clock fields, which no two runs share."""
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert comparable(RunDir(a).read_metrics()) == comparable(RunDir(b).read_metrics())
+    weights_a = torch.load(a / "best.pt", weights_only=True)["model"]
+    weights_b = torch.load(b / "best.pt", weights_only=True)["model"]
+    assert weights_a.keys() == weights_b.keys()
+    for name in weights_a:
+        assert torch.equal(weights_a[name], weights_b[name]), name
+    last_a = checkpoint.load_latest(a / "checkpoints")[0]["model"]
+    last_b = checkpoint.load_latest(b / "checkpoints")[0]["model"]
+    for name in last_a:
+        assert torch.equal(last_a[name], last_b[name]), name
+
+
+@pytest.fixture
+def reference_run(tmp_path, tiny_corpus, tiny_config) -> Path:
+    out = tmp_path / "uninterrupted"
+    run_training(tiny_config, out, tiny_corpus, handle_signals=False)
+    return out
+
+
+def interrupt_at(monkeypatch, step: int) -> None:
+    """Make the trainer ask to stop (as a signal would) once it reaches `step`."""
+    from ptbjobs import train
+
+    original = train.Trainer._step
+
+    def step_then_maybe_stop(self, *args):
+        original(self, *args)
+        if self.global_step + 1 == step:
+            self.request_checkpoint(stop=True)
+
+    monkeypatch.setattr(train.Trainer, "_step", step_then_maybe_stop)
+
+
+@pytest.mark.parametrize("stop_step", [7, 1], ids=["mid-epoch", "first-step"])
+def test_a_run_stopped_mid_epoch_resumes_to_identical_metrics_and_weights(
+        tmp_path, tiny_corpus, tiny_config, reference_run, monkeypatch, stop_step):
+    out = tmp_path / "interrupted"
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, stop_step)
+        with pytest.raises(TrainingInterrupted):
+            run_training(tiny_config, out, tiny_corpus, handle_signals=False)
+    assert RunDir(out).read_state()["state"] == RunState.INTERRUPTED.value
+    run_training(tiny_config, out, tiny_corpus, handle_signals=False)
+    assert RunDir(out).read_state()["state"] == RunState.COMPLETED.value
+    assert_same_run(reference_run, out)
+
+
+def test_a_run_stopped_on_the_last_step_of_an_epoch_resumes_to_identical_results(
+        tmp_path, tiny_corpus, tiny_config, reference_run, monkeypatch):
+    steps_per_epoch = RunDir(reference_run).read_metrics()[0]["steps"]
+    out = tmp_path / "interrupted"
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, steps_per_epoch)
+        with pytest.raises(TrainingInterrupted):
+            run_training(tiny_config, out, tiny_corpus, handle_signals=False)
+    assert RunDir(out).read_metrics() == []  # stopped before the epoch's evaluation
+    run_training(tiny_config, out, tiny_corpus, handle_signals=False)
+    assert_same_run(reference_run, out)
+
+
+def test_a_crash_just_after_the_epoch_end_checkpoint_resumes_to_identical_results(
+        tmp_path, tiny_corpus, tiny_config, reference_run, monkeypatch):
+    out = tmp_path / "crashed"
+    with monkeypatch.context() as patch:
+        def crash(self, records):
+            raise RuntimeError("power cut")
+
+        patch.setattr(RunDir, "write_metrics", crash)
+        with pytest.raises(RuntimeError, match="power cut"):
+            run_training(tiny_config, out, tiny_corpus, handle_signals=False)
+    assert RunDir(out).read_state()["state"] == RunState.FAILED.value
+    saved = checkpoint.load_latest(out / "checkpoints")[0]
+    assert (saved["epoch"], saved["chunk"]) == (1, 0)  # the state at the boundary was on disk
+    run_training(tiny_config, out, tiny_corpus, handle_signals=False)
+    assert_same_run(reference_run, out)
