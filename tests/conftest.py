@@ -3,13 +3,21 @@ and a tiny training config that runs in well under a second an epoch."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import random
+import shutil
+import tarfile
+import threading
 from pathlib import Path
 
 import pytest
 
 from ptbjobs.config import TrainConfig
+from ptbjobs.download import ARCHIVE_MEMBER_PREFIX
+
+SPLITS = ("train", "valid", "test")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,3 +61,33 @@ def tiny_corpus(tmp_path: Path) -> Path:
 def tiny_config() -> TrainConfig:
     return TrainConfig(emb_size=16, hidden_size=16, batch_size=4, bptt=5, eval_batch_size=3, epochs=3,
                        decay_after=1, device="cpu", checkpoint_every_min=0, dropout=0.2)
+
+
+@pytest.fixture
+def served(tmp_path, ptb_dir):
+    """A loopback HTTP server over a folder: good/ holds the real files, bad/ a corrupted train
+    file, and ptb.tgz an archive laid out like Mikolov's simple-examples.tgz."""
+    root = tmp_path / "www"
+    (root / "good").mkdir(parents=True)
+    (root / "bad").mkdir()
+    for split in SPLITS:
+        shutil.copy(ptb_dir / f"ptb.{split}.txt", root / "good")
+        shutil.copy(ptb_dir / f"ptb.{split}.txt", root / "bad")
+    corrupted = bytearray((root / "bad" / "ptb.train.txt").read_bytes())
+    corrupted[1000] ^= 0x20  # one flipped bit: same size, different word
+    (root / "bad" / "ptb.train.txt").write_bytes(bytes(corrupted))
+    with tarfile.open(root / "ptb.tgz", "w:gz") as tar:
+        for split in SPLITS:
+            tar.add(ptb_dir / f"ptb.{split}.txt", arcname=ARCHIVE_MEMBER_PREFIX + f"ptb.{split}.txt")
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass

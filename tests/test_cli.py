@@ -1,0 +1,158 @@
+"""The CLI as a user meets it: error lines, real short runs on PTB, kill -9 and signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ptbjobs.cli import main
+from ptbjobs.rundir import RunDir, RunState
+from ptbjobs.runner import run_training
+
+from test_resume import assert_same_run
+
+
+def ptbjobs(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ptbjobs", *args], capture_output=True, text=True, **kwargs)
+
+
+@pytest.mark.parametrize("args, line", [
+    (["train", "--lr", "-1"], "ptbjobs: error: --lr: must be positive, got -1.0"),
+    (["train", "--cell", "rnn"], "ptbjobs: error: --cell: must be one of lstm, gru; got 'rnn'"),
+    (["train", "--dropout", "1"], "ptbjobs: error: --dropout: must be in [0, 1), got 1.0"),
+    (["train", "--epochs", "0"], "ptbjobs: error: --epochs: must be a positive integer, got 0"),
+    (["train", "--bptt", "ten"], "ptbjobs: error: --bptt: must be an integer, got 'ten'"),
+    (["train", "--hidden-size", "-5"], "ptbjobs: error: --hidden-size: must be a positive integer, got -5"),
+    (["train", "--lrr", "1"], "ptbjobs: error: No such option: --lrr (Possible options: --lr) (see --help)"),
+])
+def test_a_bad_value_gives_one_line_naming_the_flag_and_exit_code_2(capsys, args, line):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == line
+
+
+def test_a_bad_key_in_a_config_file_names_the_file_and_key(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text('cell = "gru"\ndropout = 1.5\n')
+    assert main(["train", "--config", str(config)]) == 2
+    assert capsys.readouterr().err.strip() == f"ptbjobs: error: {config}: key 'dropout': must be in [0, 1), got 1.5"
+
+
+def test_a_missing_data_folder_says_which_and_how_to_fix_it(tmp_path, capsys):
+    assert main(["train", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "data folder" in err and "does not exist" in err and "ptbjobs data download --data-dir" in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # nothing half-made
+
+
+def test_the_cli_module_does_not_import_torch_until_a_command_needs_it():
+    probe = "import sys, ptbjobs.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("cell, extra", [("lstm", []), ("gru", ["--lr", "0.5", "--decay-after", "2"])])
+def test_a_real_short_run_on_ptb_completes_for_both_cells(tmp_path, ptb_dir, cell, extra):
+    out = tmp_path / cell
+    result = ptbjobs("train", "--cell", cell, *extra, "--max-steps", "200", "--data-dir", str(ptb_dir),
+                     "--out", str(out), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    records = RunDir(out).read_metrics()
+    epoch, final = records
+    assert epoch["steps"] == 200 and final["truncated"] is True
+    # 200 steps of Zaremba's SGD take a 10,000-word model well below uniform (10,000) and below 1,000
+    assert epoch["valid_ppl"] < 1000 and final["test_ppl"] < 1000
+    assert RunDir(out).read_state()["state"] == RunState.COMPLETED.value
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["cell"] == cell and all(f["canonical"] for f in config["data"]["files"].values())
+    assert "valid ppl" in result.stderr and "test ppl" in result.stderr  # plain log lines off a terminal
+    shown = ptbjobs("eval", str(out), "--data-dir", str(ptb_dir), "--json")
+    assert json.loads(shown.stdout)["test"] == pytest.approx(final["test_ppl"], rel=1e-9)
+
+
+def long_tiny_run(tmp_path, tiny_config):
+    from conftest import write_corpus
+
+    data = write_corpus(tmp_path / "bigger", lines=(2500, 40, 40))
+    config = tiny_config.replace(epochs=4, checkpoint_every_steps=25)
+    args = ["train", "--data-dir", str(data), "--device", "cpu", "--checkpoint-every-min", "0"]
+    for key, value in config.to_dict().items():
+        if key not in ("device", "checkpoint_every_min"):
+            args += ["--" + key.replace("_", "-"), str(value)] if not isinstance(value, bool) else \
+                ["--" + ("" if value else "no-") + key.replace("_", "-")]
+    return data, config, args
+
+
+def wait_for_checkpoint(out: Path, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while not list((out / "checkpoints").glob("ckpt-*.pt")):
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_a_run_killed_with_sigkill_resumes_with_the_same_command_to_identical_results(tmp_path, tiny_config):
+    data, config, args = long_tiny_run(tmp_path, tiny_config)
+    reference = tmp_path / "reference"
+    run_training(config, reference, data, handle_signals=False)
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "ptbjobs", *args, "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_checkpoint(out, process)
+    time.sleep(0.3)  # somewhere further into the run
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert RunDir(out).read_state()["state"] == RunState.RUNNING.value  # it had no chance to say otherwise
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stderr
+    assert_same_run(reference, out)
+
+
+def test_sigusr2_saves_the_state_and_exits_75_and_the_rerun_matches(tmp_path, tiny_config):
+    data, config, args = long_tiny_run(tmp_path, tiny_config)
+    reference = tmp_path / "reference"
+    run_training(config, reference, data, handle_signals=False)
+    out = tmp_path / "preempted"
+    command = [sys.executable, "-m", "ptbjobs", *args, "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(out, process)
+    process.send_signal(signal.SIGUSR2)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 75, err
+    state = RunDir(out).read_state()
+    assert state["state"] == RunState.INTERRUPTED.value
+    assert f"ckpt-{state['step']:09d}.pt" in os.listdir(out / "checkpoints")
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert_same_run(reference, out)
+
+
+def test_bench_prints_both_loops_and_their_ratio(ptb_dir):
+    result = ptbjobs("bench", "--data-dir", str(ptb_dir), "--device", "cpu", "--steps", "3", "--rounds", "1")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "ptbjobs trainer" in lines[1] and "tokens/s" in lines[1]
+    assert "reference loop" in lines[2]
+    ratio = float(lines[3].split()[-1].rstrip("x"))
+    assert ratio > 0
+
+
+def test_data_download_and_verify_through_the_cli(tmp_path, served):
+    dest = tmp_path / "ptb"
+    fetched = ptbjobs("data", "download", "--data-dir", str(dest), "--mirror", served + "/good/")
+    assert fetched.returncode == 0, fetched.stderr
+    assert "3 file(s) downloaded and verified" in fetched.stdout
+    (dest / "ptb.test.txt").write_text(" not the test set \n")
+    checked = ptbjobs("data", "verify", "--data-dir", str(dest))
+    assert checked.returncode != 0
+    assert "ptb.test.txt: sha256" in checked.stdout
+    assert checked.stderr.startswith("ptbjobs: error: 1 of 3 PTB files")
