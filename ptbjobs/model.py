@@ -2,8 +2,10 @@
 
 Dropout sits only on the non-recurrent connections (Zaremba et al. 2014, fig. 2): on the embedding
 going into layer 1, between layers, and on the last layer's output going into the softmax. PyTorch's
-`nn.LSTM(num_layers=2, dropout=p)` would cover only the middle one, so the layers are kept as
-separate single-layer modules (each still a cuDNN kernel on GPU).
+`nn.LSTM(num_layers=2, dropout=p)` covers exactly the middle one (between layers, never the
+recurrent path), so the model uses one such multi-layer module, a single fused kernel, and drops the
+other two itself. Variational dropout needs one mask per sequence between layers too, which the
+fused module cannot do: then the layers are separate single-layer modules.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from torch import nn
 
 from ptbjobs.config import CellType, TrainConfig
 
-# Hidden state: a flat list of (1, batch, hidden) tensors, per layer [h] for GRU and [h, c] for
-# LSTM. Flat, so it can be detached, moved and checkpointed without knowing the cell type.
+# Hidden state: a flat list of tensors, so it can be detached, moved and checkpointed without
+# knowing its layout. Fused module: [h] (GRU) or [h, c] (LSTM), each (layers, batch, hidden).
+# Separate layers: per layer [h] or [h, c], each (1, batch, hidden).
 Hidden = list[torch.Tensor]
 
 _CELL_MODULES = {CellType.LSTM: nn.LSTM, CellType.GRU: nn.GRU}
@@ -32,10 +35,15 @@ class RNNLM(nn.Module):
         self.variational = config.variational_dropout
         self.embedding = nn.Embedding(vocab_size, config.emb_size)
         rnn = _CELL_MODULES[config.cell]
-        self.layers = nn.ModuleList(
-            rnn(config.emb_size if i == 0 else config.hidden_size, config.hidden_size)
-            for i in range(config.num_layers)
-        )
+        self.fused = not config.variational_dropout
+        if self.fused:
+            self.rnn = rnn(config.emb_size, config.hidden_size, config.num_layers,
+                           dropout=config.dropout if config.num_layers > 1 else 0.0)
+        else:
+            self.layers = nn.ModuleList(
+                rnn(config.emb_size if i == 0 else config.hidden_size, config.hidden_size)
+                for i in range(config.num_layers)
+            )
         self.decoder = nn.Linear(config.hidden_size, vocab_size)
         if config.tie_weights:
             self.decoder.weight = self.embedding.weight
@@ -46,12 +54,18 @@ class RNNLM(nn.Module):
 
     def init_hidden(self, batch_size: int) -> Hidden:
         weight = self.decoder.weight
-        count = self.num_layers * _STATES_PER_LAYER[self.cell]
-        return [weight.new_zeros(1, batch_size, self.hidden_size) for _ in range(count)]
+        states = _STATES_PER_LAYER[self.cell]
+        if self.fused:
+            return [weight.new_zeros(self.num_layers, batch_size, self.hidden_size) for _ in range(states)]
+        return [weight.new_zeros(1, batch_size, self.hidden_size) for _ in range(self.num_layers * states)]
 
     def forward(self, inputs: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
         """inputs (T, B) word ids -> logits (T, B, V) and the hidden state after step T."""
         x = self._drop(self.embedding(inputs))  # (T, B, E)
+        if self.fused:
+            x, state = self.rnn(x, tuple(hidden) if self.cell is CellType.LSTM else hidden[0])  # (T, B, H)
+            new_state = list(state) if self.cell is CellType.LSTM else [state]
+            return self.decoder(self._drop(x)), new_state  # (T, B, V)
         per_layer = _STATES_PER_LAYER[self.cell]
         new_hidden: Hidden = []
         for index, layer in enumerate(self.layers):

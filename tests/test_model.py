@@ -8,9 +8,11 @@ from ptbjobs.model import RNNLM, count_parameters, detach
 
 
 def capture_inputs(model: RNNLM) -> dict[str, torch.Tensor]:
-    """The input tensor each of layer 1, layer 2 and the decoder sees on the next forward."""
+    """The input tensor each recurrent module and the decoder sees on the next forward: with
+    separate layers "layer1", "layer2", "decoder"; with the fused module "layer1" and "decoder"."""
     seen: dict[str, torch.Tensor] = {}
-    for name, module in [("layer1", model.layers[0]), ("layer2", model.layers[1]), ("decoder", model.decoder)]:
+    recurrent = [("layer1", model.rnn)] if model.fused else [("layer1", model.layers[0]), ("layer2", model.layers[1])]
+    for name, module in recurrent + [("decoder", model.decoder)]:
         module.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, args[0].detach()))
     return seen
 
@@ -27,7 +29,7 @@ def test_every_parameter_starts_uniform_within_init_scale(cell):
 
 def test_the_parameter_count_counts_two_bias_vectors_per_gate():
     model = RNNLM(TrainConfig(), vocab_size=10000)
-    lstm_layer = sum(p.numel() for p in model.layers[0].parameters())
+    lstm_layer = sum(p.numel() for name, p in model.rnn.named_parameters() if name.endswith("_l0"))
     assert lstm_layer == 321_600  # 4 gates x (200x200 + 200x200 + 200 + 200)
     assert count_parameters(model) == 10000 * 200 + 2 * 321_600 + 200 * 10000 + 10000
 
@@ -39,21 +41,45 @@ def test_tied_weights_share_one_tensor_and_count_once():
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_dropout_hits_the_three_non_recurrent_connections_and_nothing_in_eval(cell):
+@pytest.mark.parametrize("variational", [False, True], ids=["fused", "separate-layers"])
+def test_dropout_hits_the_three_non_recurrent_connections_and_nothing_in_eval(cell, variational):
     torch.manual_seed(0)
-    model = RNNLM(TrainConfig(cell=cell, dropout=0.5, emb_size=64, hidden_size=64), vocab_size=50)
-    assert all(layer.dropout == 0 for layer in model.layers)  # no dropout inside the recurrent modules
+    model = RNNLM(TrainConfig(cell=cell, dropout=0.5, emb_size=64, hidden_size=64, variational_dropout=variational),
+                  vocab_size=50)
+    if model.fused:
+        # PyTorch applies a multi-layer RNN's dropout to each layer's output but the last: exactly
+        # the layer 1 -> layer 2 connection, never the recurrent path
+        assert model.rnn.num_layers == 2 and model.rnn.dropout == 0.5
+        watched = ("layer1", "decoder")
+    else:
+        assert all(layer.dropout == 0 for layer in model.layers)  # no dropout inside a recurrent module
+        watched = ("layer1", "layer2", "decoder")
     seen = capture_inputs(model)
     inputs = torch.randint(0, 50, (20, 8))
     model.train()
     model(inputs, model.init_hidden(8))
-    for name in ("layer1", "layer2", "decoder"):
+    for name in watched:
         zero_fraction = (seen[name] == 0).float().mean().item()
         assert 0.4 < zero_fraction < 0.6, (name, zero_fraction)
     model.eval()
     model(inputs, model.init_hidden(8))
-    for name in ("layer1", "layer2", "decoder"):
+    for name in watched:
         assert (seen[name] == 0).float().mean().item() < 0.01, name
+
+
+def test_the_fused_modules_inner_dropout_is_active_in_training_only():
+    torch.manual_seed(0)
+    model = RNNLM(TrainConfig(dropout=0.5, emb_size=16, hidden_size=16), vocab_size=30)
+    inputs, hidden = torch.randint(0, 30, (10, 4)), model.init_hidden(4)
+    model.eval()
+    a, _ = model(inputs, hidden)
+    b, _ = model(inputs, hidden)
+    assert torch.equal(a, b)
+    model.train()
+    model.dropout = 0.0  # outer dropout off: any randomness left comes from between the layers
+    c, _ = model(inputs, hidden)
+    d, _ = model(inputs, hidden)
+    assert not torch.equal(c, d)
 
 
 def test_variational_dropout_drops_the_same_units_at_every_time_step():
@@ -68,11 +94,14 @@ def test_variational_dropout_drops_the_same_units_at_every_time_step():
         assert not torch.equal(dropped[:, 0], dropped[:, 1]), name  # but one mask per sequence
 
 
-@pytest.mark.parametrize("cell, states", [("lstm", 4), ("gru", 2)])
-def test_the_hidden_state_is_carried_and_detachable(cell, states):
-    model = RNNLM(TrainConfig(cell=cell, emb_size=8, hidden_size=8), vocab_size=20)
+@pytest.mark.parametrize("cell, variational, shapes", [
+    ("lstm", False, [(2, 3, 8)] * 2), ("gru", False, [(2, 3, 8)]),
+    ("lstm", True, [(1, 3, 8)] * 4), ("gru", True, [(1, 3, 8)] * 2),
+])
+def test_the_hidden_state_is_carried_and_detachable(cell, variational, shapes):
+    model = RNNLM(TrainConfig(cell=cell, emb_size=8, hidden_size=8, variational_dropout=variational), vocab_size=20)
     hidden = model.init_hidden(3)
-    assert len(hidden) == states and all(h.shape == (1, 3, 8) for h in hidden)
+    assert [tuple(h.shape) for h in hidden] == shapes
     logits, hidden = model(torch.randint(0, 20, (5, 3)), hidden)
     assert logits.shape == (5, 3, 20)
     assert all(h.requires_grad for h in hidden)

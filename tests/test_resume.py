@@ -103,3 +103,17 @@ def test_a_crash_just_after_the_epoch_end_checkpoint_resumes_to_identical_result
     assert (saved["epoch"], saved["chunk"]) == (1, 0)  # the state at the boundary was on disk
     run_training(tiny_config, out, tiny_corpus, handle_signals=False)
     assert_same_run(reference_run, out)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_exact_resume_holds_for_variational_dropout_with_tied_weights(tmp_path, tiny_corpus, tiny_config, monkeypatch, cell):
+    config = tiny_config.replace(cell=cell, variational_dropout=True, tie_weights=True, dropout=0.3)
+    reference = tmp_path / "reference"
+    run_training(config, reference, tiny_corpus, handle_signals=False)
+    out = tmp_path / "interrupted"
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 150)  # in epoch 2
+        with pytest.raises(TrainingInterrupted):
+            run_training(config, out, tiny_corpus, handle_signals=False)
+    run_training(config, out, tiny_corpus, handle_signals=False)
+    assert_same_run(reference, out)
