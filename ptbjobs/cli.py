@@ -7,6 +7,7 @@ from __future__ import annotations
 import enum
 import inspect
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -178,12 +179,13 @@ def data_verify(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code. Errors print one line: `ptbjobs: error: ...`."""
     debug = os.environ.get("PTBJOBS_DEBUG") == "1"
+    logging.basicConfig(format="ptbjobs: %(levelname)s: %(message)s", level=logging.DEBUG if debug else logging.WARNING)
     try:
         app(args=argv, prog_name="ptbjobs", standalone_mode=False)
     except PtbjobsError as exc:
         if debug:
             raise
-        print(f"ptbjobs: error: {exc}", file=sys.stderr)
+        print(f"ptbjobs: {'error: ' if exc.is_error else ''}{exc}", file=sys.stderr)
         return exc.exit_code
     except typer.TyperException as exc:  # usage errors: unknown option, missing argument, bad int
         if debug:

@@ -12,6 +12,7 @@ class PtbjobsError(Exception):
     """A problem the user can act on. `exit_code` 2 means bad input, 1 a failure at run time."""
 
     exit_code = 1
+    is_error = True  # False for an expected stop, which the CLI reports without "error:"
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)

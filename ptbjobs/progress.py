@@ -63,6 +63,9 @@ class PlainReporter:
     def note(self, text: str) -> None:
         self._say(text)
 
+    def close(self) -> None:
+        pass
+
 
 class RichReporter:
     """A progress bar per epoch with tokens/s and the running train perplexity; epoch results

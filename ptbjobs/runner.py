@@ -8,7 +8,6 @@ good checkpoint; a folder holding a run of a different config is refused rather 
 from __future__ import annotations
 
 import contextlib
-import logging
 import signal
 import time
 from pathlib import Path
@@ -20,8 +19,6 @@ from ptbjobs.data import CANONICAL_SHA256, SPLITS, load_corpus, sha256_file, spl
 from ptbjobs.errors import DivergedError, PtbjobsError
 from ptbjobs.rundir import RunDir, RunState
 from ptbjobs.train import Reporter, SilentReporter, Trainer, TrainingInterrupted
-
-log = logging.getLogger(__name__)
 
 # Signals after which the run saves its state at the next step boundary and exits: USR2 is what
 # Slurm sends before a time limit or preemption, TERM what `scancel` and most killers send.
@@ -36,6 +33,7 @@ def run_training(config: TrainConfig, out: Path, data_dir: Path | str | None = N
     existing = run.read_config()
     if existing is not None:
         _refuse_changed_config(run, TrainConfig.from_mapping(existing["train"], source=str(run.config_path)), config)
+        _refuse_diverged(run)
         final = _final_record(run)
         if final is not None:
             reporter.note(f"{out} is already complete: test perplexity {final['test_ppl']:.2f}")
@@ -63,9 +61,19 @@ def run_training(config: TrainConfig, out: Path, data_dir: Path | str | None = N
     except BaseException as exc:
         run.write_state(RunState.FAILED, message=f"{type(exc).__name__}: {exc}", step=trainer.global_step)
         raise
+    finally:
+        reporter.close()
     run.write_state(RunState.COMPLETED, test_ppl=final["test_ppl"], best_epoch=final["best_epoch"])
     reporter.finish(final)
     return final
+
+
+def _refuse_diverged(run: RunDir) -> None:
+    """Resuming a diverged run replays the same steps into the same NaN: say so instead."""
+    state = run.read_state()
+    if state and state["state"] == RunState.DIVERGED.value:
+        raise DivergedError(f"{run.path} diverged earlier: {state.get('message', '')}",
+                            "train again in a new --out with a lower --lr or --clip")
 
 
 def _final_record(run: RunDir) -> dict[str, Any] | None:
@@ -106,8 +114,7 @@ def _stop_on_signals(trainer: Trainer, enabled: bool) -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         if signum == signal.SIGINT and trainer.stop_requested:
             raise KeyboardInterrupt
-        log.warning("received %s: saving state at the next step, then stopping", signal.Signals(signum).name)
-        trainer.request_checkpoint(stop=True)
+        trainer.request_checkpoint(stop=True, reason=f"by {signal.Signals(signum).name}")
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:

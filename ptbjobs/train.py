@@ -35,6 +35,7 @@ class TrainingInterrupted(PtbjobsError):
     """Stopped on request (a signal) after saving the resumable state."""
 
     exit_code = 75  # EX_TEMPFAIL: try again, it will resume
+    is_error = False
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Reporter(Protocol):
     def epoch_end(self, record: dict[str, Any]) -> None: ...
     def finish(self, final: dict[str, Any]) -> None: ...
     def note(self, text: str) -> None: ...
+    def close(self) -> None: ...
 
 
 class SilentReporter:
@@ -61,6 +63,7 @@ class SilentReporter:
     def epoch_end(self, record): pass
     def finish(self, final): pass
     def note(self, text): pass
+    def close(self): pass
 
 
 def resolve_device(name: str) -> torch.device:
@@ -133,6 +136,7 @@ class Trainer:
         self._last_checkpoint = time.monotonic()
         self._checkpoint_requested = False
         self._stop_requested = False
+        self._stop_reason = ""
         self._stop_at_step: int | None = None
 
     # ---- the state in a checkpoint ----
@@ -188,11 +192,12 @@ class Trainer:
         self._last_checkpoint = time.monotonic()
         return path
 
-    def request_checkpoint(self, stop: bool = False) -> None:
+    def request_checkpoint(self, stop: bool = False, reason: str = "on request") -> None:
         """Ask for a checkpoint at the next step boundary, and to stop after it if `stop`.
         Only sets flags, so it is safe to call from a signal handler."""
         self._checkpoint_requested = True
-        self._stop_requested = self._stop_requested or stop
+        if stop and not self._stop_requested:
+            self._stop_requested, self._stop_reason = True, reason
 
     @property
     def stop_requested(self) -> bool:
@@ -256,7 +261,8 @@ class Trainer:
                 self.save_checkpoint()
                 self._checkpoint_requested = False
                 if self._stop_requested:
-                    raise TrainingInterrupted(f"stopped on request at step {self.global_step}, state saved")
+                    raise TrainingInterrupted(f"stopped {self._stop_reason} at step {self.global_step}, state saved",
+                                              "run the same command to resume")
         self.epoch_train_s += time.monotonic() - segment_start
 
     def _step(self, inputs: torch.Tensor, targets: torch.Tensor, loss_divisor: int) -> None:

@@ -112,6 +112,8 @@ def test_a_diverging_run_stops_with_a_clear_error_and_state_diverged(tmp_path, t
     state = RunDir(tmp_path / "run").read_state()
     assert state["state"] == RunState.DIVERGED.value
     assert "diverged" in state["message"]
+    with pytest.raises(DivergedError, match="diverged earlier: training diverged"):
+        run_training(config, tmp_path / "run", tiny_corpus, handle_signals=False)
 
 
 def test_max_steps_cuts_the_run_short_and_still_reports_valid_and_test(tmp_path, tiny_corpus, tiny_config):
