@@ -63,6 +63,7 @@ class TrainConfig:
     eval_batch_size: int = _opt(10, "columns for the validation and test streams")
     # --- optimisation ---
     epochs: int = _opt(13, "passes over the training data")
+    epoch_steps: int = _opt(0, "train only the first this many chunks of each epoch (0: all); for smoke runs")
     lr: float = _opt(1.0, "SGD learning rate (in the units of --loss-scale)")
     lr_decay: float = _opt(0.5, "factor the learning rate is multiplied by when it decays, in (0, 1]")
     decay_after: int = _opt(4, "epochs at the initial learning rate before the step schedule decays it")
@@ -86,7 +87,7 @@ class TrainConfig:
                      "eval_batch_size", "epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be a positive integer, got {getattr(self, name)}")
-        for name in ("decay_after", "max_steps", "checkpoint_every_steps", "seed"):
+        for name in ("decay_after", "epoch_steps", "max_steps", "checkpoint_every_steps", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be 0 or more, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:

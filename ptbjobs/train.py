@@ -119,6 +119,8 @@ class Trainer:
         self.valid_data = batchify(corpus.valid, config.eval_batch_size).to(self.device)
         self.test_data = batchify(corpus.test, config.eval_batch_size).to(self.device)
         self.chunks_per_epoch = len(chunk_starts(self.train_data, config.bptt))
+        if config.epoch_steps:
+            self.chunks_per_epoch = min(self.chunks_per_epoch, config.epoch_steps)
         # position and running totals (all checkpointed)
         self.epoch = 0  # epochs completed
         self.chunk = 0  # next chunk of the current epoch
@@ -245,7 +247,7 @@ class Trainer:
         segment_start, segment_tokens = time.monotonic(), 0
         next_poll = segment_start + POLL_INTERVAL_S
         for index, inputs, targets in iter_chunks(self.train_data, config.bptt, first=self.chunk):
-            if self._steps_left() <= 0:
+            if self._steps_left() <= 0 or index >= self.chunks_per_epoch:
                 break
             self._step(inputs, targets, inputs.size(1) if per_batch else inputs.numel())
             self.chunk, self.global_step = index + 1, self.global_step + 1

@@ -134,3 +134,10 @@ def test_a_folder_holding_another_config_is_refused(tmp_path, tiny_corpus, tiny_
     run_training(tiny_config.replace(max_steps=2), tmp_path / "run", tiny_corpus, handle_signals=False)
     with pytest.raises(Exception, match=r"holds a run with another config \(lr 1.0 -> 0.5\)"):
         run_training(tiny_config.replace(max_steps=2, lr=0.5), tmp_path / "run", tiny_corpus, handle_signals=False)
+
+
+def test_epoch_steps_trains_only_the_first_chunks_of_every_epoch(tmp_path, tiny_corpus, tiny_config):
+    run_training(tiny_config.replace(epoch_steps=7, epochs=3), tmp_path / "run", tiny_corpus, handle_signals=False)
+    records = RunDir(tmp_path / "run").read_metrics()
+    assert [r["steps"] for r in records[:-1]] == [7, 14, 21]
+    assert records[-1]["truncated"] is False
