@@ -41,7 +41,7 @@ def decode(blob: bytes, source: str = "checkpoint") -> dict[str, Any]:
     """The state stored in `blob`, or CheckpointError saying exactly what is wrong with it."""
     newline = blob.find(b"\n", 0, 256)
     fields = blob[:newline].split() if newline > 0 else []
-    if len(fields) != 4 or fields[0] != MAGIC:
+    if len(fields) != 4 or fields[0] != MAGIC or not fields[1].isdigit() or not fields[3].isdigit():
         raise CheckpointError(f"{source}: not a ptbjobs checkpoint (bad header)")
     if int(fields[1]) != FORMAT_VERSION:
         raise CheckpointError(f"{source}: checkpoint format {int(fields[1])}, this ptbjobs reads {FORMAT_VERSION}")
@@ -53,8 +53,9 @@ def decode(blob: bytes, source: str = "checkpoint") -> dict[str, Any]:
         raise CheckpointError(f"{source}: sha256 mismatch, the file is corrupt")
     try:
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad payload
-        raise CheckpointError(f"{source}: unreadable payload ({exc})") from None
+    except Exception as exc:  # torch raises many types for a bad payload; its text runs over lines
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{source}: unreadable payload ({first_line})") from None
 
 
 def save(folder: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import enum
 import json
+import math
 import re
 import tomllib
 import typing
@@ -83,6 +84,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, enum_type):
                 object.__setattr__(self, name, _to_enum(name, enum_type, value))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f.name, f"must be a finite number, got {value}")
+        if self.seed >= 2**63:
+            raise ConfigError("seed", f"must be below 2**63, got {self.seed}")
         for name in ("emb_size", "hidden_size", "num_layers", "batch_size", "bptt",
                      "eval_batch_size", "epochs"):
             if getattr(self, name) < 1:
@@ -188,6 +195,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(None, f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(None, f"config file {path} is not UTF-8 text", "give a JSON or TOML file") from None
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ptbjobs.config import TrainConfig
 from ptbjobs.data import batchify, load_corpus
-from ptbjobs.errors import PtbjobsError
+from ptbjobs.errors import ConfigError, PtbjobsError
 from ptbjobs.model import RNNLM
 from ptbjobs.train import load_weights, perplexity, resolve_device
 
@@ -16,9 +16,12 @@ def evaluate_saved(target: Path, data_dir: Path | str | None = None, device: str
     """{split: perplexity} for the weights in `target` (a run folder or a .pt file)."""
     weights_path = target / "best.pt" if target.is_dir() else target
     if not weights_path.exists():
-        raise PtbjobsError(f"no weights at {weights_path}",
-                           "give a run folder that has finished an epoch, or a best.pt file")
+        raise ConfigError(None, f"no weights at {weights_path}",
+                          "give a run folder that has finished an epoch, or a best.pt file")
     saved = load_weights(weights_path)
+    if not isinstance(saved, dict) or not {"config", "model", "vocab_size", "epoch"} <= saved.keys():
+        raise ConfigError(None, f"{weights_path} is not a weights file written by ptbjobs",
+                          "give a run folder or its best.pt (checkpoints/ hold the resumable state, not weights)")
     config = TrainConfig.from_mapping(saved["config"], source=str(weights_path))
     corpus = load_corpus(data_dir)
     if len(corpus.vocab) != saved["vocab_size"]:

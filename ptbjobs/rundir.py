@@ -6,6 +6,7 @@
       best.pt          weights of the best-validation epoch (plain torch.save of a dict)
       checkpoints/     the resumable state, newest two
       state.json       RUNNING, COMPLETED, DIVERGED, FAILED or INTERRUPTED, with a timestamp
+      progress.json    while training: epoch, step, train ppl, tokens/s, elapsed (the heartbeat)
 Every file is replaced atomically, so a reader (status, report) never sees half a file.
 """
 
@@ -20,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ptbjobs.atomic import atomic_write_bytes
+from ptbjobs.errors import ConfigError, PtbjobsError
+
+
+PROGRESS_FILE = "progress.json"
 
 
 class RunState(str, enum.Enum):
@@ -41,6 +46,8 @@ class RunDir:
     state_path = property(lambda self: self.path / "state.json")
 
     def create(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(None, f"--out {self.path} is a file, not a folder", "give a folder path")
         self.path.mkdir(parents=True, exist_ok=True)
 
     def write_json(self, path: Path, value: Any) -> None:
@@ -74,3 +81,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except (OSError, ValueError) as exc:
+        raise PtbjobsError(f"{path} cannot be read ({exc})",
+                           "it is written atomically, so something else changed it: move the run folder aside") from None

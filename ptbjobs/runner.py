@@ -16,7 +16,7 @@ from typing import Any, Iterator
 from ptbjobs import __version__, checkpoint
 from ptbjobs.config import RESUME_NEUTRAL_FIELDS, TrainConfig
 from ptbjobs.data import CANONICAL_SHA256, SPLITS, load_corpus, sha256_file, split_filename
-from ptbjobs.errors import DivergedError, PtbjobsError
+from ptbjobs.errors import ConfigError, DivergedError, PtbjobsError
 from ptbjobs.rundir import RunDir, RunState
 from ptbjobs.train import Reporter, SilentReporter, Trainer, TrainingInterrupted
 
@@ -30,6 +30,8 @@ def run_training(config: TrainConfig, out: Path, data_dir: Path | str | None = N
     """Train the run in `out` to completion and return its final metrics record."""
     reporter = reporter or SilentReporter()
     run = RunDir(out)
+    if run.path.exists() and not run.path.is_dir():
+        raise ConfigError(None, f"--out {out} is a file, not a folder", "give a folder path")
     existing = run.read_config()
     if existing is not None:
         _refuse_changed_config(run, TrainConfig.from_mapping(existing["train"], source=str(run.config_path)), config)
@@ -39,10 +41,10 @@ def run_training(config: TrainConfig, out: Path, data_dir: Path | str | None = N
             reporter.note(f"{out} is already complete: test perplexity {final['test_ppl']:.2f}")
             return final
     corpus = load_corpus(data_dir)
+    trainer = Trainer(config, corpus, run, reporter)  # before any write: a config it rejects leaves nothing
     run.create()
     if existing is None:
         run.write_json(run.config_path, _config_record(config, corpus.data_dir))
-    trainer = Trainer(config, corpus, run, reporter)
     resumed = checkpoint.load_latest(run.checkpoint_dir)
     if resumed is not None:
         state, path = resumed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,9 @@ import torch.nn.functional as F
 
 from ptbjobs import checkpoint
 from ptbjobs.atomic import atomic_write_bytes
-from ptbjobs.config import LossScale, Schedule, TrainConfig
+from ptbjobs.config import RESUME_NEUTRAL_FIELDS, LossScale, Schedule, TrainConfig
 from ptbjobs.data import Corpus, batchify, chunk_starts, iter_chunks
-from ptbjobs.errors import DivergedError, PtbjobsError
+from ptbjobs.errors import CheckpointError, ConfigError, DivergedError, PtbjobsError
 from ptbjobs.model import RNNLM, Hidden, detach
 from ptbjobs.rundir import RunDir
 
@@ -46,6 +47,7 @@ class Progress:
     lr: float
     train_ppl: float
     tokens_per_s: float
+    elapsed_s: float  # of the whole run so far, earlier attempts included
 
 
 class Reporter(Protocol):
@@ -67,10 +69,12 @@ class SilentReporter:
 
 
 def resolve_device(name: str) -> torch.device:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ConfigError(None, f"--device: must be auto, cpu, cuda or cuda:N, got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PtbjobsError(f"device {name!r} asked for, but no CUDA device is visible", "use --device cpu")
+        raise ConfigError(None, f"--device {name}: no CUDA device is visible", "use --device cpu")
     return torch.device(name)
 
 
@@ -125,7 +129,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.chunk = 0  # next chunk of the current epoch
         self.global_step = 0
-        self.lr = step_schedule_lr(config, 0)
+        self.lr = config.lr if config.schedule is Schedule.PLATEAU else step_schedule_lr(config, 0)
         self.hidden: Hidden = self.model.init_hidden(config.batch_size)
         self.epoch_nll = torch.zeros((), dtype=torch.float64, device=self.device)
         self.epoch_tokens = 0
@@ -168,6 +172,11 @@ class Trainer:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        saved, current = state["config"], self.config.to_dict()
+        changed = [k for k in current if k not in RESUME_NEUTRAL_FIELDS and saved.get(k) != current[k]]
+        if changed:
+            raise CheckpointError(f"the checkpoint was written by a run with another config ({', '.join(changed)})",
+                                  "resume with the config it was written with, or start in a new folder")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.chunk, self.global_step = state["epoch"], state["chunk"], state["global_step"]
@@ -210,7 +219,9 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs, then measure test perplexity with the best weights."""
         while self.epoch < self.config.epochs:
-            if self._steps_left() <= 0:
+            # max_steps ends a run at an epoch boundary only: a run stopped mid-epoch exactly at
+            # max_steps must still close that epoch (evaluation, best weights) when resumed
+            if self.chunk == 0 and self._steps_left() <= 0:
                 return self._finish(truncated=True)
             self._train_epoch()
             self._end_epoch()
@@ -282,7 +293,7 @@ class Trainer:
         mean_nll = self.epoch_nll.item() / max(self.epoch_tokens, 1)
         self._raise_if_diverged(mean_nll)
         self.reporter.progress(Progress(self.epoch + 1, self.chunk, self.chunks_per_epoch, self.lr,
-                                        exp_or_inf(mean_nll), tokens_per_s))
+                                        exp_or_inf(mean_nll), tokens_per_s, self.elapsed_s()))
 
     def _checkpoint_due(self, now: float) -> bool:
         config = self.config
@@ -354,5 +365,6 @@ def load_weights(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise PtbjobsError(f"no weights file {path}", "the run has not finished an epoch yet") from None
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise PtbjobsError(f"{path}: not a readable weights file ({exc})") from None
+    except Exception as exc:  # torch raises many types for a damaged file; its text runs over lines
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PtbjobsError(f"{path}: not a readable weights file ({first_line})") from None

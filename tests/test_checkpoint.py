@@ -8,6 +8,7 @@ import torch
 from ptbjobs import checkpoint
 from ptbjobs.errors import CheckpointError
 from ptbjobs.runner import run_training
+from ptbjobs.train import TrainingInterrupted
 
 
 def state(step: int) -> dict:
@@ -33,6 +34,7 @@ def test_only_the_newest_two_are_kept(tmp_path):
     (lambda blob: blob[:-10] + bytes(10), "sha256 mismatch"),
     (lambda blob: b"garbage" + blob, "bad header"),
     (lambda blob: b"", "bad header"),
+    (lambda blob: blob.replace(b" ", b" x", 3), "bad header"),
 ])
 def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(tmp_path, caplog, damage, problem):
     checkpoint.save(tmp_path, 1, state(1))
@@ -64,16 +66,33 @@ def test_a_checkpoint_holding_code_is_refused(tmp_path):
         checkpoint.decode(blob)
 
 
-def test_a_run_resumes_from_the_previous_checkpoint_when_the_newest_is_corrupt(tmp_path, tiny_corpus, tiny_config, caplog):
+def test_a_run_resumes_from_the_previous_checkpoint_when_the_newest_is_corrupt(
+        tmp_path, tiny_corpus, tiny_config, caplog, monkeypatch):
+    from test_resume import interrupt_at
+
     reference = run_training(tiny_config, tmp_path / "ref", tiny_corpus, handle_signals=False)
-    config = tiny_config.replace(max_steps=30, checkpoint_every_steps=10)
-    run_training(config, tmp_path / "run", tiny_corpus, handle_signals=False)
-    # pretend the run stopped at step 30 with its newest checkpoint damaged, then resume it in full
+    config = tiny_config.replace(checkpoint_every_steps=10)
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 35)
+        with pytest.raises(TrainingInterrupted):
+            run_training(config, tmp_path / "run", tiny_corpus, handle_signals=False)
+    # the run stopped at step 35 (checkpoints at 30 and 35); damage the newest and resume
     newest = checkpoint.list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    assert newest.name == "ckpt-000000035.pt"
     newest.write_bytes(newest.read_bytes()[:-1])
-    for leftover in ("state.json", "metrics.jsonl", "config.json"):
-        (tmp_path / "run" / leftover).unlink()
     with caplog.at_level(logging.WARNING):
-        final = run_training(tiny_config, tmp_path / "run", tiny_corpus, handle_signals=False)
+        final = run_training(config, tmp_path / "run", tiny_corpus, handle_signals=False)
     assert "truncated" in caplog.text
     assert final["test_ppl"] == reference["test_ppl"]
+
+
+def test_a_checkpoint_of_another_config_is_refused(tmp_path, tiny_corpus, tiny_config, monkeypatch):
+    from test_resume import interrupt_at
+
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, 5)
+        with pytest.raises(TrainingInterrupted):
+            run_training(tiny_config, tmp_path / "run", tiny_corpus, handle_signals=False)
+    (tmp_path / "run" / "config.json").unlink()  # so the folder check cannot catch it first
+    with pytest.raises(CheckpointError, match=r"another config \(lr\)"):
+        run_training(tiny_config.replace(lr=0.3), tmp_path / "run", tiny_corpus, handle_signals=False)

@@ -31,6 +31,10 @@ def ptbjobs(*args: str, **kwargs) -> subprocess.CompletedProcess:
     (["train", "--bptt", "ten"], "ptbjobs: error: --bptt: must be an integer, got 'ten'"),
     (["train", "--hidden-size", "-5"], "ptbjobs: error: --hidden-size: must be a positive integer, got -5"),
     (["train", "--lrr", "1"], "ptbjobs: error: No such option: --lrr (Possible options: --lr) (see --help)"),
+    (["train", "--seed", "99999999999999999999999"], "ptbjobs: error: --seed: must be below 2**63, got 99999999999999999999999"),
+    (["train", "--init-scale", "inf"], "ptbjobs: error: --init-scale: must be a finite number, got inf"),
+    (["train", "--lr", "nan"], "ptbjobs: error: --lr: must be a finite number, got nan"),
+    (["eval", "nowhere", "--device", "cpu"], "ptbjobs: error: no weights at nowhere (give a run folder that has finished an epoch, or a best.pt file)"),
 ])
 def test_a_bad_value_gives_one_line_naming_the_flag_and_exit_code_2(capsys, args, line):
     assert main(args) == 2
@@ -156,3 +160,27 @@ def test_data_download_and_verify_through_the_cli(tmp_path, served):
     assert checked.returncode != 0
     assert "ptb.test.txt: sha256" in checked.stdout
     assert checked.stderr.startswith("ptbjobs: error: 1 of 3 PTB files")
+
+
+def test_out_pointing_at_a_file_is_refused_in_one_line(tmp_path, tiny_corpus, capsys):
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    assert main(["train", "--data-dir", str(tiny_corpus), "--out", str(target)]) == 2
+    assert capsys.readouterr().err.strip() == f"ptbjobs: error: --out {target} is a file, not a folder (give a folder path)"
+
+
+def test_eval_refuses_a_torch_file_ptbjobs_did_not_write(tmp_path, tiny_corpus, capsys):
+    import torch
+
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    assert main(["eval", str(other), "--data-dir", str(tiny_corpus)]) == 2
+    assert "is not a weights file written by ptbjobs" in capsys.readouterr().err
+
+
+def test_an_unknown_device_is_bad_input():
+    from ptbjobs.errors import ConfigError
+    from ptbjobs.train import resolve_device
+
+    with pytest.raises(ConfigError, match="--device: must be auto, cpu, cuda or cuda:N, got 'tpu'"):
+        resolve_device("tpu")

@@ -117,3 +117,20 @@ def test_exact_resume_holds_for_variational_dropout_with_tied_weights(tmp_path, 
             run_training(config, out, tiny_corpus, handle_signals=False)
     run_training(config, out, tiny_corpus, handle_signals=False)
     assert_same_run(reference, out)
+
+
+@pytest.mark.parametrize("stop_step", [20, 21], ids=["mid-epoch", "at-the-last-epoch-end"])
+def test_a_max_steps_run_stopped_at_its_last_steps_resumes_to_identical_results(
+        tmp_path, tiny_corpus, tiny_config, monkeypatch, stop_step):
+    steps_per_epoch = 7
+    config = tiny_config.replace(epoch_steps=steps_per_epoch, max_steps=stop_step)
+    reference = tmp_path / "reference"
+    run_training(config, reference, tiny_corpus, handle_signals=False)
+    out = tmp_path / "interrupted"
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, stop_step)
+        with pytest.raises(TrainingInterrupted):
+            run_training(config, out, tiny_corpus, handle_signals=False)
+    run_training(config, out, tiny_corpus, handle_signals=False)
+    assert_same_run(reference, out)
+    assert len(RunDir(out).read_metrics()) == 4  # 3 epochs (the last one short) and the final record

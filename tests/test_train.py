@@ -25,7 +25,7 @@ def test_the_step_schedule_holds_then_halves_each_epoch():
 def test_the_plateau_schedule_decays_only_after_an_epoch_without_a_new_best(tmp_path, tiny_corpus, tiny_config, monkeypatch):
     scripted = iter([10.0, 9.0, 9.5, 8.0, 7.0])  # valid ppl of epochs 1-4, then test
     monkeypatch.setattr(train_module, "perplexity", lambda *args: next(scripted))
-    config = tiny_config.replace(schedule="plateau", epochs=4, lr=1.0, lr_decay=0.5)
+    config = tiny_config.replace(schedule="plateau", epochs=4, lr=1.0, lr_decay=0.5, decay_after=0)
     run_training(config, tmp_path / "run", tiny_corpus, handle_signals=False)
     records = RunDir(tmp_path / "run").read_metrics()
     assert [r["lr"] for r in records[:-1]] == [1.0, 1.0, 1.0, 0.5]
