@@ -142,6 +142,181 @@ def bench(
     print(json.dumps(result.to_dict()) if as_json else format_result(result))
 
 
+# ---- sweeps ----
+
+SWEEP_DIR_HELP = "the sweep folder [default: the newest sweep under ./runs]"
+
+
+@app.command()
+def submit(
+    grid: Path = typer.Option(..., "--grid", help="the grid file (TOML)"),
+    sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=_help("sweep folder [default: runs/NAME]")),
+    executor: str = typer.Option("auto", "--executor", help="auto (Slurm if sbatch is on PATH, else local), local or slurm"),
+    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", min=1, help="local executor: runs at once [default: one per GPU, else cores / 2]"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, submit nothing"),
+    wait: bool = typer.Option(False, "--wait", help="show live status until every run has ended; exit 1 if any did not complete"),
+    force: bool = typer.Option(False, "--force", help="restart runs whose config changed (their old folders are set aside)"),
+    yes: bool = typer.Option(False, "--yes", help="allow a grid of more than 10,000 runs"),
+) -> None:
+    """Submit every run of a grid that is not done or in progress; returns at once."""
+    from ptbjobs import launch
+    from ptbjobs.grid import load_grid
+    from ptbjobs.sweep import Sweep
+
+    parsed = load_grid(grid)
+    sweep = Sweep(sweep_dir or Path("runs") / parsed.name)
+    chosen = launch.get_executor(executor, max_parallel)
+    planned = launch.submit(parsed, sweep, chosen, data_dir=data_dir, force=force, dry_run=dry_run, yes=yes)
+    console = _console()
+    console.print(_plan_table(planned, sweep, chosen.name, dry_run))
+    if wait and not dry_run:
+        raise typer.Exit(_watch(sweep, until_done=True))
+
+
+def _console():
+    """A terminal gets tables at its own width; a pipe or file gets them whole, not squeezed to 80."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+def _plan_table(planned, sweep, executor_name: str, dry_run: bool):
+    from rich.table import Table
+
+    title = f"{'plan (dry run)' if dry_run else 'submitted'}: {len(planned)} runs -> {sweep.path} ({executor_name})"
+    table = Table(title=title, title_justify="left")
+    for column in ("run", "state before", "action"):
+        table.add_column(column)
+    for item in planned:
+        table.add_row(item.spec.key, item.state, item.action)
+    return table
+
+
+@app.command()
+def status(
+    sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=SWEEP_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="print JSON (schema: see the README)"),
+    watch: bool = typer.Option(False, "--watch", help="refresh every 2 s until Ctrl-C"),
+) -> None:
+    """One row per run: state, epoch, perplexities, elapsed time and ETA."""
+    from ptbjobs import status as status_module
+    from ptbjobs.sweep import find_sweep
+
+    sweep = find_sweep(sweep_dir)
+    if watch:
+        raise typer.Exit(_watch(sweep, until_done=False))
+    collected = status_module.collect(sweep)
+    if as_json:
+        print(json.dumps(collected))
+        return
+    console = _console()
+    console.print(status_module.render_table(collected))
+    console.print(status_module.summary_line(collected))
+
+
+def _watch(sweep, until_done: bool) -> int:
+    """Live status table; with until_done, return 0 when all runs completed, 1 if any did not."""
+    import time
+
+    from rich.console import Group
+    from rich.live import Live
+
+    from ptbjobs import states
+    from ptbjobs import status as status_module
+
+    def view():
+        collected = status_module.collect(sweep)
+        return collected, Group(status_module.render_table(collected), status_module.summary_line(collected))
+
+    collected, renderable = view()
+    with Live(renderable, refresh_per_second=1) as live:
+        while not until_done or not all(states.is_finished(r["state"]) for r in collected["runs"]):
+            time.sleep(2)
+            collected, renderable = view()
+            live.update(renderable)
+    return 0 if all(r["state"] == states.COMPLETED for r in collected["runs"]) else 1
+
+
+@app.command()
+def cancel(
+    run: list[str] = typer.Option([], "--run", help="run key (repeatable) [default: every queued or running run]"),
+    sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=SWEEP_DIR_HELP),
+) -> None:
+    """Cancel queued or running jobs; a running one saves its state first."""
+    from ptbjobs import launch
+    from ptbjobs.sweep import find_sweep
+
+    cancelled = launch.cancel(find_sweep(sweep_dir), run or None)
+    print(f"cancelled {len(cancelled)} run(s)" + (f": {', '.join(cancelled)}" if cancelled else ""))
+
+
+@app.command()
+def retry(
+    run: list[str] = typer.Option([], "--run", help="run key (repeatable) [default: every run that can be retried]"),
+    sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=SWEEP_DIR_HELP),
+) -> None:
+    """Resubmit runs that FAILED, TIMEOUT, CANCELLED, ...; they resume from their checkpoints."""
+    from ptbjobs import launch
+    from ptbjobs.sweep import find_sweep
+
+    submitted = launch.retry(find_sweep(sweep_dir), keys=run or None)
+    if not submitted:
+        print("nothing to retry: no run has failed, timed out or been cancelled")
+    for key, job_id in submitted.items():
+        print(f"{key}: resubmitted as job {job_id}")
+
+
+@app.command()
+def logs(
+    run: str = typer.Argument(..., help="run key (see `ptbjobs status`)"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep printing the latest attempt's log as it grows"),
+    sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=SWEEP_DIR_HELP),
+) -> None:
+    """The run's output, every attempt in order."""
+    import time
+
+    from ptbjobs import launch
+    from ptbjobs.sweep import find_sweep
+
+    sweep = find_sweep(sweep_dir)
+    manifest = sweep.read_manifest()
+    if run not in manifest["runs"]:
+        raise ConfigError(None, f"no run {run!r} in {sweep.path}", "see `ptbjobs status` for the keys")
+    jobs = manifest["runs"][run]["jobs"]
+    paths = []
+    for job in jobs:
+        paths += launch.get_executor(job["executor"]).log_paths(sweep, run, [job["job_id"]])
+    for job, path in zip(jobs, paths):
+        print(f"==> attempt {job['job_id']} ({job['executor']}): {path}")
+        print(path.read_text() if path.exists() else "(no output yet)", end="")
+    if follow and paths:
+        _follow(paths[-1], lambda: _run_active(sweep, run))
+
+
+def _run_active(sweep, key: str) -> bool:
+    from ptbjobs import launch, states
+
+    return states.is_active(launch.run_states(sweep, sweep.read_manifest())[key])
+
+
+def _follow(path: Path, active) -> None:
+    import time
+
+    position = path.stat().st_size if path.exists() else 0
+    while True:
+        if path.exists():
+            with open(path) as handle:
+                handle.seek(position)
+                chunk = handle.read()
+                position = handle.tell()
+            print(chunk, end="", flush=True)
+        if not active():
+            return
+        time.sleep(1)
+
+
 # ---- data ----
 
 @data_app.command("download")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from ptbjobs.atomic import atomic_write_bytes
-from ptbjobs.data import CANONICAL_SHA256, SPLITS, sha256_file, split_filename
+from ptbjobs.datafiles import CANONICAL_SHA256, SPLITS, sha256_file, split_filename
 from ptbjobs.errors import DataError
 
 # Tried in this order. A per-file source is a URL prefix; an archive source is a .tgz whose members

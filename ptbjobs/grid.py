@@ -156,12 +156,16 @@ class _Locator:
             if len(headers) <= index:
                 return None
             start = headers[index] + 1
+        end = len(self.lines)
         for i in range(start, len(self.lines)):
-            line = self.lines[i]
-            if table and i > start and re.match(r"\s*\[", line):
+            if table and re.match(r"\s*\[", self.lines[i]):
+                end = i
                 break
-            if re.match(rf"\s*{re.escape(key)}\s*=", line) or re.search(rf"[{{,]\s*{re.escape(key)}\s*=", line):
-                return i + 1
+        # a key at the start of a line first, then one inside an inline table (match = { key = ... })
+        for pattern in (rf"\s*{re.escape(key)}\s*=", rf".*[{{,]\s*{re.escape(key)}\s*="):
+            for i in range(start, end):
+                if re.match(pattern, self.lines[i]):
+                    return i + 1
         return None
 
     def error(self, table: str, key: str, problem: str, hint: str | None = None, index: int = 0) -> GridError:

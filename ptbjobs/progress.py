@@ -3,12 +3,17 @@ lines otherwise (a Slurm log, a pipe), nothing at all in tests."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 import time
+from pathlib import Path
 from typing import IO, Any
 
+from ptbjobs.atomic import atomic_write_bytes
+
 from ptbjobs.config import TrainConfig
-from ptbjobs.rundir import RunDir
+from ptbjobs.rundir import PROGRESS_FILE, RunDir
 from ptbjobs.train import Progress
 
 
@@ -109,6 +114,40 @@ class RichReporter:
 
     def close(self) -> None:
         self.bar.stop()
+
+
+class ProgressFileReporter:
+    """Passes everything on to `inner`, and keeps `progress.json` in the run folder up to date
+    (at most every `every_s` seconds): the heartbeat `ptbjobs status` reads for a running run."""
+
+    def __init__(self, run_dir: Path, inner: Any, every_s: float = 10.0):
+        self.path = Path(run_dir) / PROGRESS_FILE
+        self.inner = inner
+        self.every_s = every_s
+        self._next = 0.0
+
+    def start(self, config: TrainConfig, run: RunDir, resumed_from: str | None) -> None:
+        self.inner.start(config, run, resumed_from)
+
+    def progress(self, progress: Progress) -> None:
+        self.inner.progress(progress)
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.every_s
+            record = {"time": time.time(), **dataclasses.asdict(progress)}
+            atomic_write_bytes(self.path, json.dumps(record).encode())
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        self.inner.epoch_end(record)
+
+    def finish(self, final: dict[str, Any]) -> None:
+        self.inner.finish(final)
+
+    def note(self, text: str) -> None:
+        self.inner.note(text)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def make_reporter(stream: IO[str] | None = None) -> PlainReporter | RichReporter:

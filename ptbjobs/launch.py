@@ -1,0 +1,208 @@
+"""Sweep operations: plan and submit a grid, retry, cancel. One executor query per command.
+
+Submitting is idempotent: a run that completed is skipped, one queued or running is left alone,
+one that failed, was cancelled or timed out is resumed from its checkpoint, and a run whose config
+changed under the same key is refused unless forced (its old folder is then set aside, not deleted).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ptbjobs import states
+from ptbjobs.datafiles import SPLITS, missing_data_hint, resolve_data_dir, split_filename
+from ptbjobs.errors import ConfigError, DataError, PtbjobsError
+from ptbjobs.grid import MAX_RUNS_WITHOUT_YES, Grid, Resources, RunSpec
+from ptbjobs.job import write_spec
+from ptbjobs.rundir import RunDir
+from ptbjobs.sweep import Sweep, latest_job
+
+SUBMIT, RESUME, SKIP_COMPLETED, SKIP_ACTIVE, SKIP_DIVERGED, RESTART = (
+    "submit", "resume", "skip: completed", "skip: queued or running", "skip: diverged", "restart (forced)")
+
+
+class Executor(Protocol):
+    name: str
+
+    def submit(self, sweep: Sweep, keys: list[str], resources: Resources) -> dict[str, str]: ...
+    def query(self, sweep: Sweep, job_ids: list[str]) -> dict[str, str]: ...
+    def cancel(self, sweep: Sweep, job_ids: list[str]) -> None: ...
+    def log_paths(self, sweep: Sweep, key: str, job_ids: list[str]) -> list[Path]: ...
+
+
+def get_executor(name: str, max_parallel: int | None = None) -> Executor:
+    from ptbjobs.local import LocalExecutor
+
+    if name in ("auto", "local"):
+        return LocalExecutor(max_parallel)
+    if name == "slurm":
+        raise PtbjobsError("the Slurm executor is not part of this version yet", "use --executor local")
+    raise ConfigError(None, f"--executor: must be auto, local or slurm, got {name!r}")
+
+
+@dataclass
+class PlannedRun:
+    spec: RunSpec
+    state: str
+    action: str
+
+
+def run_states(sweep: Sweep, manifest: dict[str, Any]) -> dict[str, str]:
+    """Each run's state: its latest job as its executor sees it, merged with its own folder."""
+    by_executor: dict[str, list[str]] = {}
+    for entry in manifest["runs"].values():
+        job = latest_job(entry)
+        if job:
+            by_executor.setdefault(job["executor"], []).append(job["job_id"])
+    job_states: dict[str, str] = {}
+    for name, ids in by_executor.items():
+        job_states.update(get_executor(name).query(sweep, ids))
+    result = {}
+    for key, entry in manifest["runs"].items():
+        job = latest_job(entry)
+        folder = RunDir(sweep.run_dir(key)).read_state() or {}
+        result[key] = states.run_state(job_states.get(job["job_id"]) if job else None, folder.get("state"))
+    return result
+
+
+def plan(grid: Grid, sweep: Sweep, force: bool = False) -> list[PlannedRun]:
+    manifest = sweep.read_manifest()
+    current = run_states(sweep, manifest)
+    planned, conflicts = [], []
+    for spec in grid.runs:
+        entry = manifest["runs"].get(spec.key)
+        state = current.get(spec.key, states.NOT_SUBMITTED)
+        if entry and entry["config_hash"] != spec.config_hash():
+            if not force:
+                conflicts.append(_describe_change(spec, entry))
+                continue
+            if states.is_active(state):
+                raise PtbjobsError(f"run {spec.key} changed config but is {state}",
+                                   f"cancel it first: ptbjobs cancel --run {spec.key}")
+            planned.append(PlannedRun(spec, state, RESTART))
+            continue
+        planned.append(PlannedRun(spec, state, _action(state)))
+    if conflicts:
+        raise ConfigError(None, f"{grid.path}: {len(conflicts)} run(s) already exist with another config: {conflicts[0]}"
+                          + (f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""),
+                          "rename the sweep, or add --force to set the old runs aside and start them afresh")
+    return planned
+
+
+def _action(state: str) -> str:
+    if state == states.NOT_SUBMITTED:
+        return SUBMIT
+    if state == states.COMPLETED:
+        return SKIP_COMPLETED
+    if state == states.DIVERGED:
+        return SKIP_DIVERGED
+    if states.is_active(state):
+        return SKIP_ACTIVE
+    return RESUME
+
+
+def _describe_change(spec: RunSpec, entry: dict[str, Any]) -> str:
+    old, new = entry["config"], spec.config.to_dict()
+    changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
+    return f"{spec.key} ({', '.join(changed[:3])})"
+
+
+def check_data(grid: Grid, data_dir: Path | None) -> Path:
+    """The data folder every job will read, checked now rather than in every job."""
+    folder = resolve_data_dir(data_dir or grid.data_dir).resolve()
+    for split in SPLITS:
+        if not (folder / split_filename(split)).is_file():
+            raise DataError(f"missing data file {folder / split_filename(split)}", missing_data_hint(folder))
+    return folder
+
+
+def submit(grid: Grid, sweep: Sweep, executor: Executor, data_dir: Path | None = None, force: bool = False,
+           dry_run: bool = False, yes: bool = False) -> list[PlannedRun]:
+    """Plan the grid against the sweep and submit what needs it; returns the plan."""
+    if len(grid.runs) > MAX_RUNS_WITHOUT_YES and not yes:
+        raise ConfigError(None, f"{grid.path}: the grid expands to {len(grid.runs):,} runs",
+                          "add --yes if you mean it")
+    data = check_data(grid, data_dir)
+    if dry_run:
+        return plan(grid, sweep, force) if sweep.exists() else [PlannedRun(s, states.NOT_SUBMITTED, SUBMIT) for s in grid.runs]
+    with sweep.locked():
+        planned = plan(grid, sweep, force)
+        manifest = sweep.read_manifest()
+        manifest["name"] = grid.name
+        to_start = [p for p in planned if p.action in (SUBMIT, RESUME, RESTART)]
+        for item in to_start:
+            run_dir = sweep.run_dir(item.spec.key)
+            if item.action == RESTART and run_dir.exists():
+                aside = sweep.path / "_superseded" / f"{item.spec.key}-{time.strftime('%Y%m%d-%H%M%S')}"
+                aside.parent.mkdir(exist_ok=True)
+                shutil.move(str(run_dir), aside)
+            write_spec(run_dir, item.spec.config, data)
+            entry = manifest["runs"].get(item.spec.key) if item.action != RESTART else None
+            manifest["runs"][item.spec.key] = {
+                "config": item.spec.config.to_dict(), "config_hash": item.spec.config_hash(),
+                "point": {k: getattr(v, "value", v) for k, v in item.spec.point.items()},
+                "jobs": entry["jobs"] if entry else [],
+            }
+        # the runs must be in the manifest before their jobs can start and be asked about
+        sweep.write_manifest(manifest)
+        sweep.write_grid_copy(grid.text)
+        if to_start:
+            ids = executor.submit(sweep, [p.spec.key for p in to_start], grid.resources)
+            now = time.time()
+            for key, job_id in ids.items():
+                manifest["runs"][key]["jobs"].append({"job_id": job_id, "executor": executor.name, "submitted": now})
+            sweep.write_manifest(manifest)
+    return planned
+
+
+def retry(sweep: Sweep, executor: Executor | None = None, keys: list[str] | None = None) -> dict[str, str]:
+    """Resubmit the runs that ended without finishing (FAILED, TIMEOUT, CANCELLED, ...), each
+    through the executor of its last job; they resume from their checkpoints."""
+    from ptbjobs.grid import parse_grid
+
+    with sweep.locked():
+        manifest = sweep.read_manifest()
+        current = run_states(sweep, manifest)
+        chosen = [k for k, s in current.items() if s in states.RETRYABLE and (keys is None or k in keys)]
+        if keys:
+            unknown = [k for k in keys if k not in manifest["runs"]]
+            if unknown:
+                raise ConfigError(None, f"--run: no run {unknown[0]!r} in {sweep.path}", "see `ptbjobs status` for the keys")
+        if not chosen:
+            return {}
+        resources = parse_grid(sweep.grid_path.read_text(), sweep.grid_path).resources
+        by_executor: dict[str, list[str]] = {}
+        for key in chosen:
+            by_executor.setdefault(latest_job(manifest["runs"][key])["executor"], []).append(key)
+        submitted: dict[str, str] = {}
+        for name, run_keys in by_executor.items():
+            runner = executor or get_executor(name)
+            ids = runner.submit(sweep, run_keys, resources)
+            for key, job_id in ids.items():
+                manifest["runs"][key]["jobs"].append({"job_id": job_id, "executor": runner.name, "submitted": time.time()})
+            submitted.update(ids)
+        sweep.write_manifest(manifest)
+    return submitted
+
+
+def cancel(sweep: Sweep, keys: list[str] | None = None) -> list[str]:
+    """Cancel the queued or running jobs of the given runs (all runs if none given)."""
+    with sweep.locked():
+        manifest = sweep.read_manifest()
+        if keys:
+            unknown = [k for k in keys if k not in manifest["runs"]]
+            if unknown:
+                raise ConfigError(None, f"--run: no run {unknown[0]!r} in {sweep.path}", "see `ptbjobs status` for the keys")
+        current = run_states(sweep, manifest)
+        chosen = [k for k, s in current.items() if states.is_active(s) and (not keys or k in keys)]
+        by_executor: dict[str, list[str]] = {}
+        for key in chosen:
+            job = latest_job(manifest["runs"][key])
+            by_executor.setdefault(job["executor"], []).append(job["job_id"])
+        for name, ids in by_executor.items():
+            get_executor(name).cancel(sweep, ids)
+    return chosen

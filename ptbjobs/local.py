@@ -1,0 +1,282 @@
+"""The local executor: the embedded default when there is no cluster.
+
+Jobs run as background processes that outlive the CLI. One supervisor process per sweep starts
+queued jobs in order, at most `max_parallel` at once (one per GPU where there are GPUs); each job
+is a worker process of its own (its own session, so neither the CLI's end nor the supervisor's
+touches it). Every fact lives in files, each with one writer, so any later process can read it:
+
+    <sweep>/local/
+      settings.json          max_parallel (the latest submit's)
+      supervisor.lock        flock'ed by the live supervisor
+      jobs/<id>.json         written by submit (PENDING), then by the supervisor (RUNNING, pid, slot)
+      jobs/<id>.end.json     written once by the worker when it ends (state, exit code)
+      jobs/<id>.cancel       `ptbjobs cancel` was asked for this job
+
+A RUNNING job whose process is gone without an end file was killed or crashed: it reads FAILED.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ptbjobs import states
+from ptbjobs.atomic import atomic_write_bytes
+from ptbjobs.grid import Resources
+from ptbjobs.sweep import Sweep
+
+POLL_S = 0.5
+IDLE_EXIT_S = 5.0  # the supervisor leaves once nothing has been queued or running for this long
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, max_parallel: int | None = None):
+        self.max_parallel = max_parallel
+
+    def submit(self, sweep: Sweep, keys: list[str], resources: Resources) -> dict[str, str]:
+        """Queue one job per run key; returns key -> job id. Call with the sweep lock held."""
+        folder = _folder(sweep)
+        (folder / "jobs").mkdir(parents=True, exist_ok=True)
+        parallel = self.max_parallel or default_parallelism(resources)
+        _write_json(folder / "settings.json", {"max_parallel": parallel, "resources": resources.to_dict()})
+        number = _last_job_number(folder)
+        ids = {}
+        for key in keys:
+            number += 1
+            job_id = f"L{number}"
+            _write_json(_job_path(folder, job_id), {"job_id": job_id, "number": number, "run": key,
+                                                   "state": states.PENDING, "submitted": time.time()})
+            ids[key] = job_id
+        ensure_supervisor(sweep)
+        return ids
+
+    def query(self, sweep: Sweep, job_ids: list[str]) -> dict[str, str]:
+        folder = _folder(sweep)
+        return {job_id: job_state(folder, job_id) for job_id in job_ids}
+
+    def cancel(self, sweep: Sweep, job_ids: list[str]) -> None:
+        folder = _folder(sweep)
+        for job_id in job_ids:
+            state = job_state(folder, job_id)
+            if not states.is_active(state):
+                continue
+            (folder / "jobs" / f"{job_id}.cancel").touch()
+            record = _read_json(_job_path(folder, job_id)) or {}
+            if state == states.RUNNING and _alive(record):
+                os.kill(record["pid"], signal.SIGTERM)  # the trainer saves its state and stops
+            elif state == states.PENDING:
+                _write_end(folder, job_id, states.CANCELLED, None, "cancelled before it started")
+
+    def log_paths(self, sweep: Sweep, key: str, job_ids: list[str]) -> list[Path]:
+        return [sweep.run_dir(key) / "logs" / f"{job_id}.log" for job_id in job_ids]
+
+
+def default_parallelism(resources: Resources) -> int:
+    """One run per visible GPU; else as many runs as there are cores for them (2 each by default)."""
+    gpus = visible_gpus()
+    if gpus:
+        return len(gpus)
+    per_run = resources.cpus_per_task or 2
+    return max(1, (os.cpu_count() or 1) // per_run)
+
+
+def visible_gpus() -> list[str]:
+    """GPU indices a job may use, without importing torch (which would slow every command)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
+
+
+# ---- job state, read back by any process ----
+
+def job_state(folder: Path, job_id: str) -> str:
+    end = _read_json(folder / "jobs" / f"{job_id}.end.json")
+    if end:
+        return end["state"]
+    record = _read_json(_job_path(folder, job_id))
+    if record is None:
+        return states.UNKNOWN
+    if record["state"] == states.RUNNING and not _alive(record):
+        return states.FAILED  # killed or crashed before it could say so
+    return record["state"]
+
+
+def _alive(record: dict[str, Any]) -> bool:
+    """Is the job's process still the one we started? (A pid alone can be reused.)"""
+    pid = record.get("pid")
+    if not pid:
+        return False
+    start = _process_start(pid)
+    return start is not None and start == record.get("pid_start")
+
+
+def _process_start(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] == "Z":  # a zombie has ended
+        return None
+    return int(fields[19])  # starttime, in clock ticks since boot
+
+
+# ---- the supervisor ----
+
+def ensure_supervisor(sweep: Sweep) -> None:
+    """Start the sweep's supervisor unless one is running (it holds supervisor.lock)."""
+    folder = _folder(sweep)
+    with open(folder / "supervisor.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # a live supervisor will see the new jobs
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    log = open(folder / "supervisor.log", "a")
+    subprocess.Popen([sys.executable, "-m", "ptbjobs.local", "supervise", str(sweep.path)],
+                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+
+
+def supervise(sweep: Sweep) -> None:
+    folder = _folder(sweep)
+    with open(folder / "supervisor.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # another supervisor got there first
+        idle_since = time.monotonic()
+        while True:
+            settings = _read_json(folder / "settings.json") or {}
+            records = [r for r in (_read_json(p) for p in sorted((folder / "jobs").glob("L*.json"))) if r and "number" in r]
+            running = [r for r in records if job_state(folder, r["job_id"]) == states.RUNNING]
+            pending = sorted((r for r in records if job_state(folder, r["job_id"]) == states.PENDING),
+                             key=lambda r: r["number"])
+            free = [s for s in range(settings.get("max_parallel", 1)) if s not in {r.get("slot") for r in running}]
+            for record, slot in zip(pending, free):
+                _launch(sweep, folder, record, slot, settings)
+            if running or pending:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > IDLE_EXIT_S:
+                return
+            time.sleep(POLL_S)
+
+
+def _launch(sweep: Sweep, folder: Path, record: dict[str, Any], slot: int, settings: dict[str, Any]) -> None:
+    job_id = record["job_id"]
+    if (folder / "jobs" / f"{job_id}.cancel").exists():
+        _write_end(folder, job_id, states.CANCELLED, None, "cancelled before it started")
+        return
+    run_dir = sweep.run_dir(record["run"])
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    gpus = visible_gpus()
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    threads = settings.get("resources", {}).get("cpus_per_task") or max(1, (os.cpu_count() or 1) // settings.get("max_parallel", 1))
+    env["OMP_NUM_THREADS"] = str(threads)
+    with open(run_dir / "logs" / f"{job_id}.log", "a") as log:
+        process = subprocess.Popen([sys.executable, "-m", "ptbjobs.local", "work", str(sweep.path), job_id],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   env=env, start_new_session=True)
+    start = None
+    for _ in range(100):  # /proc/<pid>/stat appears as soon as the process exists
+        start = _process_start(process.pid)
+        if start is not None:
+            break
+        time.sleep(0.01)
+    _write_json(_job_path(folder, job_id), {**record, "state": states.RUNNING, "pid": process.pid,
+                                           "pid_start": start, "slot": slot, "started": time.time()})
+
+
+# ---- the worker ----
+
+def work(sweep: Sweep, job_id: str) -> int:
+    """Run one job in this process; record how it ended. Returns the exit code."""
+    from ptbjobs.errors import DivergedError
+    from ptbjobs.job import run_job
+    from ptbjobs.train import TrainingInterrupted
+
+    folder = _folder(sweep)
+    record = _read_json(_job_path(folder, job_id))
+    settings = _read_json(folder / "settings.json") or {}
+    print(f"ptbjobs job {job_id}: run {record['run']} on {os.uname().nodename}, pid {os.getpid()}", flush=True)
+    cancel_marker = folder / "jobs" / f"{job_id}.cancel"
+    timed_out = threading.Event()
+    timeout_min = settings.get("resources", {}).get("timeout_min") or 0
+    timer = threading.Timer(60 * timeout_min, lambda: (timed_out.set(), os.kill(os.getpid(), signal.SIGUSR2)))
+    timer.daemon = True
+    if timeout_min:
+        timer.start()
+    try:
+        run_job(sweep.run_dir(record["run"]))
+    except TrainingInterrupted as exc:
+        state = states.CANCELLED if cancel_marker.exists() else states.TIMEOUT if timed_out.is_set() else states.PREEMPTED
+        _write_end(folder, job_id, state, exc.exit_code, exc.message)
+        return exc.exit_code
+    except DivergedError as exc:
+        _write_end(folder, job_id, states.FAILED, exc.exit_code, exc.message)
+        print(f"ptbjobs: {exc}", flush=True)
+        return exc.exit_code
+    except BaseException as exc:  # noqa: BLE001 - every failure must be recorded, then shown in the log
+        traceback.print_exc()
+        _write_end(folder, job_id, states.FAILED, 1, f"{type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        timer.cancel()
+    _write_end(folder, job_id, states.COMPLETED, 0, "")
+    return 0
+
+
+# ---- files ----
+
+def _folder(sweep: Sweep) -> Path:
+    return sweep.path / "local"
+
+
+def _job_path(folder: Path, job_id: str) -> Path:
+    return folder / "jobs" / f"{job_id}.json"
+
+
+def _last_job_number(folder: Path) -> int:
+    numbers = [int(p.stem[1:]) for p in (folder / "jobs").glob("L*.json") if p.stem[1:].isdigit()]
+    return max(numbers, default=0)
+
+
+def _write_end(folder: Path, job_id: str, state: str, exit_code: int | None, message: str) -> None:
+    _write_json(folder / "jobs" / f"{job_id}.end.json",
+                {"state": state, "exit_code": exit_code, "message": message, "ended": time.time()})
+
+
+def _write_json(path: Path, value: Any) -> None:
+    atomic_write_bytes(path, json.dumps(value).encode())
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+if __name__ == "__main__":
+    command, sweep_path = sys.argv[1], Path(sys.argv[2])
+    if command == "supervise":
+        supervise(Sweep(sweep_path))
+    elif command == "work":
+        sys.exit(work(Sweep(sweep_path), sys.argv[3]))

@@ -1,0 +1,159 @@
+"""Grid parsing and expansion: good grids expand as documented; each bad grid gives its one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ptbjobs.config import CellType
+from ptbjobs.grid import GridError, parse_grid
+
+GOOD = '''
+name = "study"
+[defaults]
+epochs = 13
+[axes]
+cell = ["lstm", "gru"]
+dropout = [0.0, 0.25, 0.28]
+seed = [1, 2]
+[[overrides]]
+match = { cell = "gru" }
+lr = 0.5
+decay_after = 2
+[[overrides]]
+match = { dropout = 0.25 }
+epochs = 39
+[[exclude]]
+cell = "lstm"
+dropout = 0.28
+[[exclude]]
+cell = "gru"
+dropout = 0.25
+[resources]
+partition = "gpu"
+gpus_per_node = 1
+timeout_min = 90
+extra_sbatch = ["--exclusive"]
+'''
+
+
+def parse(text: str):
+    return parse_grid(text, Path("grid.toml"))
+
+
+def test_the_seed_reports_study_is_one_file():
+    grid = parse(GOOD)
+    keys = [run.key for run in grid.runs]
+    assert keys == ["lstm-d0-s1", "lstm-d0-s2", "lstm-d0.25-s1", "lstm-d0.25-s2",
+                    "gru-d0-s1", "gru-d0-s2", "gru-d0.28-s1", "gru-d0.28-s2"]
+    by_key = {run.key: run.config for run in grid.runs}
+    assert by_key["gru-d0-s1"].lr == 0.5 and by_key["gru-d0-s1"].decay_after == 2
+    assert by_key["lstm-d0.25-s2"].epochs == 39 and by_key["lstm-d0.25-s2"].lr == 1.0
+    assert by_key["gru-d0.28-s1"].epochs == 13 and by_key["gru-d0.28-s1"].cell is CellType.GRU
+    assert grid.resources.partition == "gpu" and grid.resources.timeout_min == 90
+    assert grid.resources.extra_sbatch == ("--exclusive",)
+
+
+def test_later_overrides_win_and_include_adds_a_point_with_its_own_fields():
+    grid = parse('''
+name = "s"
+[axes]
+cell = ["lstm"]
+seed = [1]
+[[overrides]]
+match = { cell = "lstm" }
+lr = 0.8
+[[overrides]]
+match = { seed = 1 }
+lr = 0.7
+[[include]]
+cell = "gru"
+seed = 5
+lr = 0.3
+''')
+    assert [(r.key, r.config.lr) for r in grid.runs] == [("lstm-d0-s1", 0.7), ("gru-d0-s5", 0.3)]
+
+
+def test_any_training_field_can_be_an_axis_and_shows_in_the_key():
+    grid = parse('name = "s"\n[axes]\nlr = [0.5, 1.0]\ntie_weights = [true]\n')
+    assert [r.key for r in grid.runs] == ["lstm-d0-s1-lr0.5-tieweightsT", "lstm-d0-s1-lr1-tieweightsT"]
+
+
+def test_run_keys_are_stable_and_config_hashes_follow_the_config():
+    a, b = parse(GOOD), parse(GOOD)
+    assert [r.key for r in a.runs] == [r.key for r in b.runs]
+    assert [r.config_hash() for r in a.runs] == [r.config_hash() for r in b.runs]
+    changed = parse(GOOD.replace("epochs = 13", "epochs = 14"))
+    assert changed.runs[0].key == a.runs[0].key and changed.runs[0].config_hash() != a.runs[0].config_hash()
+
+
+def test_keys_that_print_alike_get_a_hash():
+    grid = parse('name = "s"\n[axes]\nlr = [0.12345671, 0.12345672]\n')
+    keys = [r.key for r in grid.runs]
+    assert len(set(keys)) == 2 and all(k.startswith("lstm-d0-s1-lr0.123457-") for k in keys)
+
+
+BAD = [
+    # (name, grid text, the expected message, in full or its distinctive part)
+    ("not toml", 'name = "s"\n[axes\n', "grid.toml: not valid TOML"),
+    ("unknown top-level key", 'name = "s"\nsweeps = 1\n[axes]\nseed = [1]\n',
+     "grid.toml:2: sweeps: unknown top-level key (valid keys: name, data_dir, defaults, axes"),
+    ("no name", '[axes]\nseed = [1]\n', "grid.toml: name: the sweep needs a name"),
+    ("name with a space", 'name = "my sweep"\n[axes]\nseed = [1]\n', "grid.toml:1: name: the sweep needs a name"),
+    ("name with a slash", 'name = "../x"\n[axes]\nseed = [1]\n', "grid.toml:1: name: the sweep needs a name"),
+    ("no axes", 'name = "s"\n', "grid.toml: axes: the grid has no [axes] table"),
+    ("empty axis", 'name = "s"\n[axes]\nseed = []\n', "grid.toml:3: axes.seed: is empty: the grid would have no runs"),
+    ("axis not a list", 'name = "s"\n[axes]\nseed = 1\n', "grid.toml:3: axes.seed: must be a list of values, got 1 (write seed = [1])"),
+    ("duplicate axis value", 'name = "s"\n[axes]\nseed = [1, 1]\n', "grid.toml:3: axes.seed: lists a value twice"),
+    ("unknown axis", 'name = "s"\n[axes]\nlayers = [2]\n', "grid.toml:3: axes.layers: not a training field (valid fields: cell,"),
+    ("unknown cell", 'name = "s"\n[axes]\ncell = ["lstm", "rnn"]\n', "grid.toml:3: axes.cell: must be one of lstm, gru; got 'rnn'"),
+    ("dropout of one", 'name = "s"\n[axes]\ndropout = [0.5, 1.0]\n', "grid.toml:3: axes.dropout: must be in [0, 1), got 1.0"),
+    ("negative lr default", 'name = "s"\n[defaults]\nlr = -1\n[axes]\nseed = [1]\n', "grid.toml:3: defaults.lr: must be positive, got -1.0"),
+    ("wrong type", 'name = "s"\n[defaults]\nepochs = "ten"\n[axes]\nseed = [1]\n', "grid.toml:3: defaults.epochs: must be an integer, got 'ten'"),
+    ("unknown default", 'name = "s"\n[defaults]\nlearning_rate = 1\n[axes]\nseed = [1]\n', "grid.toml:3: defaults.learning_rate: not a training field"),
+    ("override without match", 'name = "s"\n[axes]\nseed = [1]\n[[overrides]]\nlr = 0.5\n', "overrides[0].match: each [[overrides]] needs match"),
+    ("override matching a non-axis", 'name = "s"\n[axes]\nseed = [1]\n[[overrides]]\nmatch = { cell = "gru" }\nlr = 0.5\n',
+     "grid.toml:5: overrides[0].cell: is not an axis of this grid (match on: seed)"),
+    ("override of an axis", 'name = "s"\n[axes]\nseed = [1]\n[[overrides]]\nmatch = { seed = 1 }\nseed = 2\n',
+     "grid.toml:6: overrides[0].seed: is an axis: an override cannot change it"),
+    ("bad override value", 'name = "s"\n[axes]\ncell = ["gru"]\n[[overrides]]\nmatch = { cell = "gru" }\nclip = -1\n',
+     "grid.toml:6: overrides[0].clip: must be 0 or more, got -1.0"),
+    ("exclude of a non-axis", 'name = "s"\n[axes]\nseed = [1, 2]\n[[exclude]]\nlr = 1\n', "grid.toml:5: exclude[0].lr: is not an axis of this grid"),
+    ("everything excluded", 'name = "s"\n[axes]\nseed = [1]\n[[exclude]]\nseed = 1\n', "grid.toml: exclude: every point of the grid is excluded"),
+    ("include missing an axis", 'name = "s"\n[axes]\nseed = [1]\ncell = ["lstm"]\n[[include]]\nseed = 2\n',
+     "include: [[include]] entry 0 lacks a value for axis cell"),
+    ("include duplicating a point", 'name = "s"\n[axes]\nseed = [1]\n[[include]]\nseed = 1\n', "include: the point {'seed': 1} is already in the grid"),
+    ("cross-field conflict", 'name = "s"\n[defaults]\ntie_weights = true\nemb_size = 100\n[axes]\nseed = [1]\n',
+     "grid.toml: the run {'seed': 1} gets an invalid config: tie_weights: needs emb_size == hidden_size"),
+    ("partition with a space", 'name = "s"\n[axes]\nseed = [1]\n[resources]\npartition = "gpu long"\n',
+     "grid.toml:5: resources.partition: 'gpu long' is not a plain partition name"),
+    ("account with a newline", 'name = "s"\n[axes]\nseed = [1]\n[resources]\naccount = "me\\n#SBATCH --qos=high"\n',
+     "resources.account: 'me\\n#SBATCH --qos=high' is not a plain account name"),
+    ("qos with a semicolon", 'name = "s"\n[axes]\nseed = [1]\n[resources]\nqos = "normal;rm"\n', "resources.qos: 'normal;rm' is not a plain qos name"),
+    ("extra sbatch injecting shell", 'name = "s"\n[axes]\nseed = [1]\n[resources]\nextra_sbatch = ["--comment=$(reboot)"]\n',
+     "resources.extra_sbatch: ['--comment=$(reboot)'] is not a list of --option[=value] strings"),
+    ("extra sbatch not an option", 'name = "s"\n[axes]\nseed = [1]\n[resources]\nextra_sbatch = ["#SBATCH --exclusive"]\n',
+     "resources.extra_sbatch: ['#SBATCH --exclusive'] is not a list"),
+    ("negative gpus", 'name = "s"\n[axes]\nseed = [1]\n[resources]\ngpus_per_node = -1\n', "grid.toml:5: resources.gpus_per_node: must be a whole number >= 0, got -1"),
+    ("timeout as a string", 'name = "s"\n[axes]\nseed = [1]\n[resources]\ntimeout_min = "01:00:00"\n',
+     "resources.timeout_min: must be a whole number >= 0, got '01:00:00'"),
+    ("zero timeout", 'name = "s"\n[axes]\nseed = [1]\n[resources]\ntimeout_min = 0\n', "resources.timeout_min: must be at least 1 minute"),
+    ("unknown resource", 'name = "s"\n[axes]\nseed = [1]\n[resources]\ngpu = 1\n', "grid.toml:5: resources.gpu: unknown key (valid keys: partition,"),
+    ("bad target", 'name = "s"\n[axes]\nseed = [1]\n[targets]\nvalid_ppl_dropout = 0\n', "targets.valid_ppl_dropout: must be a perplexity above 1, got 0"),
+    ("resources not a table", 'name = "s"\nresources = 3\n[axes]\nseed = [1]\n', "grid.toml:2: resources: must be a table [resources]"),
+]
+
+
+@pytest.mark.parametrize("text, expected", [(text, expected) for _, text, expected in BAD], ids=[name for name, _, _ in BAD])
+def test_a_bad_grid_is_refused_with_one_line_naming_file_key_and_fix(text, expected):
+    with pytest.raises(GridError) as caught:
+        parse(text)
+    line = str(caught.value)
+    assert "\n" not in line
+    assert expected in line, line
+    assert caught.value.exit_code == 2
+
+
+def test_there_are_at_least_25_bad_grids():
+    assert len(BAD) >= 25
