@@ -1,0 +1,145 @@
+"""The local executor for real: detached workers, the concurrency limit, kill -9, cancel, retry."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ptbjobs import launch, states
+from ptbjobs.grid import load_grid
+from ptbjobs.local import LocalExecutor
+from ptbjobs.rundir import RunDir
+from ptbjobs.runner import run_training
+from ptbjobs.status import collect
+from ptbjobs.sweep import Sweep
+
+from test_resume import assert_same_run
+
+GRID = '''
+name = "tiny"
+[defaults]
+emb_size = 16
+hidden_size = 16
+batch_size = 4
+bptt = 5
+eval_batch_size = 3
+epochs = {epochs}
+decay_after = 1
+checkpoint_every_min = 0
+checkpoint_every_steps = 10
+[axes]
+cell = ["lstm", "gru"]
+dropout = [0.0, 0.2]
+seed = [1]
+'''
+
+
+@pytest.fixture
+def grid_file(tmp_path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(GRID.format(epochs=2))
+    return path
+
+
+def wait_until(predicate, timeout_s: float = 120.0, every_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError("timed out waiting")
+
+
+def all_ended(sweep: Sweep) -> dict:
+    status = collect(sweep)
+    return status if all(states.is_finished(r["state"]) for r in status["runs"]) else None
+
+
+def test_a_small_grid_runs_to_completion_in_detached_workers_within_the_limit(tmp_path, grid_file, tiny_corpus):
+    sweep = Sweep(tmp_path / "sweep")
+    grid = load_grid(grid_file)
+    launch.submit(grid, sweep, LocalExecutor(max_parallel=2), data_dir=tiny_corpus)
+    status = wait_until(lambda: all_ended(sweep))
+    assert [r["state"] for r in status["runs"]] == [states.COMPLETED] * 4
+    for row in status["runs"]:
+        assert row["epoch"] == 2 and row["test_ppl"] is not None
+        assert (sweep.run_dir(row["key"]) / "logs" / f"{row['job_id']}.log").read_text().count("epoch 2/2") == 1
+    # never more than 2 at once: compare the jobs' [started, ended] intervals
+    jobs = sweep.path / "local" / "jobs"
+    spans = [(json.loads((jobs / f"{r['job_id']}.json").read_text())["started"],
+              json.loads((jobs / f"{r['job_id']}.end.json").read_text())["ended"]) for r in status["runs"]]
+    overlap = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert overlap == 2
+    # and submitting the same grid again submits nothing
+    again = launch.submit(grid, sweep, LocalExecutor(max_parallel=2), data_dir=tiny_corpus)
+    assert {p.action for p in again} == {launch.SKIP_COMPLETED}
+    assert all(len(entry["jobs"]) == 1 for entry in sweep.read_manifest()["runs"].values())
+
+
+def test_a_worker_killed_with_sigkill_shows_failed_and_retry_completes_it_identically(tmp_path, tiny_corpus):
+    grid_path = tmp_path / "long.toml"
+    grid_path.write_text(GRID.format(epochs=4).replace('cell = ["lstm", "gru"]', 'cell = ["lstm"]')
+                         .replace("dropout = [0.0, 0.2]", "dropout = [0.2]"))
+    grid = load_grid(grid_path)
+    sweep = Sweep(tmp_path / "sweep")
+    launch.submit(grid, sweep, LocalExecutor(max_parallel=1), data_dir=tiny_corpus)
+    key = grid.runs[0].key
+    run_dir = sweep.run_dir(key)
+    wait_until(lambda: list((run_dir / "checkpoints").glob("ckpt-*.pt")), every_s=0.02)
+    record = json.loads((sweep.path / "local" / "jobs" / "L1.json").read_text())
+    os.kill(record["pid"], signal.SIGKILL)
+    status = wait_until(lambda: all_ended(sweep))
+    assert status["runs"][0]["state"] == states.FAILED
+    assert launch.retry(sweep) == {key: "L2"}
+    status = wait_until(lambda: all_ended(sweep))
+    assert status["runs"][0]["state"] == states.COMPLETED and status["runs"][0]["attempts"] == 2
+    reference = tmp_path / "reference"
+    run_training(grid.runs[0].config, reference, tiny_corpus, handle_signals=False)
+    assert_same_run(reference, run_dir)
+
+
+def test_cancel_stops_a_running_run_and_retry_finishes_it(tmp_path, tiny_corpus):
+    grid_path = tmp_path / "long.toml"
+    grid_path.write_text(GRID.format(epochs=30).replace('cell = ["lstm", "gru"]', 'cell = ["gru"]')
+                         .replace("dropout = [0.0, 0.2]", "dropout = [0.0]"))
+    grid = load_grid(grid_path)
+    sweep = Sweep(tmp_path / "sweep")
+    launch.submit(grid, sweep, LocalExecutor(max_parallel=1), data_dir=tiny_corpus)
+    run_dir = sweep.run_dir(grid.runs[0].key)
+    wait_until(lambda: list((run_dir / "checkpoints").glob("ckpt-*.pt")), every_s=0.05)
+    assert launch.cancel(sweep) == [grid.runs[0].key]
+    status = wait_until(lambda: all_ended(sweep))
+    assert status["runs"][0]["state"] == states.CANCELLED
+    assert RunDir(run_dir).read_state()["state"] == "INTERRUPTED"  # it saved its state on the way out
+    launch.retry(sweep)
+    assert "resuming from" in wait_until(lambda: _log_text(run_dir, "L2") if "resuming" in _log_text(run_dir, "L2") else None)
+    launch.cancel(sweep)  # no need to train 30 epochs here
+    wait_until(lambda: all_ended(sweep))
+
+
+def _log_text(run_dir: Path, job_id: str) -> str:
+    path = run_dir / "logs" / f"{job_id}.log"
+    return path.read_text() if path.exists() else ""
+
+
+def test_two_concurrent_submits_of_one_grid_start_each_run_once(tmp_path, grid_file, tiny_corpus):
+    sweep_dir = tmp_path / "sweep"
+    command = [sys.executable, "-m", "ptbjobs", "submit", "--grid", str(grid_file), "--sweep-dir", str(sweep_dir),
+               "--data-dir", str(tiny_corpus), "--executor", "local", "--max-parallel", "2"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for process in (first, second):
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+    manifest = Sweep(sweep_dir).read_manifest()
+    assert sorted(len(entry["jobs"]) for entry in manifest["runs"].values()) == [1, 1, 1, 1]
+    assert sorted(p.name for p in (sweep_dir / "local" / "jobs").glob("L?.json")) == ["L1.json", "L2.json", "L3.json", "L4.json"]
+    wait_until(lambda: all_ended(Sweep(sweep_dir)))
