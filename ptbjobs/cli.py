@@ -212,7 +212,7 @@ def status(
         print(json.dumps(collected))
         return
     console = _console()
-    console.print(status_module.render_table(collected))
+    console.print(status_module.render_table(collected), end="", no_wrap=True, overflow="ignore", crop=False)
     console.print(status_module.summary_line(collected))
 
 

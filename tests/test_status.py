@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from ptbjobs import states
+from ptbjobs.rundir import RunDir
+from ptbjobs.status import _metrics_summary, collect, render_table, summary_line
+from ptbjobs.synthetic import make_sweep
+
+
+@pytest.mark.parametrize("job, folder, shown", [
+    (None, None, states.NOT_SUBMITTED),
+    (states.PENDING, None, states.PENDING),
+    (states.RUNNING, "RUNNING", states.RUNNING),
+    (states.COMPLETED, "COMPLETED", states.COMPLETED),
+    (states.FAILED, "DIVERGED", states.DIVERGED),  # the run folder knows better than the job
+    (states.TIMEOUT, "INTERRUPTED", states.TIMEOUT),
+    (states.CANCELLED, "INTERRUPTED", states.CANCELLED),
+    (states.COMPLETED, "INTERRUPTED", states.FAILED),  # the job ended cleanly, the run did not finish
+    (states.FAILED, "COMPLETED", states.COMPLETED),  # finished, whatever happened to the job after
+])
+def test_a_runs_state_merges_its_job_and_its_folder(job, folder, shown):
+    assert states.run_state(job, folder) == shown
+
+
+@pytest.mark.parametrize("raw, state", [("CANCELLED by 1000", "CANCELLED"), ("OUT_OF_ME+", "OUT_OF_MEMORY"),
+                                        ("NODE_FAIL", "NODE_FAIL"), ("PENDING", "PENDING"), ("", "UNKNOWN")])
+def test_slurm_state_words_are_normalised(raw, state):
+    assert states.normalise_slurm_state(raw) == state
+
+
+def test_status_of_a_synthetic_sweep_counts_every_state_and_summarises_metrics_exactly(tmp_path):
+    sweep = make_sweep(tmp_path / "synthetic", runs=200)
+    status = collect(sweep)
+    assert len(status["runs"]) == 200
+    assert set(status["summary"]) == {states.COMPLETED, states.FAILED, states.DIVERGED, states.PENDING}
+    # synthetic RUNNING runs have no live process: they read FAILED, as a killed worker does
+    for row in status["runs"]:
+        records = RunDir(sweep.run_dir(row["key"])).read_metrics()
+        epochs = [r for r in records if "epoch" in r]
+        assert row["epoch"] == len(epochs)
+        assert row["best_valid_ppl"] == (min(r["valid_ppl"] for r in epochs) if epochs else None)
+        assert row["valid_ppl"] == (epochs[-1]["valid_ppl"] if epochs else None)
+    text = render_table(status).plain
+    assert len(text.splitlines()) == 3 + 200
+    assert summary_line(status).startswith("200 runs: ")
+
+
+def test_metrics_summary_of_a_missing_file_is_empty(tmp_path):
+    assert _metrics_summary(RunDir(tmp_path)) == (0, None, None, None)
