@@ -231,7 +231,7 @@ def _watch(sweep, until_done: bool) -> int:
         return collected, Group(status_module.render_table(collected), status_module.summary_line(collected))
 
     collected, renderable = view()
-    with Live(renderable, refresh_per_second=1) as live:
+    with Live(renderable, refresh_per_second=1, console=_console()) as live:
         while not until_done or not all(states.is_finished(r["state"]) for r in collected["runs"]):
             time.sleep(2)
             collected, renderable = view()
