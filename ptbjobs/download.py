@@ -66,10 +66,13 @@ def download(folder: Path, sources: tuple[str, ...] = DEFAULT_SOURCES, timeout_s
         if not missing:
             break
         payloads, errors = _fetch_from(source, missing, timeout_s)
+        if len(set(errors.values())) == 1 and len(errors) == len(missing):  # the source itself failed
+            log(f"{source}: {next(iter(errors.values()))}")
         for split in list(missing):
             problem = errors.get(split) or _payload_problem(split, payloads[split])
             if problem:
-                log(f"{source}: {split_filename(split)}: {problem}")
+                if split not in errors or len(set(errors.values())) > 1:
+                    log(f"{source}: {split_filename(split)}: {problem}")
                 failures[split].append(f"{source}: {problem}")
                 continue
             path = folder / split_filename(split)
@@ -78,7 +81,11 @@ def download(folder: Path, sources: tuple[str, ...] = DEFAULT_SOURCES, timeout_s
             written.append(path)
             missing.remove(split)
     if missing:
-        detail = "; ".join(f"{split_filename(s)} ({', '.join(failures[s]) or 'no source'})" for s in missing)
+        # files that failed for the same reasons are named together, so the line stays short
+        groups: dict[str, list[str]] = {}
+        for split in missing:
+            groups.setdefault("; ".join(failures[split]) or "no source", []).append(split_filename(split))
+        detail = " / ".join(f"{', '.join(names)}: {reasons}" for reasons, names in groups.items())
         raise DataError(f"could not download {detail}",
                         "check the network, or copy the files in by hand and run `ptbjobs data verify`")
     return written

@@ -33,7 +33,7 @@ def test_a_corrupted_file_is_rejected_and_the_next_source_used(tmp_path, served)
 
 def test_a_corrupted_file_with_no_other_source_fails_and_is_not_written(tmp_path, served):
     dest = tmp_path / "ptb"
-    with pytest.raises(DataError, match=r"could not download ptb.train.txt \(.*sha256 mismatch"):
+    with pytest.raises(DataError, match=r"could not download ptb.train.txt: .*sha256 mismatch"):
         download(dest, (served + "/bad/",))
     assert not (dest / "ptb.train.txt").exists()
     assert (dest / "ptb.valid.txt").exists()  # the good ones are kept
