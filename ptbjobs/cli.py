@@ -317,6 +317,33 @@ def _follow(path: Path, active) -> None:
         time.sleep(1)
 
 
+REFERENCES_FILE = Path(__file__).resolve().parent.parent / "analysis" / "references.csv"
+
+
+@app.command()
+def report(
+    sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=SWEEP_DIR_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help=_help("folder for results.* and figures/ [default: the sweep folder]")),
+    include_incomplete: bool = typer.Option(False, "--include-incomplete", help="count runs that have not finished"),
+    per_run: bool = typer.Option(False, "--per-run", help="add a table of every run to results.md"),
+    references: bool = typer.Option(False, "--references", help="add published 2 x 200 results (analysis/references.csv)"),
+    references_file: Optional[Path] = typer.Option(None, "--references-file", help="another CSV of references (implies --references)"),
+) -> None:
+    """The results table and convergence figures of a sweep: results.md/.csv/.tex/.json, figures/."""
+    from ptbjobs import report as report_module
+    from ptbjobs.sweep import find_sweep
+
+    chosen = references_file or (REFERENCES_FILE if references else None)
+    made = report_module.make_report(find_sweep(sweep_dir), out, include_incomplete, per_run, chosen)
+    console = _console()
+    console.print(report_module.terminal_table(made))
+    if made.incomplete:
+        shown = "included" if include_incomplete else "left out (--include-incomplete to count them)"
+        console.print(f"incomplete runs, {shown}: {', '.join(made.incomplete)}")
+    for path in made.files:
+        print(path)
+
+
 # ---- data ----
 
 @data_app.command("download")

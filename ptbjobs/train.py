@@ -347,6 +347,8 @@ class Trainer:
             "steps": self.global_step,
             "elapsed_s": self.elapsed_s(),
             "truncated": truncated,
+            "device": self.device.type,  # for the report's GPU-hours / CPU-hours
+            "vocab_size": self.vocab_size,
         }
         self.run.write_metrics(self.history + [final])
         return final

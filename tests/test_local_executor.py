@@ -82,6 +82,15 @@ def test_a_small_grid_runs_to_completion_in_detached_workers_within_the_limit(tm
     again = launch.submit(grid, sweep, LocalExecutor(max_parallel=2), data_dir=tiny_corpus)
     assert {p.action for p in again} == {launch.SKIP_COMPLETED}
     assert all(len(entry["jobs"]) == 1 for entry in sweep.read_manifest()["runs"].values())
+    # and the report of this real sweep runs end to end
+    from ptbjobs.report import make_report
+
+    made = make_report(sweep)
+    assert list(made.table["variant"]) == ["LSTM, dropout 0", "LSTM, dropout 0.2", "GRU, dropout 0", "GRU, dropout 0.2"]
+    assert list(made.table["seeds"]) == [1, 1, 1, 1] and made.incomplete == []
+    finals = {row["key"]: row["test_ppl"] for row in status["runs"]}
+    assert made.table.iloc[0]["test_ppl_mean"] == finals["lstm-d0-s1"]
+    assert (sweep.path / "figures" / "overview.png").stat().st_size > 10_000
 
 
 def test_a_worker_killed_with_sigkill_shows_failed_and_retry_completes_it_identically(tmp_path, tiny_corpus):

@@ -1,0 +1,105 @@
+"""Convergence figures: per variant, train and valid perplexity against epoch (mean over seeds,
+min-max band, the target dashed), and one overview of every variant's valid curve."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed, none assumed
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from ptbjobs.analysis import SweepData, target_for, variant_label  # noqa: E402
+
+DPI = 150
+
+
+def _log_axis(axis) -> None:
+    """Log scale with plain numbers on the ticks (80, 100, 200), not 8 x 10^1; whole epochs."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    axis.yaxis.set_major_formatter(plain)
+    axis.yaxis.set_minor_locator(LogLocator(subs=(2, 3, 4, 5, 6, 7, 8, 9)))
+    axis.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if str(value)[0] in "2468" else ""))
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+
+
+def _curves(epochs: pd.DataFrame, column: str) -> pd.DataFrame:
+    """mean, min and max over seeds of `column` at each epoch."""
+    return epochs.groupby("epoch")[column].agg(["mean", "min", "max", "count"]).reset_index()
+
+
+def variant_figure(data: SweepData, runs: pd.DataFrame, label: str) -> Figure:
+    """Train and valid perplexity of one variant's runs, as in the seed report (both on one axis)."""
+    epochs = data.epochs[data.epochs["key"].isin(runs["key"])]
+    first = runs.iloc[0]
+    figure, axis = plt.subplots(figsize=(6.4, 4.4))
+    for column, name, color in (("train_ppl", "train", "tab:blue"), ("valid_ppl", "validation", "tab:orange")):
+        curve = _curves(epochs, column)
+        axis.plot(curve["epoch"], curve["mean"], color=color, marker="o", markersize=3,
+                  label=f"{name} (mean of {len(runs)} seeds)" if len(runs) > 1 else f"{name} (1 seed)")
+        if len(runs) > 1:
+            axis.fill_between(curve["epoch"], curve["min"], curve["max"], color=color, alpha=0.2,
+                              label=f"{name}: min-max over seeds")
+    target = target_for(first["dropout"], data.targets)
+    axis.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target: valid < {target:g}")
+    _log_axis(axis)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("perplexity (log scale)")
+    axis.set_title(f"{label}: {data.name}, PTB")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def overview_figure(data: SweepData, groups: list[tuple[str, pd.DataFrame]]) -> Figure:
+    figure, axis = plt.subplots(figsize=(6.4, 4.4))
+    for label, runs in groups:
+        curve = _curves(data.epochs[data.epochs["key"].isin(runs["key"])], "valid_ppl")
+        axis.plot(curve["epoch"], curve["mean"], marker="o", markersize=3, label=f"{label} (n={len(runs)})")
+    for target in sorted({target_for(runs.iloc[0]["dropout"], data.targets) for _, runs in groups}):
+        axis.axhline(target, color="gray", linestyle="--", linewidth=1)
+        axis.annotate(f"target {target:g}", (axis.get_xlim()[0], target), fontsize=7, color="gray",
+                      xytext=(3, 3), textcoords="offset points")
+    _log_axis(axis)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("validation perplexity (log scale)")
+    axis.set_title(f"Validation perplexity of every variant: {data.name}, PTB")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def variant_groups(data: SweepData, include_incomplete: bool) -> list[tuple[str, pd.DataFrame]]:
+    runs = data.runs if include_incomplete else data.runs[data.runs["complete"]]
+    runs = runs[runs["epochs_done"] > 0]
+    return [(variant_label(group.iloc[0], data.variant_fields), group)
+            for _, group in runs.groupby(data.variant_fields, sort=False, dropna=False)]
+
+
+def save(figure: Figure, folder: Path, name: str, write) -> list[Path]:
+    """PNG and SVG of `figure`, each written through `write(path, bytes)` (atomically)."""
+    import io
+
+    paths = []
+    for fmt in ("png", "svg"):
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=fmt, dpi=DPI)
+        path = folder / f"{name}.{fmt}"
+        write(path, buffer.getvalue())
+        paths.append(path)
+    plt.close(figure)
+    return paths

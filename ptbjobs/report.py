@@ -1,0 +1,142 @@
+"""`ptbjobs report`: the results table (terminal, Markdown, CSV, LaTeX, JSON) and the convergence
+figures of a sweep, written into its folder (or --out), each file replaced atomically."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ptbjobs import analysis, figures
+from ptbjobs.atomic import atomic_write_bytes
+from ptbjobs.errors import PtbjobsError
+from ptbjobs.sweep import Sweep
+
+PARAMETER_NOTE = ("parameters as PyTorch counts them: two bias vectors per gate in each recurrent layer "
+                  "(an LSTM layer of 200 on 200 inputs: 321,600; a single-bias count gives 320,800)")
+
+
+@dataclass
+class Report:
+    table: pd.DataFrame
+    per_run: pd.DataFrame
+    incomplete: list[str]
+    references: pd.DataFrame | None
+    files: list[Path] = field(default_factory=list)
+
+
+def make_report(sweep: Sweep, out: Path | None = None, include_incomplete: bool = False,
+                per_run: bool = False, references: Path | None = None) -> Report:
+    data = analysis.load_sweep(sweep)
+    table = analysis.results_table(data, include_incomplete)
+    if table.empty:
+        raise PtbjobsError(f"no run of {sweep.path} has completed yet",
+                           "wait for a run to finish, or add --include-incomplete")
+    refs = analysis.load_references(references) if references else None
+    report = Report(table, data.runs, analysis.incomplete_runs(data), refs)
+    folder = out or sweep.path
+    (folder / "figures").mkdir(parents=True, exist_ok=True)
+    write = _writer(report.files)
+    write(folder / "results.md", markdown(report, data, per_run).encode())
+    write(folder / "results.csv", table.to_csv(index=False).encode())
+    write(folder / "results.tex", latex(report).encode())
+    write(folder / "results.json", (json.dumps({
+        "sweep": data.name, "variants": analysis.to_json_records(table),
+        "runs": analysis.to_json_records(data.runs[_RUN_COLUMNS]), "incomplete": report.incomplete,
+        "references": analysis.to_json_records(refs) if refs is not None else None,
+        "parameter_count": PARAMETER_NOTE}, indent=1) + "\n").encode())
+    groups = figures.variant_groups(data, include_incomplete)
+    for label, runs in groups:
+        figures.save(figures.variant_figure(data, runs, label), folder / "figures", figures.slug(label), write)
+    figures.save(figures.overview_figure(data, groups), folder / "figures", "overview", write)
+    return report
+
+
+def _writer(log: list[Path]):
+    def write(path: Path, payload: bytes) -> None:
+        atomic_write_bytes(path, payload)
+        log.append(path)
+    return write
+
+
+_RUN_COLUMNS = ["key", "cell", "dropout", "seed", "complete", "epochs_done", "final_train_ppl", "min_valid_ppl",
+                "min_valid_epoch", "test_ppl", "gpu_hours", "cpu_hours"]
+
+
+def _pm(mean: float, std: float, digits: int = 1) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _compute(row: pd.Series) -> str:
+    return f"{row['gpu_hours']:.2f} GPU-h" if row["gpu_hours"] > 0 else f"{row['cpu_hours']:.2f} CPU-h"
+
+
+def display_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """The variant table as text cells, shared by the terminal, Markdown and LaTeX renderings."""
+    header = ["variant", "seeds", "final train ppl", "min valid ppl", "test ppl", "epoch of min",
+              "target (valid)", "met", "compute", "parameters", "Zaremba et al. (valid / test)"]
+    rows = []
+    for _, row in report.table.iterrows():
+        rows.append([row["variant"], str(row["seeds"]), _pm(row["final_train_ppl_mean"], row["final_train_ppl_std"]),
+                     _pm(row["min_valid_ppl_mean"], row["min_valid_ppl_std"]),
+                     _pm(row["test_ppl_mean"], row["test_ppl_std"]), row["min_valid_epoch"],
+                     f"< {row['target_valid_ppl']:g}", "yes" if row["target_met"] else "no", _compute(row),
+                     f"{row['parameters']:,}", row["reference"] or "-"])
+    return header, rows
+
+
+def markdown(report: Report, data: analysis.SweepData, per_run: bool) -> str:
+    header, rows = display_rows(report)
+    lines = [f"# Results: sweep {data.name}", "",
+             "Mean ± std over seeds (sample std). Test perplexity is each run's, measured once with the weights "
+             "of its best validation epoch. Target met when the mean min valid perplexity is below the target.", "",
+             _md_table(header, rows), "", f"Parameter count: {PARAMETER_NOTE}."]
+    if report.incomplete:
+        lines += ["", f"Incomplete runs, not in the table: {', '.join(report.incomplete)}."]
+    if report.references is not None:
+        lines += ["", "## Published results (2 x 200 models on PTB)", "",
+                  _md_table(list(report.references.columns), report.references.astype(str).values.tolist())]
+    if per_run:
+        runs = report.per_run[_RUN_COLUMNS]
+        lines += ["", "## Runs", "", _md_table(_RUN_COLUMNS, [[_cell(v) for v in r] for r in runs.values.tolist()])]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:g}" if value.is_integer() else f"{value:.2f}"
+    return str(value)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def latex(report: Report) -> str:
+    header, rows = display_rows(report)
+    escape = lambda text: (text.replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%")
+                           .replace("_", "\\_").replace("#", "\\#").replace("±", "$\\pm$").replace("<", "$<$"))
+    lines = ["\\begin{tabular}{l" + "r" * (len(header) - 1) + "}", "\\toprule",
+             " & ".join(escape(h) for h in header) + " \\\\", "\\midrule"]
+    lines += [" & ".join(escape(c) for c in row) + " \\\\" for row in rows]
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "% needs \\usepackage{booktabs}\n" + "\n".join(lines) + "\n"
+
+
+def terminal_table(report: Report):
+    from rich.table import Table
+
+    header, rows = display_rows(report)
+    table = Table(title="results", title_justify="left")
+    for name in header:
+        table.add_column(name, justify="left" if name == "variant" else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table

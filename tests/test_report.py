@@ -1,0 +1,152 @@
+"""The report from synthetic run folders with known metrics: exact table values, golden Markdown and
+LaTeX, figure files and the matplotlib objects behind them."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+from ptbjobs import analysis, figures, report
+from ptbjobs.cli import main
+from ptbjobs.config import TrainConfig
+from ptbjobs.grid import config_hash
+from ptbjobs.rundir import RunDir, RunState
+from ptbjobs.sweep import Sweep
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def write_run(sweep: Sweep, manifest: dict, config: TrainConfig, valid: list[float], train: list[float],
+              test: float | None, device: str = "cpu") -> str:
+    key = f"{config.cell.value}-d{config.dropout:g}-s{config.seed}"
+    manifest["runs"][key] = {"config": config.to_dict(), "config_hash": config_hash(config),
+                             "point": {}, "jobs": []}
+    records = [{"epoch": e + 1, "lr": 1.0, "train_ppl": t, "valid_ppl": v, "tokens_per_s": 1.0,
+                "elapsed_s": 1800.0 * (e + 1), "steps": 10 * (e + 1)} for e, (v, t) in enumerate(zip(valid, train))]
+    if test is not None:
+        best = min(records, key=lambda r: r["valid_ppl"])
+        records.append({"final": True, "test_ppl": test, "best_epoch": best["epoch"], "best_valid_ppl": best["valid_ppl"],
+                        "epochs": len(valid), "steps": 30, "elapsed_s": 1800.0 * len(valid), "truncated": False,
+                        "device": device, "vocab_size": 10000})
+    run = RunDir(sweep.run_dir(key))
+    run.create()
+    run.write_metrics(records)
+    run.write_state(RunState.COMPLETED if test is not None else RunState.RUNNING)
+    return key
+
+
+@pytest.fixture
+def known_sweep(tmp_path) -> Sweep:
+    """LSTM without dropout (2 seeds, GPU), LSTM with dropout 0.3 (1 seed + 1 unfinished), on CPU."""
+    sweep = Sweep(tmp_path / "known")
+    sweep.path.mkdir()
+    manifest = {"version": 1, "name": "known", "runs": {}}
+    write_run(sweep, manifest, TrainConfig(seed=1), [150.0, 120.0, 121.0], [140.0, 90.0, 80.0], 115.0, "cuda")
+    write_run(sweep, manifest, TrainConfig(seed=2), [160.0, 124.0, 118.0], [150.0, 95.0, 84.0], 113.0, "cuda")
+    write_run(sweep, manifest, TrainConfig(seed=1, dropout=0.3), [130.0, 99.0], [160.0, 110.0], 95.0)
+    write_run(sweep, manifest, TrainConfig(seed=2, dropout=0.3), [131.0], [161.0], None)
+    sweep.write_manifest(manifest)
+    return sweep
+
+
+def test_the_variant_table_has_exact_means_stds_and_the_test_at_the_min_valid_epoch(known_sweep):
+    data = analysis.load_sweep(known_sweep)
+    table = analysis.results_table(data)
+    assert list(table["variant"]) == ["LSTM, dropout 0", "LSTM, dropout 0.3"]
+    plain, dropout = table.iloc[0], table.iloc[1]
+    assert plain["seeds"] == 2
+    assert plain["min_valid_ppl_mean"] == 119.0 and plain["min_valid_ppl_std"] == pytest.approx(math.sqrt(2))
+    assert plain["final_train_ppl_mean"] == 82.0 and plain["test_ppl_mean"] == 114.0
+    assert plain["min_valid_epoch"] == "2, 3"
+    assert plain["target_valid_ppl"] == 125 and plain["target_met"]
+    assert plain["gpu_hours"] == pytest.approx(3.0) and plain["cpu_hours"] == 0
+    assert plain["parameters"] == 4_653_200 and plain["reference"] == "120.7 / 114.5"
+    assert dropout["seeds"] == 1 and math.isnan(dropout["min_valid_ppl_std"])
+    assert dropout["min_valid_ppl_mean"] == 99.0 and dropout["target_valid_ppl"] == 100 and dropout["target_met"]
+    assert dropout["cpu_hours"] == pytest.approx(1.0) and dropout["reference"] == ""
+    assert analysis.incomplete_runs(data) == ["lstm-d0.3-s2"]
+    with_incomplete = analysis.results_table(data, include_incomplete=True)
+    assert with_incomplete.iloc[1]["seeds"] == 2 and with_incomplete.iloc[1]["min_valid_ppl_mean"] == 115.0
+
+
+def test_a_mean_at_the_target_does_not_meet_it(known_sweep):
+    data = analysis.load_sweep(known_sweep)
+    data.targets = type(data.targets)(valid_ppl_no_dropout=119.0, valid_ppl_dropout=100.0)
+    assert not analysis.results_table(data).iloc[0]["target_met"]
+
+
+def test_markdown_and_latex_match_their_golden_files(known_sweep, tmp_path):
+    made = report.make_report(known_sweep, out=tmp_path / "out")
+    for name in ("results.md", "results.tex"):
+        produced = (tmp_path / "out" / name).read_text()
+        assert produced == (GOLDEN / name).read_text(), name
+
+
+def test_every_output_is_written_and_the_figures_are_real_png_and_svg(known_sweep, tmp_path):
+    made = report.make_report(known_sweep, out=tmp_path / "out")
+    names = sorted(p.relative_to(tmp_path / "out").as_posix() for p in made.files)
+    assert names == ["figures/lstm-dropout-0-3.png", "figures/lstm-dropout-0-3.svg", "figures/lstm-dropout-0.png",
+                     "figures/lstm-dropout-0.svg", "figures/overview.png", "figures/overview.svg",
+                     "results.csv", "results.json", "results.md", "results.tex"]
+    for path in made.files:
+        data = path.read_bytes()
+        if path.suffix == ".png":
+            assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+        if path.suffix == ".svg":
+            assert b"<svg" in data[:500]
+    written = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert written["incomplete"] == ["lstm-d0.3-s2"] and len(written["variants"]) == 2
+
+
+def test_a_variant_figure_has_train_and_valid_means_a_band_the_target_and_a_log_axis(known_sweep):
+    data = analysis.load_sweep(known_sweep)
+    label, runs = figures.variant_groups(data, include_incomplete=False)[0]
+    figure = figures.variant_figure(data, runs, label)
+    axis = figure.axes[0]
+    assert axis.get_yscale() == "log"
+    assert axis.get_xlabel() == "epoch" and axis.get_ylabel() == "perplexity (log scale)"
+    assert "LSTM, dropout 0" in axis.get_title()
+    lines = {line.get_label(): line for line in axis.get_lines()}
+    assert list(lines["validation (mean of 2 seeds)"].get_ydata()) == [155.0, 122.0, 119.5]
+    assert list(lines["train (mean of 2 seeds)"].get_ydata()) == [145.0, 92.5, 82.0]
+    assert list(lines["target: valid < 125"].get_ydata()) == [125, 125]
+    bands = [c for c in axis.collections if isinstance(c, matplotlib.collections.PolyCollection)]
+    assert len(bands) == 2  # min-max over the seeds, for train and for valid
+    matplotlib.pyplot.close(figure)
+
+
+def test_the_overview_has_one_valid_curve_per_variant(known_sweep):
+    data = analysis.load_sweep(known_sweep)
+    figure = figures.overview_figure(data, figures.variant_groups(data, include_incomplete=False))
+    labels = [line.get_label() for line in figure.axes[0].get_lines() if not line.get_label().startswith("_")]
+    assert labels == ["LSTM, dropout 0 (n=2)", "LSTM, dropout 0.3 (n=1)"]
+    matplotlib.pyplot.close(figure)
+
+
+def test_the_parameter_count_matches_the_model_it_describes():
+    from ptbjobs.model import RNNLM, count_parameters
+
+    for config in [TrainConfig(), TrainConfig(cell="gru"), TrainConfig(tie_weights=True),
+                   TrainConfig(num_layers=3, emb_size=100, variational_dropout=True)]:
+        assert analysis.parameter_count(config.to_dict()) == count_parameters(RNNLM(config, 10_000))
+
+
+def test_a_sweep_without_a_finished_epoch_gets_a_clear_message(tmp_path, capsys):
+    sweep = Sweep(tmp_path / "empty")
+    sweep.path.mkdir()
+    sweep.write_manifest({"version": 1, "name": "empty", "runs": {"lstm-d0-s1": {
+        "config": TrainConfig().to_dict(), "config_hash": "x", "point": {}, "jobs": []}}})
+    assert main(["report", "--sweep-dir", str(sweep.path)]) == 1
+    assert capsys.readouterr().err.strip() == (f"ptbjobs: error: no run of {sweep.path} has finished an epoch yet "
+                                               "(wait for the first epochs (see `ptbjobs status`))")
+    assert not (sweep.path / "figures").exists()
+
+
+def test_report_with_references_shows_the_published_rows(known_sweep, tmp_path, capsys):
+    assert main(["report", "--sweep-dir", str(known_sweep.path), "--out", str(tmp_path / "o"), "--references"]) == 0
+    text = (tmp_path / "o" / "results.md").read_text()
+    assert "Press & Wolf (2017)" in text and "| 89.9 | 85.1 |" in text
