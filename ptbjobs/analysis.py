@@ -23,7 +23,7 @@ from ptbjobs.sweep import Sweep
 
 PTB_VOCAB = 10_000
 # Zaremba et al. (2014), small non-regularised LSTM: the row shown beside the matching variant
-ZAREMBA_SMALL = {"valid_ppl": 120.7, "test_ppl": 114.5, "source": "Zaremba et al. (2014), small"}
+ZAREMBA_SMALL = {"valid_ppl": 120.7, "test_ppl": 114.5, "source": "Zaremba et al. (2014) small"}
 # Fields that never define a variant: the seed is folded, execution details do not change results
 _NOT_A_VARIANT = RESUME_NEUTRAL_FIELDS | {"seed", "max_steps"}
 

@@ -79,14 +79,18 @@ def _compute(row: pd.Series) -> str:
 def display_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """The variant table as text cells, shared by the terminal, Markdown and LaTeX renderings."""
     header = ["variant", "seeds", "final train ppl", "min valid ppl", "test ppl", "epoch of min",
-              "target (valid)", "met", "compute", "parameters", "Zaremba et al. (valid / test)"]
+              "target (valid)", "met", "compute", "parameters"]
     rows = []
     for _, row in report.table.iterrows():
         rows.append([row["variant"], str(row["seeds"]), _pm(row["final_train_ppl_mean"], row["final_train_ppl_std"]),
                      _pm(row["min_valid_ppl_mean"], row["min_valid_ppl_std"]),
                      _pm(row["test_ppl_mean"], row["test_ppl_std"]), row["min_valid_epoch"],
                      f"< {row['target_valid_ppl']:g}", "yes" if row["target_met"] else "no", _compute(row),
-                     f"{row['parameters']:,}", row["reference"] or "-"])
+                     f"{row['parameters']:,}"])
+        if row["reference"]:  # the published number for this very model, on the row below it
+            reference = analysis.ZAREMBA_SMALL
+            rows.append([f"{reference['source']} (published)", "-", "-", f"{reference['valid_ppl']}",
+                         f"{reference['test_ppl']}", "-", "-", "-", "-", "-"])
     return header, rows
 
 
