@@ -156,6 +156,9 @@ def load_references(path: Path) -> pd.DataFrame:
         return pd.read_csv(path, comment="#")
     except FileNotFoundError:
         raise PtbjobsError(f"no reference file at {path}", "give --references-file PATH") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:  # a folder, a malformed CSV, binary
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PtbjobsError(f"{path}: not a readable CSV of references ({first_line})") from None
 
 
 def to_json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:

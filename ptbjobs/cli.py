@@ -164,10 +164,12 @@ def submit(
     from ptbjobs.grid import load_grid
     from ptbjobs.sweep import Sweep
 
-    parsed = load_grid(grid)
+    parsed = load_grid(grid, allow_large=yes)
     sweep = Sweep(sweep_dir or Path("runs") / parsed.name)
+    if sweep.path.exists() and not sweep.path.is_dir():
+        raise ConfigError(None, f"--sweep-dir {sweep.path} is a file, not a folder", "give a folder path")
     chosen = launch.get_executor(executor, max_parallel)
-    planned = launch.submit(parsed, sweep, chosen, data_dir=data_dir, force=force, dry_run=dry_run, yes=yes)
+    planned = launch.submit(parsed, sweep, chosen, data_dir=data_dir, force=force, dry_run=dry_run)
     console = _console()
     console.print(_plan_table(planned, sweep, chosen.name, dry_run))
     if wait and not dry_run:
@@ -334,6 +336,8 @@ def report(
     from ptbjobs.sweep import find_sweep
 
     chosen = references_file or (REFERENCES_FILE if references else None)
+    if out is not None and out.exists() and not out.is_dir():
+        raise ConfigError(None, f"--out {out} is a file, not a folder", "give a folder path")
     made = report_module.make_report(find_sweep(sweep_dir), out, include_incomplete, per_run, chosen)
     console = _console()
     console.print(report_module.terminal_table(made))

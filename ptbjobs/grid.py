@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -36,7 +37,10 @@ from ptbjobs.errors import ConfigError
 
 TOP_LEVEL_KEYS = ("name", "data_dir", "defaults", "axes", "overrides", "include", "exclude", "resources", "targets")
 MAX_RUNS_WITHOUT_YES = 10_000
-# Words that reach sbatch: no spaces, newlines, ';', '#', quotes or shell metacharacters.
+MAX_RUNS = 1_000_000
+# Words that reach sbatch: no spaces, newlines, ';', '#', quotes or shell metacharacters. A
+# constraint also needs Slurm's & | ( ) [ ] * operators: they are passed as one argv element
+# (never through a shell), where they mean nothing but to Slurm.
 _SAFE_WORD = re.compile(r"[A-Za-z0-9_.:+-]+")
 _SAFE_CONSTRAINT = re.compile(r"[A-Za-z0-9_.:&|()\[\]*,+-]+")
 _SAFE_SBATCH_OPTION = re.compile(r"--[a-z][a-z0-9-]*(=[A-Za-z0-9_.:,/@%+=-]+)?")
@@ -97,21 +101,27 @@ class Grid:
     data_dir: str | None = None
 
 
+def _full_hash(config: TrainConfig) -> str:
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+
+
 def config_hash(config: TrainConfig) -> str:
     """A short hash of everything that decides what a run computes."""
     identity = {k: v for k, v in config.to_dict().items() if k not in RESUME_NEUTRAL_FIELDS}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def load_grid(path: Path) -> Grid:
+def load_grid(path: Path, allow_large: bool = False) -> Grid:
     try:
         text = path.read_text()
     except OSError as exc:
         raise GridError(None, f"{path}: cannot read the grid file ({exc.strerror})", "check the --grid path") from None
-    return parse_grid(text, path)
+    except UnicodeDecodeError:
+        raise GridError(None, f"{path}: not UTF-8 text", "a grid is a TOML text file") from None
+    return parse_grid(text, path, allow_large)
 
 
-def parse_grid(text: str, path: Path) -> Grid:
+def parse_grid(text: str, path: Path, allow_large: bool = True) -> Grid:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -132,6 +142,10 @@ def parse_grid(text: str, path: Path) -> Grid:
     overrides = [_override(entry, i, axes, where) for i, entry in enumerate(_array(data, "overrides", where))]
     excludes = [_partial_point(entry, "exclude", i, axes, where) for i, entry in enumerate(_array(data, "exclude", where))]
     includes = [_include(entry, i, axes, where) for i, entry in enumerate(_array(data, "include", where))]
+    size = math.prod(len(values) for values in axes.values()) + len(includes)
+    if size > MAX_RUNS_WITHOUT_YES and not allow_large or size > MAX_RUNS:
+        raise GridError(None, f"{path}: the grid expands to {size:,} runs",
+                        "add --yes if you mean it" if size <= MAX_RUNS else f"split it: at most {MAX_RUNS:,} runs a grid")
     runs = _expand(path, defaults, axes, overrides, excludes, includes)
     return Grid(name=name, path=path, text=text, runs=runs, axes=axes,
                 resources=_resources(_table(data, "resources", where), where),
@@ -171,8 +185,9 @@ class _Locator:
     def error(self, table: str, key: str, problem: str, hint: str | None = None, index: int = 0) -> GridError:
         line = self.line_of(table, key, index) if key else None
         place = f"{self.path}:{line}" if line else str(self.path)
-        dotted = f"{table}[{index}].{key}" if table in ("overrides", "include", "exclude") else \
-            (f"{table}.{key}" if table else key)
+        shown = key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else repr(key)
+        dotted = f"{table}[{index}].{shown}" if table in ("overrides", "include", "exclude") else \
+            (f"{table}.{shown}" if table else shown)
         return GridError(None, f"{place}: {dotted}: {problem}", hint)
 
 
@@ -318,7 +333,7 @@ def _make_keys_unique(runs: list[RunSpec]) -> None:
         counts[run.key] = counts.get(run.key, 0) + 1
     for i, run in enumerate(runs):
         if counts[run.key] > 1:
-            runs[i] = dataclasses.replace(run, key=f"{run.key}-{run.config_hash()[:6]}")
+            runs[i] = dataclasses.replace(run, key=f"{run.key}-{_full_hash(run.config)[:6]}")
 
 
 def _resources(table: dict, where: _Locator) -> Resources:
@@ -337,8 +352,8 @@ def _resources(table: dict, where: _Locator) -> Resources:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise where.error("resources", key, f"must be a whole number >= 0, got {value!r}")
         elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise where.error("resources", key, f"must be a number >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise where.error("resources", key, f"must be a finite number >= 0, got {value!r}")
             value = float(value)
         else:  # extra_sbatch
             if not isinstance(value, list) or not all(isinstance(v, str) and _SAFE_SBATCH_OPTION.fullmatch(v) for v in value):
@@ -346,8 +361,8 @@ def _resources(table: dict, where: _Locator) -> Resources:
                                   'e.g. extra_sbatch = ["--exclusive", "--mail-type=END"]; no spaces or shell characters')
             value = tuple(value)
         values[key] = value
-    if values.get("timeout_min", 1) == 0:
-        raise where.error("resources", "timeout_min", "must be at least 1 minute")
+    if not 1 <= values.get("timeout_min", 1) <= 366 * 24 * 60:
+        raise where.error("resources", "timeout_min", f"must be from 1 minute to a year, got {values['timeout_min']}")
     return Resources(**values)
 
 
@@ -357,7 +372,7 @@ def _targets(table: dict, where: _Locator) -> Targets:
     for key, value in table.items():
         if key not in known:
             raise where.error("targets", key, "unknown key", "valid keys: " + ", ".join(known))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 1:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 < value < math.inf:
             raise where.error("targets", key, f"must be a perplexity above 1, got {value!r}")
         values[key] = float(value)
     return Targets(**values)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from ptbjobs import states
 from ptbjobs.datafiles import SPLITS, missing_data_hint, resolve_data_dir, split_filename
 from ptbjobs.errors import ConfigError, DataError, PtbjobsError
-from ptbjobs.grid import MAX_RUNS_WITHOUT_YES, Grid, Resources, RunSpec
+from ptbjobs.grid import Grid, Resources, RunSpec
 from ptbjobs.job import write_spec
 from ptbjobs.rundir import RunDir
 from ptbjobs.sweep import Sweep, latest_job
@@ -121,11 +121,8 @@ def check_data(grid: Grid, data_dir: Path | None) -> Path:
 
 
 def submit(grid: Grid, sweep: Sweep, executor: Executor, data_dir: Path | None = None, force: bool = False,
-           dry_run: bool = False, yes: bool = False) -> list[PlannedRun]:
+           dry_run: bool = False) -> list[PlannedRun]:
     """Plan the grid against the sweep and submit what needs it; returns the plan."""
-    if len(grid.runs) > MAX_RUNS_WITHOUT_YES and not yes:
-        raise ConfigError(None, f"{grid.path}: the grid expands to {len(grid.runs):,} runs",
-                          "add --yes if you mean it")
     data = check_data(grid, data_dir)
     if dry_run:
         return plan(grid, sweep, force) if sweep.exists() else [PlannedRun(s, states.NOT_SUBMITTED, SUBMIT) for s in grid.runs]

@@ -113,6 +113,11 @@ def job_state(folder: Path, job_id: str) -> str:
     if record is None:
         return states.UNKNOWN
     if record["state"] == states.RUNNING and not _alive(record):
+        end = _read_json(folder / "jobs" / f"{job_id}.end.json")  # it may have ended just now
+        if end:
+            return end["state"]
+        if (folder / "jobs" / f"{job_id}.cancel").exists():
+            return states.CANCELLED  # killed by the cancel before it could save and say so
         return states.FAILED  # killed or crashed before it could say so
     return record["state"]
 
@@ -163,7 +168,7 @@ def supervise(sweep: Sweep) -> None:
         idle_since = time.monotonic()
         while True:
             settings = _read_json(folder / "settings.json") or {}
-            records = [r for r in (_read_json(p) for p in sorted((folder / "jobs").glob("L*.json"))) if r and "number" in r]
+            records = _records(folder)
             running = [r for r in records if job_state(folder, r["job_id"]) == states.RUNNING]
             pending = sorted((r for r in records if job_state(folder, r["job_id"]) == states.PENDING),
                              key=lambda r: r["number"])
@@ -173,15 +178,31 @@ def supervise(sweep: Sweep) -> None:
             if running or pending:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > IDLE_EXIT_S:
-                return
+                # leave only under the sweep lock, after a last look: a submit (which holds that lock
+                # while it queues jobs and checks for a supervisor) then either came before and is
+                # seen here, or comes after and finds no supervisor and starts one
+                with sweep.locked():
+                    if not any(job_state(folder, r["job_id"]) == states.PENDING for r in _records(folder)):
+                        return
             time.sleep(POLL_S)
 
 
+def _records(folder: Path) -> list[dict[str, Any]]:
+    paths = [p for p in (folder / "jobs").glob("L*.json") if p.stem[1:].isdigit()]
+    return [r for r in map(_read_json, paths) if r and "number" in r]
+
+
 def _launch(sweep: Sweep, folder: Path, record: dict[str, Any], slot: int, settings: dict[str, Any]) -> None:
+    # under the sweep lock from the cancel check to the RUNNING record, so that `cancel` (which
+    # holds it too) sees either a PENDING job it can cancel in place, or a RUNNING one it signals
+    with sweep.locked():
+        if (folder / "jobs" / f"{record['job_id']}.cancel").exists() or job_state(folder, record["job_id"]) != states.PENDING:
+            return
+        _start_worker(sweep, folder, record, slot, settings)
+
+
+def _start_worker(sweep: Sweep, folder: Path, record: dict[str, Any], slot: int, settings: dict[str, Any]) -> None:
     job_id = record["job_id"]
-    if (folder / "jobs" / f"{job_id}.cancel").exists():
-        _write_end(folder, job_id, states.CANCELLED, None, "cancelled before it started")
-        return
     run_dir = sweep.run_dir(record["run"])
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)

@@ -40,7 +40,7 @@ def make_report(sweep: Sweep, out: Path | None = None, include_incomplete: bool 
     folder = out or sweep.path
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     write = _writer(report.files)
-    write(folder / "results.md", markdown(report, data, per_run).encode())
+    write(folder / "results.md", markdown(report, data, per_run, include_incomplete).encode())
     write(folder / "results.csv", table.to_csv(index=False).encode())
     write(folder / "results.tex", latex(report).encode())
     write(folder / "results.json", (json.dumps({
@@ -94,14 +94,15 @@ def display_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def markdown(report: Report, data: analysis.SweepData, per_run: bool) -> str:
+def markdown(report: Report, data: analysis.SweepData, per_run: bool, include_incomplete: bool = False) -> str:
     header, rows = display_rows(report)
     lines = [f"# Results: sweep {data.name}", "",
              "Mean ± std over seeds (sample std). Test perplexity is each run's, measured once with the weights "
              "of its best validation epoch. Target met when the mean min valid perplexity is below the target.", "",
              _md_table(header, rows), "", f"Parameter count: {PARAMETER_NOTE}."]
     if report.incomplete:
-        lines += ["", f"Incomplete runs, not in the table: {', '.join(report.incomplete)}."]
+        counted = "counted in the table (--include-incomplete)" if include_incomplete else "not in the table"
+        lines += ["", f"Incomplete runs, {counted}: {', '.join(report.incomplete)}."]
     if report.references is not None:
         lines += ["", "## Published results (2 x 200 models on PTB)", "",
                   _md_table(list(report.references.columns), report.references.astype(str).values.tolist())]

@@ -8,6 +8,7 @@ good checkpoint; a folder holding a run of a different config is refused rather 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import signal
 import time
 from pathlib import Path
@@ -43,8 +44,16 @@ def run_training(config: TrainConfig, out: Path, data_dir: Path | str | None = N
     corpus = load_corpus(data_dir)
     trainer = Trainer(config, corpus, run, reporter)  # before any write: a config it rejects leaves nothing
     run.create()
-    if existing is None:
-        run.write_json(run.config_path, _config_record(config, corpus.data_dir))
+    with _exclusive(run):
+        return _train(run, trainer, config, corpus.data_dir, reporter, first_start=existing is None,
+                      handle_signals=handle_signals)
+
+
+def _train(run: RunDir, trainer: Trainer, config: TrainConfig, data_dir: Path, reporter: Reporter,
+           first_start: bool, handle_signals: bool) -> dict[str, Any]:
+    """Resume from the newest good checkpoint (if any) and train to the end, keeping state.json."""
+    if first_start:
+        run.write_json(run.config_path, _config_record(config, data_dir))
     resumed = checkpoint.load_latest(run.checkpoint_dir)
     if resumed is not None:
         state, path = resumed
@@ -76,6 +85,19 @@ def _refuse_diverged(run: RunDir) -> None:
     if state and state["state"] == RunState.DIVERGED.value:
         raise DivergedError(f"{run.path} diverged earlier: {state.get('message', '')}",
                             "train again in a new --out with a lower --lr or --clip")
+
+
+@contextlib.contextmanager
+def _exclusive(run: RunDir) -> Iterator[None]:
+    """One process trains a run folder at a time: a second one (a job submitted twice, a
+    `ptbjobs train` started by hand beside a job) is refused instead of interleaving writes."""
+    with open(run.path / ".train.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PtbjobsError(f"{run.path} is being trained by another process right now",
+                               "wait for it, or stop it first") from None
+        yield
 
 
 def _final_record(run: RunDir) -> dict[str, Any] | None:

@@ -138,7 +138,13 @@ BAD = [
     ("negative gpus", 'name = "s"\n[axes]\nseed = [1]\n[resources]\ngpus_per_node = -1\n', "grid.toml:5: resources.gpus_per_node: must be a whole number >= 0, got -1"),
     ("timeout as a string", 'name = "s"\n[axes]\nseed = [1]\n[resources]\ntimeout_min = "01:00:00"\n',
      "resources.timeout_min: must be a whole number >= 0, got '01:00:00'"),
-    ("zero timeout", 'name = "s"\n[axes]\nseed = [1]\n[resources]\ntimeout_min = 0\n', "resources.timeout_min: must be at least 1 minute"),
+    ("zero timeout", 'name = "s"\n[axes]\nseed = [1]\n[resources]\ntimeout_min = 0\n', "resources.timeout_min: must be from 1 minute to a year, got 0"),
+    ("a timeout of centuries", 'name = "s"\n[axes]\nseed = [1]\n[resources]\ntimeout_min = 99999999999\n',
+     "resources.timeout_min: must be from 1 minute to a year, got 99999999999"),
+    ("memory of infinity", 'name = "s"\n[axes]\nseed = [1]\n[resources]\nmem_gb = inf\n',
+     "grid.toml:5: resources.mem_gb: must be a finite number >= 0, got inf"),
+    ("a target of nan", 'name = "s"\n[axes]\nseed = [1]\n[targets]\nvalid_ppl_dropout = nan\n',
+     "targets.valid_ppl_dropout: must be a perplexity above 1, got nan"),
     ("unknown resource", 'name = "s"\n[axes]\nseed = [1]\n[resources]\ngpu = 1\n', "grid.toml:5: resources.gpu: unknown key (valid keys: partition,"),
     ("bad target", 'name = "s"\n[axes]\nseed = [1]\n[targets]\nvalid_ppl_dropout = 0\n', "targets.valid_ppl_dropout: must be a perplexity above 1, got 0"),
     ("resources not a table", 'name = "s"\nresources = 3\n[axes]\nseed = [1]\n', "grid.toml:2: resources: must be a table [resources]"),
@@ -157,3 +163,25 @@ def test_a_bad_grid_is_refused_with_one_line_naming_file_key_and_fix(text, expec
 
 def test_there_are_at_least_25_bad_grids():
     assert len(BAD) >= 25
+
+
+def test_a_huge_grid_is_refused_before_it_is_expanded():
+    text = 'name = "s"\n[axes]\nseed = [' + ", ".join(map(str, range(200))) + ']\nlr = [' + \
+        ", ".join(f"{(i + 1) / 100}" for i in range(60)) + "]\n"
+    with pytest.raises(GridError, match=r"expands to 12,000 runs \(add --yes if you mean it\)"):
+        parse_grid(text, Path("grid.toml"), allow_large=False)
+    assert len(parse_grid(text, Path("grid.toml"), allow_large=True).runs) == 12_000
+
+
+def test_keys_differing_only_in_execution_fields_are_still_unique():
+    grid = parse('name = "s"\n[axes]\ncheckpoint_every_min = [0.1234567, 0.1234568]\n')
+    assert len({r.key for r in grid.runs}) == 2
+
+
+def test_a_grid_file_that_is_not_text_is_refused(tmp_path):
+    from ptbjobs.grid import load_grid
+
+    path = tmp_path / "grid.toml"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(GridError, match="not UTF-8 text"):
+        load_grid(path)

@@ -48,3 +48,21 @@ def test_status_of_a_synthetic_sweep_counts_every_state_and_summarises_metrics_e
 
 def test_metrics_summary_of_a_missing_file_is_empty(tmp_path):
     assert _metrics_summary(RunDir(tmp_path)) == (0, None, None, None)
+
+
+def test_a_local_job_whose_process_is_gone_reads_failed_or_cancelled_or_its_end(tmp_path):
+    import json
+
+    from ptbjobs.local import job_state
+
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "L1.json").write_text(json.dumps({"job_id": "L1", "state": "RUNNING", "pid": None}))
+    assert job_state(tmp_path, "L1") == states.FAILED  # killed or crashed without a word
+    (jobs / "L1.cancel").touch()
+    assert job_state(tmp_path, "L1") == states.CANCELLED  # killed by the cancel before it could save
+    (jobs / "L1.end.json").write_text(json.dumps({"state": "COMPLETED"}))
+    assert job_state(tmp_path, "L1") == states.COMPLETED  # what the worker wrote wins
+    (jobs / "L2.json").write_text(json.dumps({"job_id": "L2", "state": "PENDING"}))
+    assert job_state(tmp_path, "L2") == states.PENDING
+    assert job_state(tmp_path, "L3") == states.UNKNOWN

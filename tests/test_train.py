@@ -141,3 +141,14 @@ def test_epoch_steps_trains_only_the_first_chunks_of_every_epoch(tmp_path, tiny_
     records = RunDir(tmp_path / "run").read_metrics()
     assert [r["steps"] for r in records[:-1]] == [7, 14, 21]
     assert records[-1]["truncated"] is False
+
+
+def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path, tiny_corpus, tiny_config):
+    import fcntl
+
+    run_training(tiny_config.replace(max_steps=2), tmp_path / "run", tiny_corpus, handle_signals=False)
+    (tmp_path / "run" / "state.json").unlink()  # not complete any more: it would train again
+    with open(tmp_path / "run" / ".train.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(Exception, match="is being trained by another process right now"):
+            run_training(tiny_config.replace(max_steps=2), tmp_path / "run", tiny_corpus, handle_signals=False)
