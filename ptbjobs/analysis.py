@@ -49,7 +49,8 @@ def load_sweep(sweep: Sweep) -> SweepData:
         final = records[-1] if records and records[-1].get("final") else None
         for record in epochs:
             epoch_rows.append({"key": key, **{k: v for k, v in record.items()}})
-        run_rows.append(_run_row(key, entry["config"], epochs, final))
+        state = RunDir(sweep.run_dir(key)).read_state() or {}
+        run_rows.append(_run_row(key, entry["config"], epochs, final, state.get("device")))
     runs = pd.DataFrame(run_rows)
     epochs_frame = pd.DataFrame(epoch_rows, columns=["key", "epoch", "lr", "train_ppl", "valid_ppl",
                                                      "tokens_per_s", "elapsed_s", "steps"])
@@ -60,11 +61,13 @@ def load_sweep(sweep: Sweep) -> SweepData:
                      targets=targets, name=manifest.get("name", sweep.path.name))
 
 
-def _run_row(key: str, config: dict[str, Any], epochs: list[dict], final: dict | None) -> dict[str, Any]:
+def _run_row(key: str, config: dict[str, Any], epochs: list[dict], final: dict | None,
+             device: str | None) -> dict[str, Any]:
     complete = final is not None and not final.get("truncated", False)
     best = min(epochs, key=lambda r: r["valid_ppl"]) if epochs else None
     hours = (final or (epochs[-1] if epochs else {})).get("elapsed_s", 0.0) / 3600
-    on_gpu = bool(final) and final.get("device") == "cuda"
+    # the final record says where the run ended; state.json where an unfinished one last ran
+    on_gpu = ((final or {}).get("device") or device) == "cuda"
     return {
         "key": key, **config, "complete": complete, "epochs_done": len(epochs),
         "final_train_ppl": epochs[-1]["train_ppl"] if epochs else math.nan,
@@ -125,7 +128,7 @@ def results_table(data: SweepData, include_incomplete: bool = False) -> pd.DataF
         target = target_for(first["dropout"], data.targets)
         row = {"variant": variant_label(first, data.variant_fields),
                **{name: first[name] for name in data.variant_fields},
-               "seeds": len(group)}
+               "seeds": len(group), "finished": int(group["complete"].sum())}
         for column in ("final_train_ppl", "min_valid_ppl", "test_ppl"):
             row[f"{column}_mean"] = group[column].mean()
             row[f"{column}_std"] = group[column].std(ddof=1) if len(group) > 1 else math.nan

@@ -73,7 +73,10 @@ def _pm(mean: float, std: float, digits: int = 1) -> str:
 
 
 def _compute(row: pd.Series) -> str:
-    return f"{row['gpu_hours']:.2f} GPU-h" if row["gpu_hours"] > 0 else f"{row['cpu_hours']:.2f} CPU-h"
+    parts = [f"{row['gpu_hours']:.2f} GPU-h"] if row["gpu_hours"] > 0 else []
+    if row["cpu_hours"] > 0 or not parts:
+        parts.append(f"{row['cpu_hours']:.2f} CPU-h")
+    return " + ".join(parts)
 
 
 def display_rows(report: Report) -> tuple[list[str], list[list[str]]]:
@@ -82,7 +85,9 @@ def display_rows(report: Report) -> tuple[list[str], list[list[str]]]:
               "target (valid)", "met", "compute", "parameters"]
     rows = []
     for _, row in report.table.iterrows():
-        rows.append([row["variant"], str(row["seeds"]), _pm(row["final_train_ppl_mean"], row["final_train_ppl_std"]),
+        # with --include-incomplete, unfinished runs count in train/valid but have no test yet
+        seeds = str(row["seeds"]) if row["finished"] == row["seeds"] else f"{row['seeds']} ({row['finished']} finished)"
+        rows.append([row["variant"], seeds, _pm(row["final_train_ppl_mean"], row["final_train_ppl_std"]),
                      _pm(row["min_valid_ppl_mean"], row["min_valid_ppl_std"]),
                      _pm(row["test_ppl_mean"], row["test_ppl_std"]), row["min_valid_epoch"],
                      f"< {row['target_valid_ppl']:g}", "yes" if row["target_met"] else "no", _compute(row),

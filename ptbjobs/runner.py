@@ -59,7 +59,7 @@ def _train(run: RunDir, trainer: Trainer, config: TrainConfig, data_dir: Path, r
         state, path = resumed
         trainer.load_state(state)
     reporter.start(config, run, str(resumed[1]) if resumed else None)
-    run.write_state(RunState.RUNNING, epoch=trainer.epoch, step=trainer.global_step)
+    run.write_state(RunState.RUNNING, epoch=trainer.epoch, step=trainer.global_step, device=trainer.device.type)
     try:
         with _stop_on_signals(trainer, enabled=handle_signals):
             final = trainer.fit()

@@ -150,3 +150,11 @@ def test_report_with_references_shows_the_published_rows(known_sweep, tmp_path, 
     assert main(["report", "--sweep-dir", str(known_sweep.path), "--out", str(tmp_path / "o"), "--references"]) == 0
     text = (tmp_path / "o" / "results.md").read_text()
     assert "Press & Wolf (2017)" in text and "| 89.9 | 85.1 |" in text
+
+
+def test_with_incomplete_runs_included_the_table_says_how_many_finished(known_sweep, tmp_path):
+    made = report.make_report(known_sweep, out=tmp_path / "o", include_incomplete=True)
+    text = (tmp_path / "o" / "results.md").read_text()
+    assert "| LSTM, dropout 0.3 | 2 (1 finished) |" in text
+    assert "Incomplete runs, counted in the table (--include-incomplete): lstm-d0.3-s2." in text
+    assert made.table.iloc[1]["test_ppl_mean"] == 95.0  # the one run that has a test perplexity
