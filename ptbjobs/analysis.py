@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ptbjobs.config import RESUME_NEUTRAL_FIELDS
-from ptbjobs.errors import PtbjobsError
+from ptbjobs.errors import PtbjobsError, first_line
 from ptbjobs.grid import Targets, parse_grid
 from ptbjobs.rundir import RunDir
 from ptbjobs.sweep import Sweep
@@ -160,8 +160,7 @@ def load_references(path: Path) -> pd.DataFrame:
     except FileNotFoundError:
         raise PtbjobsError(f"no reference file at {path}", "give --references-file PATH") from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:  # a folder, a malformed CSV, binary
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise PtbjobsError(f"{path}: not a readable CSV of references ({first_line})") from None
+        raise PtbjobsError(f"{path}: not a readable CSV of references ({first_line(exc)})") from None
 
 
 def to_json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from pathlib import Path
+
+
+def try_exclusive_lock(handle) -> bool:
+    """Take an exclusive flock on an open file without waiting; False if another process has it.
+    The kernel drops the lock when its holder dies, however it dies."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _current_umask() -> int:

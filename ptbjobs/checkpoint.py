@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ptbjobs.atomic import atomic_write_bytes
-from ptbjobs.errors import CheckpointError
+from ptbjobs.errors import CheckpointError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,7 @@ def decode(blob: bytes, source: str = "checkpoint") -> dict[str, Any]:
     try:
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad payload; its text runs over lines
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{source}: unreadable payload ({first_line})") from None
+        raise CheckpointError(f"{source}: unreadable payload ({first_line(exc)})") from None
 
 
 def save(folder: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:

@@ -8,6 +8,11 @@ CLI prints exactly that and exits non-zero; the traceback is shown only with PTB
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (torch's often run over many), or its type's name."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class PtbjobsError(Exception):
     """A problem the user can act on. `exit_code` 2 means bad input, 1 a failure at run time."""
 

@@ -54,14 +54,7 @@ def variant_figure(data: SweepData, runs: pd.DataFrame, label: str) -> Figure:
                               label=f"{name}: min-max over seeds")
     target = target_for(first["dropout"], data.targets)
     axis.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target: valid < {target:g}")
-    _log_axis(axis)
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("perplexity (log scale)")
-    axis.set_title(f"{label}: {data.name}, PTB")
-    axis.grid(True, which="both", alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    return figure
+    return _finish(figure, axis, "perplexity (log scale)", f"{label}: {data.name}, PTB")
 
 
 def overview_figure(data: SweepData, groups: list[tuple[str, pd.DataFrame]]) -> Figure:
@@ -73,10 +66,15 @@ def overview_figure(data: SweepData, groups: list[tuple[str, pd.DataFrame]]) -> 
         axis.axhline(target, color="gray", linestyle="--", linewidth=1)
         axis.annotate(f"target {target:g}", (axis.get_xlim()[0], target), fontsize=7, color="gray",
                       xytext=(3, 3), textcoords="offset points")
+    return _finish(figure, axis, "validation perplexity (log scale)",
+                   f"Validation perplexity of every variant: {data.name}, PTB")
+
+
+def _finish(figure: Figure, axis, ylabel: str, title: str) -> Figure:
     _log_axis(axis)
     axis.set_xlabel("epoch")
-    axis.set_ylabel("validation perplexity (log scale)")
-    axis.set_title(f"Validation perplexity of every variant: {data.name}, PTB")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()

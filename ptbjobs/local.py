@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ptbjobs import states
-from ptbjobs.atomic import atomic_write_bytes
+from ptbjobs.atomic import atomic_write_bytes, try_exclusive_lock
 from ptbjobs.grid import Resources
 from ptbjobs.sweep import Sweep
 
@@ -148,22 +148,18 @@ def ensure_supervisor(sweep: Sweep) -> None:
     """Start the sweep's supervisor unless one is running (it holds supervisor.lock)."""
     folder = _folder(sweep)
     with open(folder / "supervisor.lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not try_exclusive_lock(handle):
             return  # a live supervisor will see the new jobs
         fcntl.flock(handle, fcntl.LOCK_UN)
-    log = open(folder / "supervisor.log", "a")
-    subprocess.Popen([sys.executable, "-m", "ptbjobs.local", "supervise", str(sweep.path)],
-                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    with open(folder / "supervisor.log", "a") as log:
+        subprocess.Popen([sys.executable, "-m", "ptbjobs.local", "supervise", str(sweep.path)],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
 
 
 def supervise(sweep: Sweep) -> None:
     folder = _folder(sweep)
     with open(folder / "supervisor.lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not try_exclusive_lock(lock):
             return  # another supervisor got there first
         idle_since = time.monotonic()
         while True:

@@ -8,13 +8,13 @@ good checkpoint; a folder holding a run of a different config is refused rather 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import signal
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from ptbjobs import __version__, checkpoint
+from ptbjobs.atomic import try_exclusive_lock
 from ptbjobs.config import RESUME_NEUTRAL_FIELDS, TrainConfig
 from ptbjobs.data import CANONICAL_SHA256, SPLITS, load_corpus, sha256_file, split_filename
 from ptbjobs.errors import ConfigError, DivergedError, PtbjobsError
@@ -92,11 +92,9 @@ def _exclusive(run: RunDir) -> Iterator[None]:
     """One process trains a run folder at a time: a second one (a job submitted twice, a
     `ptbjobs train` started by hand beside a job) is refused instead of interleaving writes."""
     with open(run.path / ".train.lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not try_exclusive_lock(handle):
             raise PtbjobsError(f"{run.path} is being trained by another process right now",
-                               "wait for it, or stop it first") from None
+                               "wait for it, or stop it first")
         yield
 
 

@@ -24,7 +24,7 @@ from ptbjobs import checkpoint
 from ptbjobs.atomic import atomic_write_bytes
 from ptbjobs.config import RESUME_NEUTRAL_FIELDS, LossScale, Schedule, TrainConfig
 from ptbjobs.data import Corpus, batchify, chunk_starts, iter_chunks
-from ptbjobs.errors import CheckpointError, ConfigError, DivergedError, PtbjobsError
+from ptbjobs.errors import CheckpointError, ConfigError, DivergedError, PtbjobsError, first_line
 from ptbjobs.model import RNNLM, Hidden, detach
 from ptbjobs.rundir import RunDir
 
@@ -368,5 +368,4 @@ def load_weights(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise PtbjobsError(f"no weights file {path}", "the run has not finished an epoch yet") from None
     except Exception as exc:  # torch raises many types for a damaged file; its text runs over lines
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise PtbjobsError(f"{path}: not a readable weights file ({first_line})") from None
+        raise PtbjobsError(f"{path}: not a readable weights file ({first_line(exc)})") from None
