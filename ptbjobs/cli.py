@@ -171,7 +171,8 @@ def submit(
     chosen = launch.get_executor(executor, max_parallel)
     planned = launch.submit(parsed, sweep, chosen, data_dir=data_dir, force=force, dry_run=dry_run)
     console = _console()
-    console.print(_plan_table(planned, sweep, chosen.name, dry_run))
+    console.print(f"{'plan (dry run)' if dry_run else 'submitted'}: {len(planned)} runs -> {sweep.path} ({chosen.name})")
+    console.print(_plan_table(planned))
     if wait and not dry_run:
         raise typer.Exit(_watch(sweep, until_done=True))
 
@@ -184,11 +185,10 @@ def _console():
     return console if console.is_terminal else Console(width=200)
 
 
-def _plan_table(planned, sweep, executor_name: str, dry_run: bool):
+def _plan_table(planned):
     from rich.table import Table
 
-    title = f"{'plan (dry run)' if dry_run else 'submitted'}: {len(planned)} runs -> {sweep.path} ({executor_name})"
-    table = Table(title=title, title_justify="left")
+    table = Table()
     for column in ("run", "state before", "action"):
         table.add_column(column)
     for item in planned:

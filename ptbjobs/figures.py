@@ -20,15 +20,21 @@ DPI = 150
 
 
 def _log_axis(axis) -> None:
-    """Log scale with plain numbers on the ticks (80, 100, 200), not 8 x 10^1; whole epochs."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
+    """Log scale with plain numbers on the ticks (80, 100, 200, not 8 x 10^1) and whole epochs.
+    Over more than a decade: ticks at 1, 2 and 5 times powers of ten; over a narrower range (all
+    curves between 110 and 190, say), evenly spaced round numbers, so the axis is never bare."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_yscale("log")
-    plain = FuncFormatter(lambda value, _: f"{value:g}")
-    axis.yaxis.set_major_formatter(plain)
-    axis.yaxis.set_minor_locator(LogLocator(subs=(2, 3, 4, 5, 6, 7, 8, 9)))
-    axis.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if str(value)[0] in "2468" else ""))
+    low, high = axis.get_ylim()
+    if high / low > 10:
+        axis.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    else:
+        axis.yaxis.set_major_locator(FixedLocator(MaxNLocator(nbins=6).tick_values(low, high)))
+    axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.yaxis.set_minor_formatter(NullFormatter())
+    axis.set_ylim(low, high)
 
 
 def slug(label: str) -> str:
