@@ -63,7 +63,7 @@ def all_ended(sweep: Sweep) -> dict:
     return status if all(states.is_finished(r["state"]) for r in status["runs"]) else None
 
 
-def test_a_small_grid_runs_to_completion_in_detached_workers_within_the_limit(tmp_path, grid_file, tiny_corpus):
+def test_a_small_grid_runs_to_completion_in_detached_workers_within_the_limit(tmp_path, grid_file, tiny_corpus, capsys):
     sweep = Sweep(tmp_path / "sweep")
     grid = load_grid(grid_file)
     launch.submit(grid, sweep, LocalExecutor(max_parallel=2), data_dir=tiny_corpus)
@@ -82,6 +82,12 @@ def test_a_small_grid_runs_to_completion_in_detached_workers_within_the_limit(tm
     again = launch.submit(grid, sweep, LocalExecutor(max_parallel=2), data_dir=tiny_corpus)
     assert {p.action for p in again} == {launch.SKIP_COMPLETED}
     assert all(len(entry["jobs"]) == 1 for entry in sweep.read_manifest()["runs"].values())
+    # the logs command shows every attempt's output
+    from ptbjobs.cli import main
+
+    assert main(["logs", "gru-d0.2-s1", "--sweep-dir", str(sweep.path)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("==> attempt L") and "epoch 2/2: lr" in shown and "done: best valid ppl" in shown
     # and the report of this real sweep runs end to end
     from ptbjobs.report import make_report
 

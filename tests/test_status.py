@@ -66,3 +66,24 @@ def test_a_local_job_whose_process_is_gone_reads_failed_or_cancelled_or_its_end(
     (jobs / "L2.json").write_text(json.dumps({"job_id": "L2", "state": "PENDING"}))
     assert job_state(tmp_path, "L2") == states.PENDING
     assert job_state(tmp_path, "L3") == states.UNKNOWN
+
+
+def test_wait_returns_1_when_a_run_did_not_complete_and_0_when_all_did(tmp_path):
+    import json
+
+    from ptbjobs.cli import _watch
+    from ptbjobs.rundir import RunState
+
+    def end_every_job(sweep, state: str) -> None:
+        for job in (sweep.path / "local" / "jobs").glob("L*.json"):
+            if job.stem[1:].isdigit():
+                (job.parent / f"{job.stem}.end.json").write_text(json.dumps({"state": state}))
+                if state == states.COMPLETED:
+                    RunDir(sweep.run_dir(json.loads(job.read_text())["run"])).write_state(RunState.COMPLETED)
+
+    mixed = make_sweep(tmp_path / "mixed", runs=40)
+    end_every_job(mixed, states.CANCELLED)  # nothing left to wait for, and not all completed
+    assert _watch(mixed, until_done=True) == 1
+    done = make_sweep(tmp_path / "done", runs=3)
+    end_every_job(done, states.COMPLETED)
+    assert _watch(done, until_done=True) == 0
