@@ -82,7 +82,9 @@ def test_a_real_short_run_on_ptb_completes_for_both_cells(tmp_path, ptb_dir, cel
     assert json.loads(shown.stdout)["test"] == pytest.approx(final["test_ppl"], rel=1e-9)
 
 
-def long_tiny_run(tmp_path, tiny_config):
+def long_tiny_run(tmp_path, tiny_config, name: str):
+    """A run long enough to be stopped mid-way: its uninterrupted reference (trained in-process),
+    the folder for the stopped one, and the `ptbjobs train` command that trains it there."""
     from conftest import write_corpus
 
     data = write_corpus(tmp_path / "bigger", lines=(2500, 40, 40))
@@ -92,7 +94,10 @@ def long_tiny_run(tmp_path, tiny_config):
         if key not in ("device", "checkpoint_every_min"):
             args += ["--" + key.replace("_", "-"), str(value)] if not isinstance(value, bool) else \
                 ["--" + ("" if value else "no-") + key.replace("_", "-")]
-    return data, config, args
+    reference = tmp_path / "reference"
+    run_training(config, reference, data, handle_signals=False)
+    out = tmp_path / name
+    return reference, out, [sys.executable, "-m", "ptbjobs", *args, "--out", str(out)]
 
 
 def wait_for_checkpoint(out: Path, process: subprocess.Popen) -> None:
@@ -104,11 +109,7 @@ def wait_for_checkpoint(out: Path, process: subprocess.Popen) -> None:
 
 
 def test_a_run_killed_with_sigkill_resumes_with_the_same_command_to_identical_results(tmp_path, tiny_config):
-    data, config, args = long_tiny_run(tmp_path, tiny_config)
-    reference = tmp_path / "reference"
-    run_training(config, reference, data, handle_signals=False)
-    out = tmp_path / "killed"
-    command = [sys.executable, "-m", "ptbjobs", *args, "--out", str(out)]
+    reference, out, command = long_tiny_run(tmp_path, tiny_config, "killed")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_checkpoint(out, process)
     time.sleep(0.3)  # somewhere further into the run
@@ -122,11 +123,7 @@ def test_a_run_killed_with_sigkill_resumes_with_the_same_command_to_identical_re
 
 
 def test_sigusr2_saves_the_state_and_exits_75_and_the_rerun_matches(tmp_path, tiny_config):
-    data, config, args = long_tiny_run(tmp_path, tiny_config)
-    reference = tmp_path / "reference"
-    run_training(config, reference, data, handle_signals=False)
-    out = tmp_path / "preempted"
-    command = [sys.executable, "-m", "ptbjobs", *args, "--out", str(out)]
+    reference, out, command = long_tiny_run(tmp_path, tiny_config, "preempted")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for_checkpoint(out, process)
     process.send_signal(signal.SIGUSR2)

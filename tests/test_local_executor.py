@@ -99,16 +99,22 @@ def test_a_small_grid_runs_to_completion_in_detached_workers_within_the_limit(tm
     assert (sweep.path / "figures" / "overview.png").stat().st_size > 10_000
 
 
-def test_a_worker_killed_with_sigkill_shows_failed_and_retry_completes_it_identically(tmp_path, tiny_corpus):
-    grid_path = tmp_path / "long.toml"
-    grid_path.write_text(GRID.format(epochs=4).replace('cell = ["lstm", "gru"]', 'cell = ["lstm"]')
-                         .replace("dropout = [0.0, 0.2]", "dropout = [0.2]"))
+def submit_one_run(tmp_path, tiny_corpus, cell: str, dropout: float, epochs: int):
+    """A one-run sweep, submitted and waited for until its first checkpoint exists."""
+    grid_path = tmp_path / "one.toml"
+    grid_path.write_text(GRID.format(epochs=epochs).replace('cell = ["lstm", "gru"]', f'cell = ["{cell}"]')
+                         .replace("dropout = [0.0, 0.2]", f"dropout = [{dropout}]"))
     grid = load_grid(grid_path)
     sweep = Sweep(tmp_path / "sweep")
     launch.submit(grid, sweep, LocalExecutor(max_parallel=1), data_dir=tiny_corpus)
-    key = grid.runs[0].key
-    run_dir = sweep.run_dir(key)
+    run_dir = sweep.run_dir(grid.runs[0].key)
     wait_until(lambda: list((run_dir / "checkpoints").glob("ckpt-*.pt")), every_s=0.02)
+    return grid, sweep, run_dir
+
+
+def test_a_worker_killed_with_sigkill_shows_failed_and_retry_completes_it_identically(tmp_path, tiny_corpus):
+    grid, sweep, run_dir = submit_one_run(tmp_path, tiny_corpus, "lstm", 0.2, epochs=4)
+    key = grid.runs[0].key
     record = json.loads((sweep.path / "local" / "jobs" / "L1.json").read_text())
     os.kill(record["pid"], signal.SIGKILL)
     status = wait_until(lambda: all_ended(sweep))
@@ -122,14 +128,7 @@ def test_a_worker_killed_with_sigkill_shows_failed_and_retry_completes_it_identi
 
 
 def test_cancel_stops_a_running_run_and_retry_finishes_it(tmp_path, tiny_corpus):
-    grid_path = tmp_path / "long.toml"
-    grid_path.write_text(GRID.format(epochs=30).replace('cell = ["lstm", "gru"]', 'cell = ["gru"]')
-                         .replace("dropout = [0.0, 0.2]", "dropout = [0.0]"))
-    grid = load_grid(grid_path)
-    sweep = Sweep(tmp_path / "sweep")
-    launch.submit(grid, sweep, LocalExecutor(max_parallel=1), data_dir=tiny_corpus)
-    run_dir = sweep.run_dir(grid.runs[0].key)
-    wait_until(lambda: list((run_dir / "checkpoints").glob("ckpt-*.pt")), every_s=0.05)
+    grid, sweep, run_dir = submit_one_run(tmp_path, tiny_corpus, "gru", 0.0, epochs=30)
     assert launch.cancel(sweep) == [grid.runs[0].key]
     status = wait_until(lambda: all_ended(sweep))
     assert status["runs"][0]["state"] == states.CANCELLED
