@@ -35,12 +35,25 @@ class Executor(Protocol):
 
 
 def get_executor(name: str, max_parallel: int | None = None) -> Executor:
-    from ptbjobs.local import LocalExecutor
+    """"auto" is Slurm where sbatch is on PATH, else the local machine."""
+    from ptbjobs import slurm
 
-    if name in ("auto", "local"):
+    if name == "auto":
+        name = "slurm" if slurm.have_slurm() else "local"
+    if name == "local":
+        from ptbjobs.local import LocalExecutor
+
         return LocalExecutor(max_parallel)
     if name == "slurm":
-        raise PtbjobsError("the Slurm executor is not part of this version yet", "use --executor local")
+        if not slurm.have_slurm():
+            raise PtbjobsError("--executor slurm: sbatch is not on PATH",
+                               "run on a cluster's login node, or bring up a local cluster: sudo bash slurm/up.sh")
+        if max_parallel is not None:
+            raise ConfigError(None, "--max-parallel is for the local executor",
+                              "on Slurm, set array_parallelism in the grid's [resources]")
+        from ptbjobs.slurm_executor import SlurmExecutor  # imports submitit: only where it is used
+
+        return SlurmExecutor()
     raise ConfigError(None, f"--executor: must be auto, local or slurm, got {name!r}")
 
 
@@ -51,8 +64,10 @@ class PlannedRun:
     action: str
 
 
-def run_states(sweep: Sweep, manifest: dict[str, Any]) -> dict[str, str]:
-    """Each run's state: its latest job as its executor sees it, merged with its own folder."""
+def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None = None) -> dict[str, str]:
+    """Each run's state: its latest job as its executor sees it, merged with its own folder.
+    What an executor says of its answer (e.g. "Slurm did not answer: last known states") is
+    appended to `notes`."""
     by_executor: dict[str, list[str]] = {}
     for entry in manifest["runs"].values():
         job = latest_job(entry)
@@ -60,7 +75,10 @@ def run_states(sweep: Sweep, manifest: dict[str, Any]) -> dict[str, str]:
             by_executor.setdefault(job["executor"], []).append(job["job_id"])
     job_states: dict[str, str] = {}
     for name, ids in by_executor.items():
-        job_states.update(get_executor(name).query(sweep, ids))
+        executor = get_executor(name)
+        job_states.update(executor.query(sweep, ids))
+        if notes is not None and getattr(executor, "note", None):
+            notes.append(executor.note)
     result = {}
     for key, entry in manifest["runs"].items():
         job = latest_job(entry)

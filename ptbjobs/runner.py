@@ -61,12 +61,13 @@ def _train(run: RunDir, trainer: Trainer, config: TrainConfig, data_dir: Path, r
     reporter.start(config, run, str(resumed[1]) if resumed else None)
     run.write_state(RunState.RUNNING, epoch=trainer.epoch, step=trainer.global_step, device=trainer.device.type)
     try:
-        with _stop_on_signals(trainer, enabled=handle_signals):
+        with _stop_on_signals(trainer, enabled=handle_signals) as received:
             final = trainer.fit()
     except DivergedError as exc:
         run.write_state(RunState.DIVERGED, message=exc.message)
         raise
     except TrainingInterrupted as exc:
+        exc.signals = tuple(received)  # a Slurm job requeues itself after USR2, not after TERM
         run.write_state(RunState.INTERRUPTED, message=exc.message, step=trainer.global_step)
         raise
     except BaseException as exc:
@@ -126,21 +127,23 @@ def _config_record(config: TrainConfig, data_dir: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(trainer: Trainer, enabled: bool) -> Iterator[None]:
+def _stop_on_signals(trainer: Trainer, enabled: bool) -> Iterator[list[int]]:
     """While training, turn USR2/TERM/INT into "checkpoint at the next step, then stop"; a second
-    Ctrl-C stops at once."""
+    Ctrl-C stops at once. Yields the list of the signals received, in order."""
+    received: list[int] = []
     if not enabled:
-        yield
+        yield received
         return
 
     def handler(signum: int, frame: Any) -> None:
         if signum == signal.SIGINT and trainer.stop_requested:
             raise KeyboardInterrupt
+        received.append(signum)
         trainer.request_checkpoint(stop=True, reason=f"by {signal.Signals(signum).name}")
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
-        yield
+        yield received
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

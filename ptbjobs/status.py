@@ -28,11 +28,12 @@ STATUS_SCHEMA_VERSION = 1
 
 def collect(sweep: Sweep) -> dict[str, Any]:
     manifest = sweep.read_manifest()
-    current = run_states(sweep, manifest)
+    notes: list[str] = []
+    current = run_states(sweep, manifest, notes)
     now = time.time()
     rows = [_row(sweep, key, entry, current[key], now) for key, entry in manifest["runs"].items()]
     return {"version": STATUS_SCHEMA_VERSION, "sweep": manifest.get("name", sweep.path.name),
-            "dir": str(sweep.path), "time": now, "summary": dict(Counter(r["state"] for r in rows)), "runs": rows}
+            "dir": str(sweep.path), "time": now, "summary": dict(Counter(r["state"] for r in rows)), "notes": notes, "runs": rows}
 
 
 def _row(sweep: Sweep, key: str, entry: dict[str, Any], state: str, now: float) -> dict[str, Any]:
@@ -141,8 +142,8 @@ def summary_line(status: dict[str, Any]) -> str:
     counts = status["summary"]
     order = sorted(counts, key=lambda s: (s != states.COMPLETED, s != states.RUNNING, s))
     ended = sum(n for s, n in counts.items() if states.is_finished(s))
-    return f"{len(status['runs'])} runs: " + ", ".join(f"{counts[s]} {s}" for s in order) + \
-        f"  ({ended} ended)"
+    line = f"{len(status['runs'])} runs: " + ", ".join(f"{counts[s]} {s}" for s in order) + f"  ({ended} ended)"
+    return "\n".join([line] + [f"note: {note}" for note in status.get("notes", [])])
 
 
 def _num(value: float | None) -> str:

@@ -37,6 +37,7 @@ class TrainingInterrupted(PtbjobsError):
 
     exit_code = 75  # EX_TEMPFAIL: try again, it will resume
     is_error = False
+    signals: tuple[int, ...] = ()  # the signals that asked for the stop (set by the runner)
 
 
 @dataclass

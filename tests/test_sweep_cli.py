@@ -124,13 +124,6 @@ def test_logs_of_an_unknown_run_lists_where_to_find_keys(tmp_path, grid_file, ti
     assert "no run 'nope'" in capsys.readouterr().err
 
 
-def test_the_slurm_executor_is_refused_clearly_until_it_exists(tmp_path, grid_file, tiny_corpus, capsys):
-    code = main(["submit", "--grid", str(grid_file), "--sweep-dir", str(tmp_path / "s"), "--executor", "slurm",
-                 "--data-dir", str(tiny_corpus)])
-    assert code == 1
-    assert "Slurm executor" in capsys.readouterr().err
-
-
 def test_force_sets_the_old_run_aside_and_starts_the_changed_config_afresh(tmp_path, grid_file, tiny_corpus):
     from ptbjobs import launch
     from ptbjobs.grid import load_grid

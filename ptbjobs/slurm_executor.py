@@ -1,0 +1,202 @@
+"""The Slurm executor: a sweep's runs as Slurm job arrays, through submitit.
+
+    <sweep>/slurm/
+      <job id>/            submitit's folder per job: the pickled call, <job id>_0_log.out/.err
+      cancelled.json       array tasks `ptbjobs cancel` cancelled (a pending task cancelled before
+                           it started leaves no trace in sacct)
+      last_states.json     what Slurm last said of every job: shown when the controller is down
+
+Runs with equal resources (all the runs of one submit) go out as one job array per MaxArraySize
+runs. Each task is a `CheckpointableRun`: on USR2 (Slurm's warning before the time limit, or a
+preemption where the cluster sends it) the trainer saves its exact state at the next step boundary,
+then submitit requeues the task, which resumes from that state, up to `max_requeues` time limits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from ptbjobs import slurm, states
+from ptbjobs.atomic import atomic_write_bytes
+from ptbjobs.errors import PtbjobsError
+from ptbjobs.grid import Resources
+from ptbjobs.sweep import Sweep
+
+# USR2 is asked for this long before the time limit (submitit's default). slurmctld looks at time
+# limits every 30 s and sends the warning at the first look within delay + 30 s of the end, so it
+# comes up to 30 s earlier than asked. A short limit gets a quarter of it: with one minute, USR2
+# comes 15 to 45 s in, never before the run has started, and always a look (30 s) before the kill.
+SIGNAL_DELAY_S = 90
+
+
+class CheckpointableRun(submitit.helpers.Checkpointable):
+    """What a Slurm task runs: one run folder, trained to the end or to the next requeue."""
+
+    def __call__(self, run_dir: str) -> dict[str, Any]:
+        from ptbjobs.job import run_job
+        from ptbjobs.train import TrainingInterrupted
+
+        _use_allocated_cpus()
+        try:
+            return run_job(Path(run_dir))
+        except TrainingInterrupted as exc:
+            if signal.SIGUSR2 in exc.signals:
+                # The runner caught USR2 and saved the state at a step boundary (the trainer's weights
+                # are never half-updated in the checkpoint); now let submitit's own USR2 handler, which
+                # the runner put back, do what it does: count the timeout, pickle `checkpoint()`'s call
+                # and `scontrol requeue` this task. It exits the process.
+                handler = signal.getsignal(signal.SIGUSR2)
+                if callable(handler):
+                    handler(signal.SIGUSR2, None)
+            raise
+
+    # submitit's Checkpointable.checkpoint returns the same call with the same run folder: the
+    # state lives in the folder's checkpoints, so nothing else needs pickling.
+
+
+def _use_allocated_cpus() -> None:
+    """One torch thread per CPU Slurm gave the task, not one per CPU of the node."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_JOB_CPUS_PER_NODE", "")
+    if cpus.isdigit() and int(cpus) > 0:
+        import torch
+
+        torch.set_num_threads(int(cpus))
+
+
+def sbatch_parameters(resources: Resources, job_name: str, array_size_limit: int) -> dict[str, Any]:
+    """The grid's [resources] as submitit's SlurmExecutor parameters."""
+    timeout_s = resources.timeout_min * 60
+    params: dict[str, Any] = {
+        "job_name": job_name,
+        "time": int(resources.timeout_min),  # integer minutes: submitit mis-reads "HH:MM:SS" strings
+        "signal_delay_s": min(SIGNAL_DELAY_S, max(10, timeout_s // 4)),
+        "array_parallelism": resources.array_parallelism or array_size_limit,
+        "wckey": "",
+        "stderr_to_stdout": False,
+    }
+    for name in ("partition", "account", "qos", "constraint"):
+        if getattr(resources, name):
+            params[name] = getattr(resources, name)
+    if resources.gpus_per_node:
+        params["gpus_per_node"] = resources.gpus_per_node
+    if resources.cpus_per_task:
+        params["cpus_per_task"] = resources.cpus_per_task
+    if resources.mem_gb:
+        params["mem"] = f"{max(1, round(resources.mem_gb * 1024))}M"
+    extra = {}
+    for option in resources.extra_sbatch:
+        name, _, value = option.lstrip("-").partition("=")
+        extra[name] = value if value else True
+    if extra:
+        params["additional_parameters"] = extra
+    return params
+
+
+class SlurmExecutor:
+    name = "slurm"
+
+    def __init__(self) -> None:
+        self.note: str | None = None  # set by query when the answer is not sacct's
+
+    def submit(self, sweep: Sweep, keys: list[str], resources: Resources) -> dict[str, str]:
+        """One job array per MaxArraySize runs; returns run key -> job id ("123_4"). Returns as soon
+        as sbatch has accepted them."""
+        limit = slurm.max_array_size()
+        executor = submitit.SlurmExecutor(folder=_folder(sweep) / "%j", max_num_timeout=resources.max_requeues)
+        try:
+            executor.update_parameters(**sbatch_parameters(resources, f"ptbjobs-{sweep.path.name}", limit))
+        except ValueError as exc:
+            raise PtbjobsError(f"[resources]: submitit refused them: {str(exc).splitlines()[0]}") from None
+        ids: dict[str, str] = {}
+        for start in range(0, len(keys), limit):
+            chunk = keys[start:start + limit]
+            try:
+                with executor.batch():
+                    jobs = [executor.submit(CheckpointableRun(), str(sweep.run_dir(key).resolve())) for key in chunk]
+            except (submitit.core.utils.FailedJobError, OSError) as exc:
+                done = f" ({len(ids)} runs were submitted before it)" if ids else ""
+                raise slurm.SlurmUnavailable(f"sbatch failed: {_first_meaningful_line(exc)}{done}",
+                                             "check the [resources] against `sinfo`, and that the controller is up") from None
+            ids.update({key: job.job_id for key, job in zip(chunk, jobs)})
+        return ids
+
+    def query(self, sweep: Sweep, job_ids: list[str]) -> dict[str, str]:
+        """Every job's state in one sacct call (plus one squeue call for jobs sacct does not list
+        yet); the last known states, with a note, when Slurm does not answer."""
+        self.note = None
+        if not job_ids:
+            return {}
+        folder = _folder(sweep)
+        try:
+            report = slurm.job_states(job_ids)
+            found = dict(report.states)
+            missing = [j for j in job_ids if j not in found]
+            if missing and report.source == "sacct":
+                # accounting lags the controller by a moment: a job just submitted, or a pending
+                # array's remainder, may not be in it yet
+                found.update({j: s for j, s in slurm.squeue_states(missing).items() if j not in found})
+            self.note = report.note
+        except slurm.SlurmUnavailable as exc:
+            last = _read_json(folder / "last_states.json") or {}
+            self.note = f"Slurm did not answer ({exc.message}): showing the last known states"
+            return {j: last.get(j, states.UNKNOWN) for j in job_ids}
+        cancelled = set(_read_json(folder / "cancelled.json") or [])
+        result = {}
+        for job_id in job_ids:
+            if job_id in found:
+                result[job_id] = found[job_id]
+            else:
+                # a pending array task cancelled before it started has no record of its own
+                result[job_id] = states.CANCELLED if job_id in cancelled else states.LOST
+        _remember(folder / "last_states.json", result)
+        return result
+
+    def cancel(self, sweep: Sweep, job_ids: list[str]) -> None:
+        """scancel each job or array task; a running one gets SIGTERM and saves its state first."""
+        folder = _folder(sweep)
+        folder.mkdir(parents=True, exist_ok=True)
+        slurm.scancel(job_ids)
+        cancelled = set(_read_json(folder / "cancelled.json") or []) | set(job_ids)
+        atomic_write_bytes(folder / "cancelled.json", json.dumps(sorted(cancelled)).encode())
+
+    def log_paths(self, sweep: Sweep, key: str, job_ids: list[str]) -> list[Path]:
+        paths = []
+        for job_id in job_ids:
+            job_folder = _folder(sweep) / job_id
+            paths += [job_folder / f"{job_id}_0_log.err", job_folder / f"{job_id}_0_log.out"]
+        return paths
+
+
+def _folder(sweep: Sweep) -> Path:
+    return sweep.path / "slurm"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _remember(path: Path, found: dict[str, str]) -> None:
+    """Merge into the last known states (a sweep's jobs may be asked about a few at a time)."""
+    known = _read_json(path) or {}
+    if all(known.get(k) == v for k, v in found.items()):
+        return  # nothing new: status stays read-only in the steady state
+    known.update(found)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps({**known, "_time": time.time()}).encode())
+
+
+def _first_meaningful_line(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        if "error" in line.lower():
+            return line.strip()
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

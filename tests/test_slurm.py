@@ -1,0 +1,225 @@
+"""The Slurm executor against fakes at the process boundary: sbatch, sacct, squeue, scontrol and
+scancel replaced by scripts on PATH that answer what the real ones answered on a one-node cluster
+(slurm/up.sh, Slurm 22.05), and record how they were called."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from ptbjobs import launch, slurm, states
+from ptbjobs.cli import main
+from ptbjobs.grid import Resources
+from ptbjobs.slurm_executor import SlurmExecutor, sbatch_parameters
+from ptbjobs.sweep import Sweep
+
+# Recorded from the real cluster: an array of 6 (2 at a time) a few seconds in, a single job
+# cancelled, and accounting's stale line for the array's pending remainder.
+SACCT_ARRAY = """8_0|COMPLETED
+8_1|COMPLETED
+8_2|RUNNING
+8_3|RUNNING
+8_[2-5%2]|PENDING
+3|CANCELLED by 0
+"""
+SACCT_DOWN = ("sacct: error: slurm_persist_conn_open_without_init: failed to open persistent connection to "
+              "host:localhost:6819: Connection refused\nsacct: error: Sending PersistInit msg: Connection refused\n"
+              "sacct: error: Problem talking to the database: Connection refused\n")
+SQUEUE_DOWN = "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"
+SBATCH_BAD_PARTITION = ("sbatch: error: invalid partition specified: nope\n"
+                        "sbatch: error: Batch job submission failed: Invalid partition name specified\n")
+
+
+def test_sacct_lines_become_one_state_per_job_and_array_task():
+    found = slurm.parse_sacct(SACCT_ARRAY)
+    assert found == {"8_0": "COMPLETED", "8_1": "COMPLETED", "8_2": "RUNNING", "8_3": "RUNNING",
+                     "8_4": "PENDING", "8_5": "PENDING", "3": "CANCELLED"}
+
+
+def test_array_ranges_expand_with_lists_and_parallelism_limits():
+    assert slurm.expand_job_ids("12_[0-2,7,9-10%4]") == ["12_0", "12_1", "12_2", "12_7", "12_9", "12_10"]
+    assert slurm.expand_job_ids("12_3") == ["12_3"]
+    assert slurm.expand_job_ids("12") == ["12"]
+
+
+def test_steps_and_truncated_states_are_read_as_sacct_means_them():
+    assert slurm.parse_sacct("5|OUT_OF_ME+\n5.batch|COMPLETED\n6|NODE_FAIL\n") == {"5": "OUT_OF_MEMORY", "6": "NODE_FAIL"}
+
+
+def test_max_array_size_is_read_from_scontrol_show_config():
+    text = "AccountingStorageTRES   = cpu,mem\nMaxArraySize            = 1001\nMaxJobCount             = 10000\n"
+    assert slurm.parse_config_value(text, "MaxArraySize") == "1001"
+    assert slurm.parse_config_value(text, "MaxStepCount") is None
+
+
+def test_resources_map_to_submitit_parameters():
+    resources = Resources(partition="gpu", account="lab", qos="high", gpus_per_node=1, cpus_per_task=4, mem_gb=7.5,
+                          timeout_min=90, max_requeues=5, array_parallelism=16,
+                          extra_sbatch=("--exclusive", "--mail-type=END"))
+    params = sbatch_parameters(resources, "ptbjobs-x", array_size_limit=1001)
+    assert params["time"] == 90 and isinstance(params["time"], int)
+    assert (params["partition"], params["account"], params["qos"]) == ("gpu", "lab", "high")
+    assert (params["gpus_per_node"], params["cpus_per_task"], params["mem"]) == (1, 4, "7680M")
+    assert params["array_parallelism"] == 16 and params["signal_delay_s"] == 90
+    assert params["additional_parameters"] == {"exclusive": True, "mail-type": "END"}
+    assert "constraint" not in params  # empty: the cluster's default, not an empty flag
+    # a one-minute limit gets its USR2 asked 15 s before the end, not 90 s (before the start)
+    assert sbatch_parameters(Resources(timeout_min=1), "x", 1001)["signal_delay_s"] == 15
+    assert sbatch_parameters(Resources(), "x", 1001)["array_parallelism"] == 1001
+
+
+# ---- the executor, with fake Slurm commands ----
+
+FAKE = """#!/usr/bin/env python3
+import json, os, sys
+from pathlib import Path
+name = Path(sys.argv[0]).name
+state = Path(os.environ["FAKE_SLURM"])
+calls = state / "calls.jsonl"
+with calls.open("a") as f:
+    f.write(json.dumps([name] + sys.argv[1:]) + "\\n")
+if (state / f"{name}.fail").exists():
+    sys.stderr.write((state / f"{name}.fail").read_text())
+    sys.exit(1)
+if name == "sbatch":
+    counter = state / "next_id"
+    job = int(counter.read_text()) if counter.exists() else 100
+    counter.write_text(str(job + 1))
+    (state / f"script-{job}.sh").write_text(Path(sys.argv[-1]).read_text())
+    print(f"Submitted batch job {job}")
+elif name == "scontrol":
+    print("MaxArraySize            = " + os.environ.get("FAKE_MAX_ARRAY", "1001"))
+elif (state / f"{name}.out").exists():
+    sys.stdout.write((state / f"{name}.out").read_text())
+"""
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch) -> Path:
+    bin_dir, state = tmp_path / "bin", tmp_path / "fake"
+    bin_dir.mkdir()
+    state.mkdir()
+    for name in ("sbatch", "sacct", "squeue", "scontrol", "scancel"):
+        path = bin_dir / name
+        path.write_text(FAKE)
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM", str(state))
+    return state
+
+
+def calls(state: Path, name: str) -> list[list[str]]:
+    lines = (state / "calls.jsonl").read_text().splitlines() if (state / "calls.jsonl").exists() else []
+    return [c[1:] for c in map(json.loads, lines) if c[0] == name]
+
+
+def test_runs_beyond_max_array_size_are_split_into_several_arrays(tmp_path, fake_slurm, monkeypatch):
+    monkeypatch.setenv("FAKE_MAX_ARRAY", "2")
+    sweep = Sweep(tmp_path / "sweep")
+    keys = [f"run{i}" for i in range(5)]
+    ids = SlurmExecutor().submit(sweep, keys, Resources(timeout_min=10, array_parallelism=1, max_requeues=2))
+    assert ids == {"run0": "100_0", "run1": "100_1", "run2": "101_0", "run3": "101_1", "run4": "102"}
+    assert len(calls(fake_slurm, "sbatch")) == 3
+    first, last = (fake_slurm / "script-100.sh").read_text(), (fake_slurm / "script-102.sh").read_text()
+    assert "#SBATCH --array=0-1%1" in first and "--array" not in last  # one run left: a plain job
+    assert "#SBATCH --time=10" in first and "#SBATCH --signal=USR2@90" in first
+    # each task's pickled call names its run folder
+    assert (sweep.path / "slurm" / "100_1" / "100_1_submitted.pkl").is_file()
+
+
+def test_a_refused_submission_is_one_line_naming_what_sbatch_said(tmp_path, fake_slurm):
+    (fake_slurm / "sbatch.fail").write_text(SBATCH_BAD_PARTITION)
+    with pytest.raises(slurm.SlurmUnavailable) as caught:
+        SlurmExecutor().submit(Sweep(tmp_path / "s"), ["a", "b"], Resources(partition="nope"))
+    assert "invalid partition specified: nope" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_query_asks_sacct_once_per_array_and_fills_in_what_it_lacks_from_squeue(tmp_path, fake_slurm):
+    (fake_slurm / "sacct.out").write_text("8_0|COMPLETED\n8_1|RUNNING\n")
+    (fake_slurm / "squeue.out").write_text("9|PENDING\n")  # submitted a moment ago: not in accounting yet
+    executor = SlurmExecutor()
+    found = executor.query(Sweep(tmp_path / "s"), ["8_0", "8_1", "9"])
+    assert found == {"8_0": "COMPLETED", "8_1": "RUNNING", "9": "PENDING"}
+    assert len(calls(fake_slurm, "sacct")) == 1 and calls(fake_slurm, "sacct")[0][-1] == "8,9"
+    assert executor.note is None
+
+
+def test_a_cancelled_pending_array_task_without_a_record_reads_cancelled(tmp_path, fake_slurm):
+    sweep = Sweep(tmp_path / "s")
+    (fake_slurm / "sacct.out").write_text("8_0|COMPLETED\n")
+    executor = SlurmExecutor()
+    executor.cancel(sweep, ["8_5"])
+    assert calls(fake_slurm, "scancel") == [["8_5"]]
+    assert executor.query(sweep, ["8_0", "8_5", "8_6"]) == {"8_0": "COMPLETED", "8_5": "CANCELLED", "8_6": "LOST"}
+
+
+def test_without_accounting_states_come_from_squeue_and_say_so(tmp_path, fake_slurm):
+    (fake_slurm / "sacct.fail").write_text(SACCT_DOWN)
+    (fake_slurm / "squeue.out").write_text("8_0|RUNNING\n8_1|PENDING\n")
+    executor = SlurmExecutor()
+    assert executor.query(Sweep(tmp_path / "s"), ["8_0", "8_1"]) == {"8_0": "RUNNING", "8_1": "PENDING"}
+    assert executor.note.startswith("accounting unavailable (sacct failed: sacct: error: slurm_persist_conn_open")
+    assert "states from squeue" in executor.note
+
+
+def test_when_slurm_does_not_answer_status_shows_the_last_known_states_and_a_note(tmp_path, fake_slurm, capsys):
+    sweep = Sweep(tmp_path / "s")
+    sweep.path.mkdir()
+    sweep.write_manifest({"version": 1, "name": "s", "runs": {
+        key: {"config": _config_dict(), "config_hash": "x", "point": {},
+              "jobs": [{"job_id": job, "executor": "slurm", "submitted": 0}]}
+        for key, job in (("a", "8_0"), ("b", "8_1"))}})
+    (fake_slurm / "sacct.out").write_text("8_0|RUNNING\n8_1|PENDING\n")
+    assert main(["status", "--sweep-dir", str(sweep.path)]) == 0
+    capsys.readouterr()
+    (fake_slurm / "sacct.fail").write_text(SACCT_DOWN)
+    (fake_slurm / "squeue.fail").write_text(SQUEUE_DOWN)
+    assert main(["status", "--sweep-dir", str(sweep.path), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [r["state"] for r in shown["runs"]] == ["RUNNING", "PENDING"]
+    assert shown["notes"] == ["Slurm did not answer (squeue failed: slurm_load_jobs error: Unable to contact slurm "
+                              "controller (connect failure)): showing the last known states"]
+    assert main(["status", "--sweep-dir", str(sweep.path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs: 1 RUNNING, 1 PENDING" in out and "note: Slurm did not answer" in out
+
+
+def test_cancel_when_the_controller_is_down_is_one_line_and_exit_1(tmp_path, fake_slurm, capsys):
+    sweep = Sweep(tmp_path / "s")
+    sweep.path.mkdir()
+    sweep.write_manifest({"version": 1, "name": "s", "runs": {
+        "a": {"config": _config_dict(), "config_hash": "x", "point": {},
+              "jobs": [{"job_id": "8_0", "executor": "slurm", "submitted": 0}]}}})
+    (fake_slurm / "sacct.out").write_text("8_0|RUNNING\n")
+    (fake_slurm / "scancel.fail").write_text("scancel: error: Kill job error on job id 8_0: Unable to contact slurm controller\n")
+    assert main(["cancel", "--sweep-dir", str(sweep.path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "scancel failed: scancel: error: Kill job error on job id 8_0" in err
+
+
+def test_auto_picks_slurm_where_sbatch_is_on_path_and_local_elsewhere(fake_slurm, monkeypatch):
+    assert launch.get_executor("auto").name == "slurm"
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert launch.get_executor("auto").name == "local"
+
+
+def test_slurm_without_sbatch_says_how_to_get_a_cluster(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(Exception) as caught:
+        launch.get_executor("slurm")
+    assert "sbatch is not on PATH" in str(caught.value) and "slurm/up.sh" in str(caught.value)
+
+
+def _config_dict() -> dict:
+    from ptbjobs.config import TrainConfig
+
+    return TrainConfig().to_dict()
+
+
+def test_states_from_sacct_are_slurms_words():
+    assert states.normalise_slurm_state("CANCELLED by 0") == "CANCELLED"
