@@ -1,0 +1,229 @@
+"""The Slurm executor on a real cluster: the one-node cluster of slurm/up.sh (CI brings it up).
+
+Skipped where no cluster answers, except under CI, where that is a failure. A requeued job waits
+about 25 s (the credential lifetime, cut to 10 s by slurm/up.sh, plus the scheduler's next pass)
+before it starts again, so the requeue tests are few and share their waits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from ptbjobs import launch, slurm, states
+from ptbjobs.cli import main
+from ptbjobs.grid import load_grid
+from ptbjobs.rundir import RunDir
+from ptbjobs.runner import run_training
+from ptbjobs.slurm_executor import SlurmExecutor
+from ptbjobs.status import collect
+from ptbjobs.sweep import Sweep
+
+from test_local_executor import all_ended, wait_until
+from test_resume import assert_same_run
+
+REPO = Path(__file__).resolve().parent.parent
+
+GRID = '''
+name = "{name}"
+[defaults]
+emb_size = 16
+hidden_size = 16
+batch_size = 4
+bptt = 5
+eval_batch_size = 3
+epochs = {epochs}
+decay_after = 100
+checkpoint_every_min = 0
+checkpoint_every_steps = 10
+[axes]
+cell = {cells}
+dropout = [0.0]
+seed = {seeds}
+[resources]
+timeout_min = {timeout_min}
+max_requeues = {max_requeues}
+gpus_per_node = {gpus}
+cpus_per_task = 1
+'''
+
+
+def cluster_answers() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15).stdout
+    except subprocess.TimeoutExpired:
+        return False
+    return any(s.rstrip("*") in ("idle", "mixed", "allocated") for s in out.split())
+
+
+@pytest.fixture(scope="module")
+def cluster() -> None:
+    if not cluster_answers():
+        if os.environ.get("CI"):
+            pytest.fail("no Slurm cluster answers: .ci/run brings one up with slurm/up.sh")
+        pytest.skip("no Slurm cluster here (sudo bash slurm/up.sh brings one up)")
+
+
+def make_grid(tmp_path: Path, name: str, epochs: int, cells=("lstm",), seeds=(1,), timeout_min: int = 10,
+              max_requeues: int = 3, gpus: int = 0):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(GRID.format(name=name, epochs=epochs, cells=json.dumps(list(cells)), seeds=json.dumps(list(seeds)),
+                                timeout_min=timeout_min, max_requeues=max_requeues, gpus=gpus))
+    return path
+
+
+def sacct_rows(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """sacct's own words on the jobs: state, start, end, allocated resources, restarts."""
+    arrays = ",".join(sorted({slurm.base_id(j) for j in job_ids}))
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State,Start,End,AllocTRES", "-j", arrays],
+                         capture_output=True, text=True, check=True).stdout
+    rows = {}
+    for line in out.splitlines():
+        job_id, state, start, end, tres = line.split("|")
+        rows[job_id] = {"state": states.normalise_slurm_state(state), "start": start, "end": end, "tres": tres}
+    return rows
+
+
+def sacct_ended(job_ids: list[str]) -> dict[str, dict[str, str]] | None:
+    """sacct's rows once every job has ended for Slurm too (a run folder says COMPLETED a moment
+    before its job does)."""
+    rows = sacct_rows(job_ids)
+    return rows if all(j in rows and states.is_finished(rows[j]["state"]) for j in job_ids) else None
+
+
+def job_ids(sweep: Sweep) -> dict[str, str]:
+    return {key: entry["jobs"][-1]["job_id"] for key, entry in sweep.read_manifest()["runs"].items()}
+
+
+def log_text(sweep: Sweep, key: str) -> str:
+    manifest = sweep.read_manifest()
+    paths = SlurmExecutor().log_paths(sweep, key, [j["job_id"] for j in manifest["runs"][key]["jobs"]])
+    return "".join(p.read_text() for p in paths if p.exists())
+
+
+def train_reference(config, out: Path, data: Path) -> None:
+    """The same run uninterrupted, in this process, with the jobs' one thread (cpus_per_task = 1):
+    a different thread count sums in another order, which moves the last digits."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_training(config, out, data, handle_signals=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def first_checkpoint(run_dir: Path):
+    return wait_until(lambda: list((run_dir / "checkpoints").glob("ckpt-*.pt")), timeout_s=120, every_s=0.1)
+
+
+def test_a_grid_goes_out_as_one_array_and_gpu_requests_keep_to_the_two_fake_gpus(cluster, tmp_path, tiny_corpus, capsys):
+    grid_path = make_grid(tmp_path, "array", epochs=3, cells=("lstm", "gru"), seeds=(1, 2), gpus=1)
+    sweep_dir = tmp_path / "sweep"
+    assert main(["submit", "--grid", str(grid_path), "--sweep-dir", str(sweep_dir), "--data-dir", str(tiny_corpus),
+                 "--executor", "slurm"]) == 0
+    sweep = Sweep(sweep_dir)
+    ids = job_ids(sweep)
+    assert len({slurm.base_id(j) for j in ids.values()}) == 1 and sorted(ids.values())[0].endswith("_0")
+    status = wait_until(lambda: all_ended(sweep), timeout_s=300, every_s=1)
+    assert [r["state"] for r in status["runs"]] == [states.COMPLETED] * 4
+    assert all(r["epoch"] == 3 and r["test_ppl"] is not None for r in status["runs"])
+
+    # each task held one of the two GPUs, so at most two ran at once, and two did
+    rows = wait_until(lambda: sacct_ended(list(ids.values())), timeout_s=60, every_s=0.5)
+    assert all("gres/gpu=1" in rows[j]["tres"] for j in ids.values())
+    spans = [(datetime.fromisoformat(rows[j]["start"]), datetime.fromisoformat(rows[j]["end"])) for j in ids.values()]
+    assert max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans) == 2
+
+    # status --json says what sacct says
+    capsys.readouterr()
+    assert main(["status", "--sweep-dir", str(sweep_dir), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert {r["job_id"]: r["state"] for r in shown["runs"]} == {j: rows[j]["state"] for j in ids.values()}
+    assert shown["notes"] == []
+
+    # submitting the same grid again submits nothing
+    assert main(["submit", "--grid", str(grid_path), "--sweep-dir", str(sweep_dir), "--data-dir", str(tiny_corpus),
+                 "--executor", "slurm"]) == 0
+    assert all(len(entry["jobs"]) == 1 for entry in sweep.read_manifest()["runs"].values())
+    # the logs command finds the task's output
+    capsys.readouterr()
+    assert main(["logs", "gru-d0-s2", "--sweep-dir", str(sweep_dir)]) == 0
+    assert "epoch 3/3: lr" in capsys.readouterr().out
+
+
+def test_runs_requeued_by_usr2_and_by_their_time_limit_resume_and_end_as_if_uninterrupted(cluster, tmp_path, tiny_corpus):
+    # A: a short run sent USR2 by hand (a preemption); B: a run longer than its one-minute limit
+    short = load_grid(make_grid(tmp_path, "short", epochs=30, timeout_min=1, max_requeues=5))
+    long = load_grid(make_grid(tmp_path, "long", epochs=110, cells=("gru",), timeout_min=1, max_requeues=6))
+    sweep_a, sweep_b = Sweep(tmp_path / "a"), Sweep(tmp_path / "b")
+    launch.submit(short, sweep_a, SlurmExecutor(), data_dir=tiny_corpus)
+    launch.submit(long, sweep_b, SlurmExecutor(), data_dir=tiny_corpus)
+    key_a, key_b = short.runs[0].key, long.runs[0].key
+    first_checkpoint(sweep_a.run_dir(key_a))
+    slurm.scancel([job_ids(sweep_a)[key_a]], signal="USR2")
+
+    reference = tmp_path / "reference"  # trained here while the jobs wait to be requeued
+    train_reference(short.runs[0].config, reference, tiny_corpus)
+
+    for sweep in (sweep_a, sweep_b):
+        status = wait_until(lambda: all_ended(sweep), timeout_s=420, every_s=2)
+        assert status["runs"][0]["state"] == states.COMPLETED, log_text(sweep, status["runs"][0]["key"])
+        assert status["runs"][0]["attempts"] == 1  # requeued in place: the same job, not a new one
+    text_a, text_b = log_text(sweep_a, key_a), log_text(sweep_b, key_b)
+    assert "Caught signal SIGUSR2" in text_a and "resuming from" in text_a
+    assert "Caught signal SIGUSR2" in text_b and "resuming from" in text_b and "timed-out" in text_b
+    assert_same_run(reference, sweep_a.run_dir(key_a))
+    epochs_b = [r["epoch"] for r in RunDir(sweep_b.run_dir(key_b)).read_metrics() if not r.get("final")]
+    assert epochs_b == list(range(1, 111))  # every epoch once, none lost or repeated across attempts
+
+
+def test_cancel_stops_running_and_pending_tasks_and_retry_completes_them(cluster, tmp_path, tiny_corpus):
+    # each task asks for both GPUs: one runs, the others wait in the array
+    grid = load_grid(make_grid(tmp_path, "cancel", epochs=12, seeds=(1, 2, 3), gpus=2))
+    sweep = Sweep(tmp_path / "sweep")
+    launch.submit(grid, sweep, SlurmExecutor(), data_dir=tiny_corpus)
+    running = wait_until(lambda: [r for r in grid.runs if list((sweep.run_dir(r.key) / "checkpoints").glob("ckpt-*"))],
+                         timeout_s=120, every_s=0.1)[0]
+    assert sorted(launch.cancel(sweep)) == sorted(r.key for r in grid.runs)
+    status = wait_until(lambda: all_ended(sweep), timeout_s=120, every_s=1)
+    assert [r["state"] for r in status["runs"]] == [states.CANCELLED] * 3
+    assert RunDir(sweep.run_dir(running.key)).read_state()["state"] == "INTERRUPTED"  # it saved on SIGTERM
+
+    resubmitted = launch.retry(sweep)
+    assert sorted(resubmitted) == sorted(r.key for r in grid.runs)
+    status = wait_until(lambda: all_ended(sweep), timeout_s=300, every_s=1)
+    assert [r["state"] for r in status["runs"]] == [states.COMPLETED] * 3
+    assert all(r["attempts"] == 2 for r in status["runs"])
+    assert "resuming from" in log_text(sweep, running.key)
+    reference = tmp_path / "reference"
+    train_reference(running.config, reference, tiny_corpus)
+    assert_same_run(reference, sweep.run_dir(running.key))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="stops and restarts slurmdbd: needs root")
+def test_with_accounting_stopped_status_falls_back_to_squeue_and_says_so(cluster, tmp_path, tiny_corpus, capsys):
+    grid = load_grid(make_grid(tmp_path, "nodbd", epochs=1))
+    sweep = Sweep(tmp_path / "sweep")
+    launch.submit(grid, sweep, SlurmExecutor(), data_dir=tiny_corpus)
+    wait_until(lambda: all_ended(sweep), timeout_s=120, every_s=0.5)
+    subprocess.run(["pkill", "-x", "slurmdbd"], check=True)
+    try:
+        wait_until(lambda: subprocess.run(["pgrep", "-x", "slurmdbd"]).returncode != 0, timeout_s=30)
+        status = collect(sweep)
+        assert status["runs"][0]["state"] == states.COMPLETED
+        assert len(status["notes"]) == 1 and status["notes"][0].startswith("accounting unavailable (sacct failed:")
+        assert main(["status", "--sweep-dir", str(sweep.path)]) == 0
+        assert "note: accounting unavailable" in capsys.readouterr().out
+    finally:
+        subprocess.run(["bash", str(REPO / "slurm" / "up.sh")], check=True, capture_output=True)
+    assert collect(sweep)["notes"] == []
