@@ -7,7 +7,7 @@
       last_states.json     what Slurm last said of every job: shown when the controller is down
 
 Runs with equal resources (all the runs of one submit) go out as one job array per MaxArraySize
-runs. Each task is a `CheckpointableRun`: on USR2 (Slurm's warning before the time limit, or a
+runs. Each task is a `CheckpointableRun` (slurm_job.py): on USR2 (Slurm's warning before the time limit, or a
 preemption where the cluster sends it) the trainer saves its exact state at the next step boundary,
 then submitit requeues the task, which resumes from that state, up to `max_requeues` time limits.
 """
@@ -15,13 +15,9 @@ then submitit requeues the task, which resumes from that state, up to `max_reque
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
-
-import submitit
 
 from ptbjobs import slurm, states
 from ptbjobs.atomic import atomic_write_bytes
@@ -34,40 +30,6 @@ from ptbjobs.sweep import Sweep
 # comes up to 30 s earlier than asked. A short limit gets a quarter of it: with one minute, USR2
 # comes 15 to 45 s in, never before the run has started, and always a look (30 s) before the kill.
 SIGNAL_DELAY_S = 90
-
-
-class CheckpointableRun(submitit.helpers.Checkpointable):
-    """What a Slurm task runs: one run folder, trained to the end or to the next requeue."""
-
-    def __call__(self, run_dir: str) -> dict[str, Any]:
-        from ptbjobs.job import run_job
-        from ptbjobs.train import TrainingInterrupted
-
-        _use_allocated_cpus()
-        try:
-            return run_job(Path(run_dir))
-        except TrainingInterrupted as exc:
-            if signal.SIGUSR2 in exc.signals:
-                # The runner caught USR2 and saved the state at a step boundary (the trainer's weights
-                # are never half-updated in the checkpoint); now let submitit's own USR2 handler, which
-                # the runner put back, do what it does: count the timeout, pickle `checkpoint()`'s call
-                # and `scontrol requeue` this task. It exits the process.
-                handler = signal.getsignal(signal.SIGUSR2)
-                if callable(handler):
-                    handler(signal.SIGUSR2, None)
-            raise
-
-    # submitit's Checkpointable.checkpoint returns the same call with the same run folder: the
-    # state lives in the folder's checkpoints, so nothing else needs pickling.
-
-
-def _use_allocated_cpus() -> None:
-    """One torch thread per CPU Slurm gave the task, not one per CPU of the node."""
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_JOB_CPUS_PER_NODE", "")
-    if cpus.isdigit() and int(cpus) > 0:
-        import torch
-
-        torch.set_num_threads(int(cpus))
 
 
 def sbatch_parameters(resources: Resources, job_name: str, array_size_limit: int) -> dict[str, Any]:
@@ -108,6 +70,10 @@ class SlurmExecutor:
     def submit(self, sweep: Sweep, keys: list[str], resources: Resources) -> dict[str, str]:
         """One job array per MaxArraySize runs; returns run key -> job id ("123_4"). Returns as soon
         as sbatch has accepted them."""
+        import submitit  # here, not at the top: status and cancel need none of it
+
+        from ptbjobs.slurm_job import CheckpointableRun
+
         limit = slurm.max_array_size()
         executor = submitit.SlurmExecutor(folder=_folder(sweep) / "%j", max_num_timeout=resources.max_requeues)
         try:
