@@ -171,8 +171,10 @@ def submit(
     chosen = launch.get_executor(executor, max_parallel)
     planned = launch.submit(parsed, sweep, chosen, data_dir=data_dir, force=force, dry_run=dry_run)
     console = _console()
-    console.print(f"{'plan (dry run)' if dry_run else 'submitted'}: {len(planned)} runs -> {sweep.path} ({chosen.name})")
-    console.print(_plan_table(planned))
+    starting = sum(1 for p in planned if p.action in (launch.SUBMIT, launch.RESUME, launch.RESTART))
+    verb = "would submit" if dry_run else "submitted"
+    console.print(f"{verb} {starting} of {len(planned)} runs -> {sweep.path} ({chosen.name})")
+    console.print(_plan_table(planned) if dry_run or len(planned) <= PLAN_ROWS_SHOWN else _plan_summary(planned))
     if wait and not dry_run:
         raise typer.Exit(_watch(sweep, until_done=True))
 
@@ -183,6 +185,17 @@ def _console():
 
     console = Console()
     return console if console.is_terminal else Console(width=200)
+
+
+PLAN_ROWS_SHOWN = 50  # a bigger plan is summarised: a row per run says little at 1,000 runs
+
+
+def _plan_summary(planned) -> str:
+    from collections import Counter
+
+    counts = Counter(p.action for p in planned)
+    return "plan: " + ", ".join(f"{n} {action}" for action, n in counts.most_common()) + \
+        "  (ptbjobs submit --dry-run lists them; ptbjobs status shows each run)"
 
 
 def _plan_table(planned):

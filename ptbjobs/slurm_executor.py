@@ -103,6 +103,11 @@ class SlurmExecutor:
         try:
             report = slurm.job_states(job_ids)
             found = dict(report.states)
+            for job_id in job_ids:
+                # an array whose tasks never started (all cancelled while pending, say) has one
+                # record under the array's own id, which stands for each of those tasks
+                if job_id not in found and slurm.base_id(job_id) in found:
+                    found[job_id] = found[slurm.base_id(job_id)]
             missing = [j for j in job_ids if j not in found]
             if missing and report.source == "sacct":
                 # accounting lags the controller by a moment: a job just submitted, or a pending

@@ -158,6 +158,13 @@ def test_a_cancelled_pending_array_task_without_a_record_reads_cancelled(tmp_pat
     assert executor.query(sweep, ["8_0", "8_5", "8_6"]) == {"8_0": "COMPLETED", "8_5": "CANCELLED", "8_6": "LOST"}
 
 
+def test_tasks_of_an_array_cancelled_before_any_started_take_the_arrays_own_record(tmp_path, fake_slurm):
+    (fake_slurm / "sacct.out").write_text("70|CANCELLED by 0\n")  # recorded: 1,000 held tasks, then scancel
+    executor = SlurmExecutor()
+    assert executor.query(Sweep(tmp_path / "s"), ["70_0", "70_999"]) == {"70_0": "CANCELLED", "70_999": "CANCELLED"}
+    assert calls(fake_slurm, "squeue") == []  # nothing left to ask the controller
+
+
 def test_without_accounting_states_come_from_squeue_and_say_so(tmp_path, fake_slurm):
     (fake_slurm / "sacct.fail").write_text(SACCT_DOWN)
     (fake_slurm / "squeue.out").write_text("8_0|RUNNING\n8_1|PENDING\n")

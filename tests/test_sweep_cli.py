@@ -41,7 +41,7 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(tmp_path, grid_file, tiny_
     result = runner.invoke(app, ["submit", "--grid", str(grid_file), "--sweep-dir", str(sweep_dir),
                                  "--data-dir", str(tiny_corpus), "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert "plan (dry run): 2 runs" in result.output
+    assert "would submit 2 of 2 runs" in result.output
     assert "lstm-d0-s1" in result.output and "gru-d0-s1" in result.output and "submit" in result.output
     assert not sweep_dir.exists()
 
