@@ -302,7 +302,7 @@ def logs(
     jobs = manifest["runs"][run]["jobs"]
     paths = []
     for job in jobs:
-        paths += launch.get_executor(job["executor"]).log_paths(sweep, run, [job["job_id"]])
+        paths += launch.get_executor(job["executor"], submitting=False).log_paths(sweep, run, [job["job_id"]])
     for job, path in zip(jobs, paths):
         print(f"==> attempt {job['job_id']} ({job['executor']}): {path}")
         print(path.read_text() if path.exists() else "(no output yet)", end="")

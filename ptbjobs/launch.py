@@ -21,8 +21,9 @@ from ptbjobs.job import write_spec
 from ptbjobs.rundir import RunDir
 from ptbjobs.sweep import Sweep, latest_job
 
-SUBMIT, RESUME, SKIP_COMPLETED, SKIP_ACTIVE, SKIP_DIVERGED, RESTART = (
-    "submit", "resume", "skip: completed", "skip: queued or running", "skip: diverged", "restart (forced)")
+SUBMIT, RESUME, SKIP_COMPLETED, SKIP_ACTIVE, SKIP_DIVERGED, SKIP_UNKNOWN, RESTART = (
+    "submit", "resume", "skip: completed", "skip: queued or running", "skip: diverged",
+    "skip: state unknown", "restart (forced)")
 
 
 class Executor(Protocol):
@@ -34,8 +35,9 @@ class Executor(Protocol):
     def log_paths(self, sweep: Sweep, key: str, job_ids: list[str]) -> list[Path]: ...
 
 
-def get_executor(name: str, max_parallel: int | None = None) -> Executor:
-    """"auto" is Slurm where sbatch is on PATH, else the local machine."""
+def get_executor(name: str, max_parallel: int | None = None, submitting: bool = True) -> Executor:
+    """"auto" is Slurm where sbatch is on PATH, else the local machine. With `submitting` False
+    (asking about jobs, reading their logs), Slurm's executor is given even without sbatch."""
     from ptbjobs import slurm
 
     if name == "auto":
@@ -45,7 +47,7 @@ def get_executor(name: str, max_parallel: int | None = None) -> Executor:
 
         return LocalExecutor(max_parallel)
     if name == "slurm":
-        if not slurm.have_slurm():
+        if submitting and not slurm.have_slurm():
             raise PtbjobsError("--executor slurm: sbatch is not on PATH",
                                "run on a cluster's login node, or bring up a local cluster: sudo bash slurm/up.sh")
         if max_parallel is not None:
@@ -64,10 +66,12 @@ class PlannedRun:
     action: str
 
 
-def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None = None) -> dict[str, str]:
+def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None = None,
+               live: bool = False) -> dict[str, str]:
     """Each run's state: its latest job as its executor sees it, merged with its own folder.
     What an executor says of its answer (e.g. "Slurm did not answer: last known states") is
-    appended to `notes`."""
+    appended to `notes`. With `live`, last-known states are refused: a command about to submit or
+    cancel must not act on them (it could start a second copy of a run that is still going)."""
     by_executor: dict[str, list[str]] = {}
     for entry in manifest["runs"].values():
         job = latest_job(entry)
@@ -75,8 +79,11 @@ def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None =
             by_executor.setdefault(job["executor"], []).append(job["job_id"])
     job_states: dict[str, str] = {}
     for name, ids in by_executor.items():
-        executor = get_executor(name)
+        executor = get_executor(name, submitting=False)
         job_states.update(executor.query(sweep, ids))
+        if live and getattr(executor, "stale", False):
+            raise PtbjobsError(executor.note or f"the {name} executor did not answer",
+                               "nothing was submitted or cancelled; try again when Slurm answers (scontrol ping)")
         if notes is not None and getattr(executor, "note", None):
             notes.append(executor.note)
     result = {}
@@ -89,7 +96,7 @@ def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None =
 
 def plan(grid: Grid, sweep: Sweep, force: bool = False) -> list[PlannedRun]:
     manifest = sweep.read_manifest()
-    current = run_states(sweep, manifest)
+    current = run_states(sweep, manifest, live=True)
     planned, conflicts = [], []
     for spec in grid.runs:
         entry = manifest["runs"].get(spec.key)
@@ -120,6 +127,8 @@ def _action(state: str) -> str:
         return SKIP_DIVERGED
     if states.is_active(state):
         return SKIP_ACTIVE
+    if state == states.UNKNOWN:
+        return SKIP_UNKNOWN  # it may still be running: never start a second copy on a guess
     return RESUME
 
 
@@ -166,11 +175,7 @@ def submit(grid: Grid, sweep: Sweep, executor: Executor, data_dir: Path | None =
         sweep.write_manifest(manifest)
         sweep.write_grid_copy(grid.text)
         if to_start:
-            ids = executor.submit(sweep, [p.spec.key for p in to_start], grid.resources)
-            now = time.time()
-            for key, job_id in ids.items():
-                manifest["runs"][key]["jobs"].append({"job_id": job_id, "executor": executor.name, "submitted": now})
-            sweep.write_manifest(manifest)
+            _submit_and_record(sweep, manifest, executor, [p.spec.key for p in to_start], grid.resources)
     return planned
 
 
@@ -181,7 +186,7 @@ def retry(sweep: Sweep, executor: Executor | None = None, keys: list[str] | None
 
     with sweep.locked():
         manifest = sweep.read_manifest()
-        current = run_states(sweep, manifest)
+        current = run_states(sweep, manifest, live=True)
         chosen = [k for k, s in current.items() if s in states.RETRYABLE and (keys is None or k in keys)]
         if keys:
             unknown = [k for k in keys if k not in manifest["runs"]]
@@ -196,12 +201,30 @@ def retry(sweep: Sweep, executor: Executor | None = None, keys: list[str] | None
         submitted: dict[str, str] = {}
         for name, run_keys in by_executor.items():
             runner = executor or get_executor(name)
-            ids = runner.submit(sweep, run_keys, resources)
-            for key, job_id in ids.items():
-                manifest["runs"][key]["jobs"].append({"job_id": job_id, "executor": runner.name, "submitted": time.time()})
-            submitted.update(ids)
-        sweep.write_manifest(manifest)
+            submitted.update(_submit_and_record(sweep, manifest, runner, run_keys, resources))
     return submitted
+
+
+def _submit_and_record(sweep: Sweep, manifest: dict[str, Any], executor: Executor, keys: list[str],
+                       resources: Resources) -> dict[str, str]:
+    """Submit and write every job id into the manifest, also those of a submission that failed
+    part-way (they were accepted and will run: they must be known to status, cancel and retry)."""
+    try:
+        ids = executor.submit(sweep, keys, resources)
+    except PtbjobsError as exc:
+        ids = getattr(exc, "submitted", {})
+        if ids:
+            _record_jobs(sweep, manifest, executor.name, ids)
+        raise
+    _record_jobs(sweep, manifest, executor.name, ids)
+    return ids
+
+
+def _record_jobs(sweep: Sweep, manifest: dict[str, Any], executor_name: str, ids: dict[str, str]) -> None:
+    now = time.time()
+    for key, job_id in ids.items():
+        manifest["runs"][key]["jobs"].append({"job_id": job_id, "executor": executor_name, "submitted": now})
+    sweep.write_manifest(manifest)
 
 
 def cancel(sweep: Sweep, keys: list[str] | None = None) -> list[str]:
@@ -212,12 +235,12 @@ def cancel(sweep: Sweep, keys: list[str] | None = None) -> list[str]:
             unknown = [k for k in keys if k not in manifest["runs"]]
             if unknown:
                 raise ConfigError(None, f"--run: no run {unknown[0]!r} in {sweep.path}", "see `ptbjobs status` for the keys")
-        current = run_states(sweep, manifest)
+        current = run_states(sweep, manifest, live=True)
         chosen = [k for k, s in current.items() if states.is_active(s) and (not keys or k in keys)]
         by_executor: dict[str, list[str]] = {}
         for key in chosen:
             job = latest_job(manifest["runs"][key])
             by_executor.setdefault(job["executor"], []).append(job["job_id"])
         for name, ids in by_executor.items():
-            get_executor(name).cancel(sweep, ids)
+            get_executor(name, submitting=False).cancel(sweep, ids)
     return chosen

@@ -118,7 +118,14 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
     if not job_ids:
         return {}
     arrays = sorted({base_id(j) for j in job_ids}, key=_numeric_first)
-    out = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(arrays)])
+    try:
+        out = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(arrays)])
+    except SlurmUnavailable as exc:
+        # asked about one job only, squeue fails when the controller has forgotten it (with
+        # several it lists those it knows): an answer, not an outage
+        if "Invalid job id specified" in exc.message:
+            return {}
+        raise
     return parse_squeue(out)
 
 

@@ -1,7 +1,7 @@
 """The Slurm executor: a sweep's runs as Slurm job arrays, through submitit.
 
     <sweep>/slurm/
-      <job id>/            submitit's folder per job: the pickled call, <job id>_0_log.out/.err
+      <job id>/            submitit's folder per job: the pickled call, <job id>_0_log.out
       cancelled.json       array tasks `ptbjobs cancel` cancelled (a pending task cancelled before
                            it started leaves no trace in sacct)
       last_states.json     what Slurm last said of every job: shown when the controller is down
@@ -14,6 +14,8 @@ then submitit requeues the task, which resumes from that state, up to `max_reque
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import time
 from pathlib import Path
@@ -41,7 +43,7 @@ def sbatch_parameters(resources: Resources, job_name: str, array_size_limit: int
         "signal_delay_s": min(SIGNAL_DELAY_S, max(10, timeout_s // 4)),
         "array_parallelism": resources.array_parallelism or array_size_limit,
         "wckey": "",
-        "stderr_to_stdout": False,
+        "stderr_to_stdout": True,
     }
     for name in ("partition", "account", "qos", "constraint"):
         if getattr(resources, name):
@@ -61,11 +63,21 @@ def sbatch_parameters(resources: Resources, job_name: str, array_size_limit: int
     return params
 
 
+class PartialSubmission(slurm.SlurmUnavailable):
+    """sbatch refused an array after accepting earlier ones: `submitted` holds the runs that did go
+    out, which the caller must still record (they will run)."""
+
+    def __init__(self, message: str, submitted: dict[str, str], hint: str | None = None):
+        super().__init__(message, hint)
+        self.submitted = submitted
+
+
 class SlurmExecutor:
     name = "slurm"
 
     def __init__(self) -> None:
         self.note: str | None = None  # set by query when the answer is not sacct's
+        self.stale = False  # set by query when Slurm did not answer and the states are the last known
 
     def submit(self, sweep: Sweep, keys: list[str], resources: Resources) -> dict[str, str]:
         """One job array per MaxArraySize runs; returns run key -> job id ("123_4"). Returns as soon
@@ -84,65 +96,73 @@ class SlurmExecutor:
         for start in range(0, len(keys), limit):
             chunk = keys[start:start + limit]
             try:
-                with executor.batch():
+                # submitit prints sbatch's stderr itself before raising: the error below says it once
+                with contextlib.redirect_stderr(io.StringIO()), executor.batch():
                     jobs = [executor.submit(CheckpointableRun(), str(sweep.run_dir(key).resolve())) for key in chunk]
-            except (submitit.core.utils.FailedJobError, OSError) as exc:
+            except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError, OSError,
+                    RuntimeError) as exc:
                 done = f" ({len(ids)} runs were submitted before it)" if ids else ""
-                raise slurm.SlurmUnavailable(f"sbatch failed: {_first_meaningful_line(exc)}{done}",
-                                             "check the [resources] against `sinfo`, and that the controller is up") from None
+                raise PartialSubmission(f"sbatch failed: {_first_meaningful_line(exc)}{done}", ids,
+                                        "check the [resources] against `sinfo`, and that the controller is up") from None
             ids.update({key: job.job_id for key, job in zip(chunk, jobs)})
         return ids
 
     def query(self, sweep: Sweep, job_ids: list[str]) -> dict[str, str]:
         """Every job's state in one sacct call (plus one squeue call for jobs sacct does not list
         yet); the last known states, with a note, when Slurm does not answer."""
-        self.note = None
+        self.note, self.stale = None, False
         if not job_ids:
             return {}
         folder = _folder(sweep)
         try:
             report = slurm.job_states(job_ids)
-            found = dict(report.states)
-            for job_id in job_ids:
-                # an array whose tasks never started (all cancelled while pending, say) has one
-                # record under the array's own id, which stands for each of those tasks
-                if job_id not in found and slurm.base_id(job_id) in found:
-                    found[job_id] = found[slurm.base_id(job_id)]
-            missing = [j for j in job_ids if j not in found]
-            if missing and report.source == "sacct":
-                # accounting lags the controller by a moment: a job just submitted, or a pending
-                # array's remainder, may not be in it yet
-                found.update({j: s for j, s in slurm.squeue_states(missing).items() if j not in found})
-            self.note = report.note
         except slurm.SlurmUnavailable as exc:
             last = _read_json(folder / "last_states.json") or {}
             self.note = f"Slurm did not answer ({exc.message}): showing the last known states"
+            self.stale = True
             return {j: last.get(j, states.UNKNOWN) for j in job_ids}
+        found = dict(report.states)
+        self.note = report.note
+        for job_id in job_ids:
+            # an array whose tasks never started (all cancelled while pending, say) has one
+            # record under the array's own id, which stands for each of those tasks
+            if job_id not in found and slurm.base_id(job_id) in found:
+                found[job_id] = found[slurm.base_id(job_id)]
+        missing = [j for j in job_ids if j not in found]
+        if missing and report.source == "sacct":
+            # accounting lags the controller by a moment: a job just submitted may not be in it yet
+            try:
+                found.update({j: s for j, s in slurm.squeue_states(missing).items() if j not in found})
+            except slurm.SlurmUnavailable:
+                pass  # the controller is slow or down: sacct's answer stands, the rest reads LOST
         cancelled = set(_read_json(folder / "cancelled.json") or [])
         result = {}
         for job_id in job_ids:
-            if job_id in found:
-                result[job_id] = found[job_id]
-            else:
-                # a pending array task cancelled before it started has no record of its own
-                result[job_id] = states.CANCELLED if job_id in cancelled else states.LOST
+            state = found.get(job_id)
+            if job_id in cancelled and state in (None, states.PENDING):
+                # a pending array task cancelled before it started has no record of its own, and
+                # accounting may still list it in its array's stale "PENDING" range
+                state = states.CANCELLED
+            result[job_id] = state or states.LOST
         _remember(folder / "last_states.json", result)
         return result
 
     def cancel(self, sweep: Sweep, job_ids: list[str]) -> None:
         """scancel each job or array task; a running one gets SIGTERM and saves its state first."""
         folder = _folder(sweep)
-        folder.mkdir(parents=True, exist_ok=True)
-        slurm.scancel(job_ids)
         cancelled = set(_read_json(folder / "cancelled.json") or []) | set(job_ids)
-        atomic_write_bytes(folder / "cancelled.json", json.dumps(sorted(cancelled)).encode())
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            # written before scancel: a task scancel stops before it starts leaves no other trace
+            atomic_write_bytes(folder / "cancelled.json", json.dumps(sorted(cancelled)).encode())
+        except OSError as exc:
+            raise PtbjobsError(f"cannot write {folder / 'cancelled.json'}: {exc.strerror}",
+                               "cancel from an account that can write the sweep folder") from None
+        slurm.scancel(job_ids)
 
     def log_paths(self, sweep: Sweep, key: str, job_ids: list[str]) -> list[Path]:
-        paths = []
-        for job_id in job_ids:
-            job_folder = _folder(sweep) / job_id
-            paths += [job_folder / f"{job_id}_0_log.err", job_folder / f"{job_id}_0_log.out"]
-        return paths
+        # one file per attempt: the run's own lines and submitit's, in the order they happened
+        return [_folder(sweep) / job_id / f"{job_id}_0_log.out" for job_id in job_ids]
 
 
 def _folder(sweep: Sweep) -> Path:
@@ -162,8 +182,11 @@ def _remember(path: Path, found: dict[str, str]) -> None:
     if all(known.get(k) == v for k, v in found.items()):
         return  # nothing new: status stays read-only in the steady state
     known.update(found)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, json.dumps({**known, "_time": time.time()}).encode())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps({**known, "_time": time.time()}).encode())
+    except OSError:
+        pass  # a cache: a sweep folder someone else owns can still be looked at
 
 
 def _first_meaningful_line(exc: BaseException) -> str:

@@ -25,7 +25,8 @@ class CheckpointableRun(submitit.helpers.Checkpointable):
         try:
             return run_job(Path(run_dir))
         except TrainingInterrupted as exc:
-            if signal.SIGUSR2 in exc.signals:
+            if signal.SIGUSR2 in exc.signals and signal.SIGTERM not in exc.signals:
+                # (TERM as well means a cancel, or Slurm's own requeue on preemption: no requeue of ours.)
                 # The runner caught USR2 and saved the state at a step boundary (the trainer's weights
                 # are never half-updated in the checkpoint); now let submitit's own USR2 handler, which
                 # the runner put back, do what it does: count the timeout, pickle `checkpoint()`'s call

@@ -10,7 +10,9 @@ from __future__ import annotations
 PENDING = "PENDING"
 RUNNING = "RUNNING"
 REQUEUED = "REQUEUED"
-ACTIVE = frozenset({PENDING, RUNNING, REQUEUED, "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"})
+ACTIVE = frozenset({PENDING, RUNNING, REQUEUED, "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
+                    "REQUEUE_HOLD", "REQUEUE_FED", "SPECIAL_EXIT", "STOPPED", "RESV_DEL_HOLD", "SIGNALING",
+                    "STAGE_OUT"})  # held or stopped jobs are still Slurm's: resubmitting would double them
 
 # Ended
 COMPLETED = "COMPLETED"

@@ -4,6 +4,7 @@ query. Nothing here imports torch, so it answers in a fraction of a second even 
 The `--json` schema (version 1) is one object:
     {"version": 1, "sweep": name, "dir": path, "time": unix time,
      "summary": {state: count, ...},
+     "notes": [what the executor said of its answer, e.g. that Slurm did not answer],
      "runs": [{"key", "cell", "dropout", "seed", "executor", "job_id", "attempts", "state",
                "epoch", "epochs", "train_ppl", "valid_ppl", "best_valid_ppl", "test_ppl",
                "elapsed_s", "eta_s"}, ...]}

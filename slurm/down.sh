@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Stop the one-node cluster that slurm/up.sh started. Jobs still queued or running are lost.
-#   --purge   also forget every job: the controller's state, the accounting database, the logs
+#   --purge   also forget every job: the controller's state, the accounting database, the logs.
+#             Job ids then start again from 1, so sweeps submitted before no longer match their jobs:
+#             purge only a cluster whose sweeps you are done with.
 # Stopping what is not running is harmless. The packages stay installed.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -23,6 +25,14 @@ stop() {
     wait_for "$1 to stop" 30 bash -c "! pgrep -x $1" || { pkill -9 -x "$1" || true; }
 }
 
+# Jobs first: with proctrack/linuxproc, stopping slurmd would leave their processes running (and
+# holding their run folders). Cancelled, they save their state and can be resubmitted after `up`.
+if running slurmctld && [[ -n "$(squeue -h -o %i 2>/dev/null)" ]]; then
+    say "cancelling the jobs still queued or running"
+    squeue -h -o %i | xargs -r scancel 2>/dev/null || true
+    wait_for "the jobs to end" 60 bash -c '[[ -z "$(squeue -h -o %i)" ]]' || say "some jobs did not end in 60 s"
+fi
+pkill -x slurmstepd 2>/dev/null || true
 stop slurmd
 stop slurmctld
 stop slurmdbd

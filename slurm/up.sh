@@ -26,13 +26,15 @@ install_packages() {
     say "installing slurm-wlm, slurmdbd, munge, mariadb-server (missing: ${missing[*]})"
     export DEBIAN_FRONTEND=noninteractive
     # policy-rc.d 101: the packages must not try to start their daemons (no init system here)
-    local policy=/usr/sbin/policy-rc.d created_policy=0
-    if [[ ! -e $policy ]]; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; created_policy=1; fi
+    local policy=/usr/sbin/policy-rc.d
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT  # removed however the install ends
+    fi
     apt-get update -qq >/dev/null || die "apt-get update failed"
     apt-get install -y -qq --no-install-recommends slurm-wlm slurmdbd slurm-client munge \
         mariadb-server >/dev/null || die "apt-get install failed"
-    [[ $created_policy -eq 1 ]] && rm -f "$policy"
-    return 0
 }
 
 write_configs() {
@@ -81,7 +83,18 @@ start_mariadb() {
                 GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';" || die "could not create the accounting database"
 }
 
+# restart_if_changed NAME: a daemon started before its config changed reads the new one only
+# on a restart (`scontrol reconfigure` does not apply a node's CPUs, memory or GRES)
+restart_if_changed() {
+    if [[ $configs_changed -eq 1 ]] && running "$1"; then
+        say "config changed: restarting $1"
+        pkill -x "$1" || true
+        wait_for "$1 to stop" 30 bash -c "! pgrep -x $1" || die "$1 did not stop"
+    fi
+}
+
 start_slurmdbd() {
+    restart_if_changed slurmdbd
     if ! running slurmdbd; then
         say "starting slurmdbd"
         slurmdbd || fail_with_log slurmdbd /var/log/slurm/slurmdbd.log
@@ -94,9 +107,8 @@ start_slurmdbd() {
 }
 
 start_slurmctld() {
-    if running slurmctld; then
-        [[ $configs_changed -eq 1 ]] && { say "config changed: scontrol reconfigure"; scontrol reconfigure; }
-    else
+    restart_if_changed slurmctld
+    if ! running slurmctld; then
         say "starting slurmctld"
         slurmctld || fail_with_log slurmctld /var/log/slurm/slurmctld.log
     fi
@@ -110,6 +122,7 @@ start_slurmctld() {
 }
 
 start_slurmd() {
+    restart_if_changed slurmd
     if ! running slurmd; then
         say "starting slurmd"
         slurmd || fail_with_log slurmd /var/log/slurm/slurmd.log

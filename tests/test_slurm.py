@@ -131,12 +131,40 @@ def test_runs_beyond_max_array_size_are_split_into_several_arrays(tmp_path, fake
     assert (sweep.path / "slurm" / "100_1" / "100_1_submitted.pkl").is_file()
 
 
-def test_a_refused_submission_is_one_line_naming_what_sbatch_said(tmp_path, fake_slurm):
+def test_a_refused_submission_is_one_line_naming_what_sbatch_said(tmp_path, fake_slurm, capsys):
     (fake_slurm / "sbatch.fail").write_text(SBATCH_BAD_PARTITION)
     with pytest.raises(slurm.SlurmUnavailable) as caught:
         SlurmExecutor().submit(Sweep(tmp_path / "s"), ["a", "b"], Resources(partition="nope"))
     assert "invalid partition specified: nope" in str(caught.value)
     assert "\n" not in str(caught.value)
+    assert capsys.readouterr().err == ""  # submitit's own print of sbatch's stderr is kept out
+
+
+def test_arrays_accepted_before_sbatch_refused_one_are_recorded_in_the_manifest(tmp_path, fake_slurm, monkeypatch,
+                                                                                 tiny_corpus, capsys):
+    monkeypatch.setenv("FAKE_MAX_ARRAY", "2")
+    grid = tmp_path / "g.toml"
+    grid.write_text('name = "g"\n[defaults]\nepochs = 1\n[axes]\nseed = [1, 2, 3, 4]\n')
+    # the first array goes out; then sbatch starts refusing
+    script = fake_slurm.parent / "bin" / "sbatch"
+    script.write_text(FAKE.replace('if name == "sbatch":', 'if name == "sbatch" and (state / "next_id").exists():\n'
+                                   '    sys.stderr.write("sbatch: error: QOSMaxSubmitJobPerUserLimit\\n"); sys.exit(1)\n'
+                                   'if name == "sbatch":'))
+    sweep_dir = tmp_path / "sweep"
+    code = main(["submit", "--grid", str(grid), "--sweep-dir", str(sweep_dir), "--data-dir", str(tiny_corpus),
+                 "--executor", "slurm"])
+    assert code == 1
+    assert "sbatch failed: sbatch: error: QOSMaxSubmitJobPerUserLimit (2 runs were submitted before it)" in capsys.readouterr().err
+    jobs = {k: [j["job_id"] for j in e["jobs"]] for k, e in Sweep(sweep_dir).read_manifest()["runs"].items()}
+    assert jobs == {"lstm-d0-s1": ["100_0"], "lstm-d0-s2": ["100_1"], "lstm-d0-s3": [], "lstm-d0-s4": []}
+    # once sbatch accepts again, the same submit sends only the two runs that did not go out
+    script.write_text(FAKE)
+    (fake_slurm / "squeue.out").write_text("100_0|RUNNING\n100_1|PENDING\n")
+    assert main(["submit", "--grid", str(grid), "--sweep-dir", str(sweep_dir), "--data-dir", str(tiny_corpus),
+                 "--executor", "slurm"]) == 0
+    assert "submitted 2 of 4 runs" in capsys.readouterr().out
+    jobs = {k: [j["job_id"] for j in e["jobs"]] for k, e in Sweep(sweep_dir).read_manifest()["runs"].items()}
+    assert jobs == {"lstm-d0-s1": ["100_0"], "lstm-d0-s2": ["100_1"], "lstm-d0-s3": ["101_0"], "lstm-d0-s4": ["101_1"]}
 
 
 def test_query_asks_sacct_once_per_array_and_fills_in_what_it_lacks_from_squeue(tmp_path, fake_slurm):
@@ -149,13 +177,24 @@ def test_query_asks_sacct_once_per_array_and_fills_in_what_it_lacks_from_squeue(
     assert executor.note is None
 
 
+def test_a_job_the_controller_forgot_reads_lost_not_an_outage(tmp_path, fake_slurm):
+    (fake_slurm / "sacct.out").write_text("8_0|COMPLETED\n")
+    (fake_slurm / "squeue.fail").write_text("slurm_load_jobs error: Invalid job id specified\n")  # recorded
+    executor = SlurmExecutor()
+    assert executor.query(Sweep(tmp_path / "s"), ["8_0", "9"]) == {"8_0": "COMPLETED", "9": "LOST"}
+    assert executor.note is None and not executor.stale
+
+
 def test_a_cancelled_pending_array_task_without_a_record_reads_cancelled(tmp_path, fake_slurm):
     sweep = Sweep(tmp_path / "s")
     (fake_slurm / "sacct.out").write_text("8_0|COMPLETED\n")
     executor = SlurmExecutor()
-    executor.cancel(sweep, ["8_5"])
-    assert calls(fake_slurm, "scancel") == [["8_5"]]
+    executor.cancel(sweep, ["8_5", "8_4"])
+    assert calls(fake_slurm, "scancel") == [["8_5", "8_4"]]
     assert executor.query(sweep, ["8_0", "8_5", "8_6"]) == {"8_0": "COMPLETED", "8_5": "CANCELLED", "8_6": "LOST"}
+    # accounting may go on listing the cancelled tasks in the array's stale pending range
+    (fake_slurm / "sacct.out").write_text("8_0|COMPLETED\n8_[4-6]|PENDING\n")
+    assert executor.query(sweep, ["8_4", "8_5", "8_6"]) == {"8_4": "CANCELLED", "8_5": "CANCELLED", "8_6": "PENDING"}
 
 
 def test_tasks_of_an_array_cancelled_before_any_started_take_the_arrays_own_record(tmp_path, fake_slurm):
@@ -194,6 +233,17 @@ def test_when_slurm_does_not_answer_status_shows_the_last_known_states_and_a_not
     assert main(["status", "--sweep-dir", str(sweep.path)]) == 0
     out = capsys.readouterr().out
     assert "2 runs: 1 RUNNING, 1 PENDING" in out and "note: Slurm did not answer" in out
+    # on states that may be stale, retry and cancel change nothing and say why
+    before = sweep.manifest_path.read_text()
+    for command in (["retry"], ["cancel"]):
+        assert main(command + ["--sweep-dir", str(sweep.path)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Slurm did not answer" in err and "nothing was submitted or cancelled" in err
+    assert sweep.manifest_path.read_text() == before and calls(fake_slurm, "scancel") == []
+    # and status works on a machine without sbatch (a laptop with the sweep folder, say)
+    os.remove(fake_slurm.parent / "bin" / "sbatch")
+    assert main(["status", "--sweep-dir", str(sweep.path), "--json"]) == 0
+    assert [r["state"] for r in json.loads(capsys.readouterr().out)["runs"]] == ["RUNNING", "PENDING"]
 
 
 def test_cancel_when_the_controller_is_down_is_one_line_and_exit_1(tmp_path, fake_slurm, capsys):
@@ -228,5 +278,7 @@ def _config_dict() -> dict:
     return TrainConfig().to_dict()
 
 
-def test_states_from_sacct_are_slurms_words():
-    assert states.normalise_slurm_state("CANCELLED by 0") == "CANCELLED"
+def test_held_and_stopped_jobs_count_as_still_in_slurms_hands():
+    for held in ("REQUEUE_HOLD", "SPECIAL_EXIT", "STOPPED", "SUSPENDED", "REQUEUED"):
+        assert states.is_active(held)
+    assert launch._action(states.UNKNOWN) == launch.SKIP_UNKNOWN  # never a second copy on a guess
