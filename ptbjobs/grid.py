@@ -65,6 +65,7 @@ class Resources:
     timeout_min: int = 120
     max_requeues: int = 3
     array_parallelism: int = 0  # 0: no limit
+    runs_per_gpu: int = 1  # runs packed into one job, sharing its GPU (or splitting its CPUs)
     extra_sbatch: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -361,6 +362,9 @@ def _resources(table: dict, where: _Locator) -> Resources:
                                   'e.g. extra_sbatch = ["--exclusive", "--mail-type=END"]; no spaces or shell characters')
             value = tuple(value)
         values[key] = value
+    if not 1 <= values.get("runs_per_gpu", 1) <= 64:
+        raise where.error("resources", "runs_per_gpu", f"must be from 1 to 64, got {values['runs_per_gpu']}",
+                          "a small model leaves a GPU mostly idle: 4 to 8 runs share one well")
     if not 1 <= values.get("timeout_min", 1) <= 366 * 24 * 60:
         raise where.error("resources", "timeout_min", f"must be from 1 minute to a year, got {values['timeout_min']}")
     return Resources(**values)

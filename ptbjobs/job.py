@@ -8,6 +8,7 @@ left alone and an unfinished one resumes from its checkpoint.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +38,20 @@ def run_job(run_dir: Path) -> dict[str, Any]:
     config, data_dir = read_spec(run_dir)
     reporter = ProgressFileReporter(run_dir, PlainReporter())
     return run_training(config, run_dir, data_dir, reporter=reporter)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m ptbjobs.job RUN_DIR`: one run of a packed job, as its own process. Exit codes as
+    `ptbjobs train`: 0 done, 75 stopped with its state saved, 3 diverged, else failed."""
+    from ptbjobs.errors import PtbjobsError
+
+    try:
+        run_job(Path(argv[0]))
+    except PtbjobsError as exc:
+        print(f"ptbjobs: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -237,10 +237,14 @@ def cancel(sweep: Sweep, keys: list[str] | None = None) -> list[str]:
                 raise ConfigError(None, f"--run: no run {unknown[0]!r} in {sweep.path}", "see `ptbjobs status` for the keys")
         current = run_states(sweep, manifest, live=True)
         chosen = [k for k, s in current.items() if states.is_active(s) and (not keys or k in keys)]
+        # a job may train several runs (runs_per_gpu): cancelling it stops all of them
+        job_ids = {latest_job(manifest["runs"][k])["job_id"] for k in chosen}
+        chosen = [k for k, s in current.items() if states.is_active(s) and latest_job(manifest["runs"][k])["job_id"] in job_ids]
         by_executor: dict[str, list[str]] = {}
         for key in chosen:
             job = latest_job(manifest["runs"][key])
-            by_executor.setdefault(job["executor"], []).append(job["job_id"])
+            if job["job_id"] not in by_executor.get(job["executor"], []):
+                by_executor.setdefault(job["executor"], []).append(job["job_id"])
         for name, ids in by_executor.items():
             get_executor(name, submitting=False).cancel(sweep, ids)
     return chosen

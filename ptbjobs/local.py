@@ -83,10 +83,11 @@ class LocalExecutor:
 
 
 def default_parallelism(resources: Resources) -> int:
-    """One run per visible GPU; else as many runs as there are cores for them (2 each by default)."""
+    """`runs_per_gpu` runs per visible GPU; else as many runs as there are cores for them (2 each
+    by default)."""
     gpus = visible_gpus()
     if gpus:
-        return len(gpus)
+        return len(gpus) * resources.runs_per_gpu
     per_run = resources.cpus_per_task or 2
     return max(1, (os.cpu_count() or 1) // per_run)
 

@@ -7,7 +7,7 @@
       last_states.json     what Slurm last said of every job: shown when the controller is down
 
 Runs with equal resources (all the runs of one submit) go out as one job array per MaxArraySize
-runs. Each task is a `CheckpointableRun` (slurm_job.py): on USR2 (Slurm's warning before the time limit, or a
+tasks, a task per run, or per pack of `runs_per_gpu` runs. Each task is a `CheckpointableRun` (slurm_job.py): on USR2 (Slurm's warning before the time limit, or a
 preemption where the cluster sends it) the trainer saves its exact state at the next step boundary,
 then submitit requeues the task, which resumes from that state, up to `max_requeues` time limits.
 """
@@ -84,7 +84,7 @@ class SlurmExecutor:
         as sbatch has accepted them."""
         import submitit  # here, not at the top: status and cancel need none of it
 
-        from ptbjobs.slurm_job import CheckpointableRun
+        from ptbjobs.slurm_job import CheckpointableRun, PackedRuns
 
         limit = slurm.max_array_size()
         executor = submitit.SlurmExecutor(folder=_folder(sweep) / "%j", max_num_timeout=resources.max_requeues)
@@ -92,20 +92,28 @@ class SlurmExecutor:
             executor.update_parameters(**sbatch_parameters(resources, f"ptbjobs-{sweep.path.name}", limit))
         except ValueError as exc:
             raise PtbjobsError(f"[resources]: submitit refused them: {str(exc).splitlines()[0]}") from None
+        # with runs_per_gpu, each task trains a pack of runs side by side
+        size = resources.runs_per_gpu
+        packs = [keys[i:i + size] for i in range(0, len(keys), size)]
         ids: dict[str, str] = {}
-        for start in range(0, len(keys), limit):
-            chunk = keys[start:start + limit]
+        for start in range(0, len(packs), limit):
+            chunk = packs[start:start + limit]
             try:
                 # submitit prints sbatch's stderr itself before raising: the error below says it once
                 with contextlib.redirect_stderr(io.StringIO()), executor.batch():
-                    jobs = [executor.submit(CheckpointableRun(), str(sweep.run_dir(key).resolve())) for key in chunk]
+                    jobs = [executor.submit(CheckpointableRun(), self._dir(sweep, pack[0])) if size == 1 else
+                            executor.submit(PackedRuns(), [self._dir(sweep, key) for key in pack]) for pack in chunk]
             except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError, OSError,
                     RuntimeError) as exc:
                 done = f" ({len(ids)} runs were submitted before it)" if ids else ""
                 raise PartialSubmission(f"sbatch failed: {_first_meaningful_line(exc)}{done}", ids,
                                         "check the [resources] against `sinfo`, and that the controller is up") from None
-            ids.update({key: job.job_id for key, job in zip(chunk, jobs)})
+            ids.update({key: job.job_id for pack, job in zip(chunk, jobs) for key in pack})
         return ids
+
+    @staticmethod
+    def _dir(sweep: Sweep, key: str) -> str:
+        return str(sweep.run_dir(key).resolve())
 
     def query(self, sweep: Sweep, job_ids: list[str]) -> dict[str, str]:
         """Every job's state in one sacct call (plus one squeue call for jobs sacct does not list
@@ -161,8 +169,13 @@ class SlurmExecutor:
         slurm.scancel(job_ids)
 
     def log_paths(self, sweep: Sweep, key: str, job_ids: list[str]) -> list[Path]:
-        # one file per attempt: the run's own lines and submitit's, in the order they happened
-        return [_folder(sweep) / job_id / f"{job_id}_0_log.out" for job_id in job_ids]
+        # one file per attempt: a packed run's own log in its folder, else the task's log (the run's
+        # lines and submitit's, in the order they happened)
+        paths = []
+        for job_id in job_ids:
+            own = sweep.run_dir(key) / "logs" / f"{job_id}.log"
+            paths.append(own if own.exists() else _folder(sweep) / job_id / f"{job_id}_0_log.out")
+        return paths
 
 
 def _folder(sweep: Sweep) -> Path:

@@ -1,4 +1,5 @@
-"""What one Slurm array task runs: a run folder, trained to the end or to its next requeue.
+"""What one Slurm array task runs: a run folder (or, with `runs_per_gpu`, a pack of them), trained
+to the end or to its next requeue.
 
 Kept apart from the executor so that submitting, asking and cancelling never import submitit's job
 machinery, and so that the pickled call names a small importable class.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +31,79 @@ class CheckpointableRun(submitit.helpers.Checkpointable):
             if signal.SIGUSR2 in exc.signals and signal.SIGTERM not in exc.signals:
                 # (TERM as well means a cancel, or Slurm's own requeue on preemption: no requeue of ours.)
                 # The runner caught USR2 and saved the state at a step boundary (the trainer's weights
-                # are never half-updated in the checkpoint); now let submitit's own USR2 handler, which
-                # the runner put back, do what it does: count the timeout, pickle `checkpoint()`'s call
-                # and `scontrol requeue` this task. It exits the process.
-                handler = signal.getsignal(signal.SIGUSR2)
-                if callable(handler):
-                    handler(signal.SIGUSR2, None)
+                # are never half-updated in the checkpoint): now requeue.
+                _requeue_through_submitit()
             raise
 
     # submitit's Checkpointable.checkpoint returns the same call with the same run folder: the
     # state lives in the folder's checkpoints, so nothing else needs pickling.
 
 
+def _requeue_through_submitit() -> None:
+    """Hand USR2 to submitit's own handler (the runner put it back when training stopped): it
+    counts the time limit, pickles `checkpoint()`'s call, runs `scontrol requeue` and exits."""
+    handler = signal.getsignal(signal.SIGUSR2)
+    if callable(handler):
+        handler(signal.SIGUSR2, None)
+
+
+class PackedRuns(submitit.helpers.Checkpointable):
+    """Several runs in one task (`runs_per_gpu`): one process per run, sharing the task's GPU and
+    splitting its CPUs. Each run keeps its own folder, checkpoints and log (logs/<job id>.log in
+    the run folder). USR2 and TERM are passed on to every run; after USR2 (and no TERM) the task
+    is requeued once all have saved, and on its next start the finished runs return at once."""
+
+    def __call__(self, run_dirs: list[str]) -> dict[str, int]:
+        threads = max(1, _allocated_cpus() // len(run_dirs)) if _allocated_cpus() else None
+        job_id = _slurm_job_id()
+        env = dict(os.environ)
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        children = {}
+        for run_dir in run_dirs:
+            log_path = Path(run_dir) / "logs" / f"{job_id}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "a") as log:
+                children[run_dir] = subprocess.Popen([sys.executable, "-m", "ptbjobs.job", run_dir], env=env,
+                                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        received: list[int] = []
+
+        def pass_on(signum: int, frame: Any) -> None:
+            received.append(signum)
+            for child in children.values():
+                if child.poll() is None:
+                    child.send_signal(signum)
+
+        previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGUSR2, signal.SIGTERM)}
+        try:
+            codes = {run_dir: child.wait() for run_dir, child in children.items()}
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        print("ptbjobs: pack ended: " + ", ".join(f"{Path(d).name} exit {c}" for d, c in codes.items()), flush=True)
+        stopped = [d for d, c in codes.items() if c == 75]  # saved its state: resumable
+        if stopped and signal.SIGUSR2 in received and signal.SIGTERM not in received:
+            _requeue_through_submitit()
+        failed = [Path(d).name for d, c in codes.items() if c != 0]
+        if failed:
+            raise RuntimeError(f"runs not finished: {', '.join(failed)} (see their logs/{job_id}.log)")
+        return codes
+
+
+def _slurm_job_id() -> str:
+    """"123_4" for an array task, "125" for a job; "local" outside Slurm (tests)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID", "local")
+
+
+def _allocated_cpus() -> int:
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_JOB_CPUS_PER_NODE", "")
+    return int(cpus) if cpus.isdigit() else 0
+
+
 def _use_allocated_cpus() -> None:
     """One torch thread per CPU Slurm gave the task, not one per CPU of the node."""
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_JOB_CPUS_PER_NODE", "")
-    if cpus.isdigit() and int(cpus) > 0:
+    if _allocated_cpus() > 0:
         import torch
 
-        torch.set_num_threads(int(cpus))
+        torch.set_num_threads(_allocated_cpus())

@@ -131,6 +131,20 @@ def test_runs_beyond_max_array_size_are_split_into_several_arrays(tmp_path, fake
     assert (sweep.path / "slurm" / "100_1" / "100_1_submitted.pkl").is_file()
 
 
+def test_runs_per_gpu_packs_runs_into_array_tasks(tmp_path, fake_slurm):
+    import pickle
+
+    sweep = Sweep(tmp_path / "sweep")
+    keys = [f"run{i}" for i in range(5)]
+    ids = SlurmExecutor().submit(sweep, keys, Resources(runs_per_gpu=2, gpus_per_node=1))
+    assert ids == {"run0": "100_0", "run1": "100_0", "run2": "100_1", "run3": "100_1", "run4": "100_2"}
+    assert "#SBATCH --array=0-2%" in (fake_slurm / "script-100.sh").read_text()
+    with open(sweep.path / "slurm" / "100_1" / "100_1_submitted.pkl", "rb") as handle:
+        call = pickle.load(handle)
+    assert type(call.function).__name__ == "PackedRuns"
+    assert call.args == ([str(sweep.run_dir("run2").resolve()), str(sweep.run_dir("run3").resolve())],)
+
+
 def test_a_refused_submission_is_one_line_naming_what_sbatch_said(tmp_path, fake_slurm, capsys):
     (fake_slurm / "sbatch.fail").write_text(SBATCH_BAD_PARTITION)
     with pytest.raises(slurm.SlurmUnavailable) as caught:
@@ -282,3 +296,35 @@ def test_held_and_stopped_jobs_count_as_still_in_slurms_hands():
     for held in ("REQUEUE_HOLD", "SPECIAL_EXIT", "STOPPED", "SUSPENDED", "REQUEUED"):
         assert states.is_active(held)
     assert launch._action(states.UNKNOWN) == launch.SKIP_UNKNOWN  # never a second copy on a guess
+
+
+def test_a_pack_trains_each_run_in_its_own_process_and_names_the_ones_that_failed(tmp_path, tiny_corpus, tiny_config,
+                                                                                   monkeypatch):
+    from ptbjobs.job import write_spec
+    from ptbjobs.rundir import RunDir
+    from ptbjobs.slurm_job import PackedRuns
+
+    monkeypatch.setenv("SLURM_JOB_CPUS_PER_NODE", "2")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    good = [tmp_path / "a", tmp_path / "b"]
+    for i, folder in enumerate(good):
+        write_spec(folder, tiny_config.replace(epochs=1, seed=i + 1), tiny_corpus)
+    assert PackedRuns()([str(d) for d in good]) == {str(good[0]): 0, str(good[1]): 0}
+    for folder in good:
+        assert RunDir(folder).read_state()["state"] == "COMPLETED"
+        assert "done: best valid ppl" in (folder / "logs" / "77.log").read_text()
+    broken = tmp_path / "c"
+    write_spec(broken, tiny_config.replace(epochs=1), tmp_path / "no-data")
+    with pytest.raises(RuntimeError, match=r"runs not finished: c \(see their logs/77.log\)"):
+        PackedRuns()([str(good[0]), str(broken)])  # the finished one returns at once
+
+
+def test_runs_per_gpu_is_checked_and_sets_the_local_parallelism(tmp_path, monkeypatch):
+    from ptbjobs.errors import ConfigError
+    from ptbjobs.grid import parse_grid
+    from ptbjobs.local import default_parallelism
+
+    with pytest.raises(ConfigError, match="runs_per_gpu: must be from 1 to 64, got 0"):
+        parse_grid('name = "x"\n[axes]\nseed = [1]\n[resources]\nruns_per_gpu = 0\n', tmp_path / "g.toml")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert default_parallelism(Resources(runs_per_gpu=3)) == 6

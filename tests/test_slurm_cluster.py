@@ -50,7 +50,8 @@ seed = {seeds}
 timeout_min = {timeout_min}
 max_requeues = {max_requeues}
 gpus_per_node = {gpus}
-cpus_per_task = 1
+cpus_per_task = {cpus}
+runs_per_gpu = {runs_per_gpu}
 '''
 
 
@@ -73,10 +74,11 @@ def cluster() -> None:
 
 
 def make_grid(tmp_path: Path, name: str, epochs: int, cells=("lstm",), seeds=(1,), timeout_min: int = 10,
-              max_requeues: int = 3, gpus: int = 0):
+              max_requeues: int = 3, gpus: int = 0, cpus: int = 1, runs_per_gpu: int = 1):
     path = tmp_path / f"{name}.toml"
     path.write_text(GRID.format(name=name, epochs=epochs, cells=json.dumps(list(cells)), seeds=json.dumps(list(seeds)),
-                                timeout_min=timeout_min, max_requeues=max_requeues, gpus=gpus))
+                                timeout_min=timeout_min, max_requeues=max_requeues, gpus=gpus, cpus=cpus,
+                                runs_per_gpu=runs_per_gpu))
     return path
 
 
@@ -208,6 +210,33 @@ def test_cancel_stops_running_and_pending_tasks_and_retry_completes_them(cluster
     reference = tmp_path / "reference"
     train_reference(running.config, reference, tiny_corpus)
     assert_same_run(reference, sweep.run_dir(running.key))
+
+
+def test_packed_runs_share_one_gpu_task_and_a_requeued_pack_resumes_each_run_exactly(cluster, tmp_path, tiny_corpus):
+    # 4 runs, 2 per task: two tasks, one fake GPU each, one thread per run (2 CPUs split in two)
+    grid = load_grid(make_grid(tmp_path, "packed", epochs=30, cells=("lstm", "gru"), seeds=(1, 2), gpus=1, cpus=2,
+                               runs_per_gpu=2))
+    sweep = Sweep(tmp_path / "sweep")
+    launch.submit(grid, sweep, SlurmExecutor(), data_dir=tiny_corpus)
+    ids = job_ids(sweep)
+    assert sorted(set(ids.values())) == [f"{slurm.base_id(ids['lstm-d0-s1'])}_0", f"{slurm.base_id(ids['lstm-d0-s1'])}_1"]
+    pack = [key for key, job in ids.items() if job == ids["lstm-d0-s1"]]
+    assert pack == ["lstm-d0-s1", "lstm-d0-s2"]
+    for key in pack:  # both runs of the pack train at once
+        first_checkpoint(sweep.run_dir(key))
+    slurm.scancel([ids["lstm-d0-s1"]], signal="USR2")
+
+    reference = tmp_path / "reference"
+    train_reference(grid.runs[1].config, reference, tiny_corpus)  # lstm-d0-s2, meanwhile
+
+    status = wait_until(lambda: all_ended(sweep), timeout_s=300, every_s=1)
+    assert [r["state"] for r in status["runs"]] == [states.COMPLETED] * 4
+    assert all(r["attempts"] == 1 for r in status["runs"])
+    rows = wait_until(lambda: sacct_ended(sorted(set(ids.values()))), timeout_s=60, every_s=0.5)
+    assert sorted(rows) == sorted(set(ids.values())) and all("gres/gpu=1" in r["tres"] for r in rows.values())
+    for key in pack:
+        assert "resuming from" in log_text(sweep, key)  # each run's own log, in its folder
+    assert_same_run(reference, sweep.run_dir("lstm-d0-s2"))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="stops and restarts slurmdbd: needs root")
