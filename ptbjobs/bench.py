@@ -20,6 +20,7 @@ from torch import nn
 
 from ptbjobs.config import TrainConfig
 from ptbjobs.data import Corpus, batchify, chunk_starts, get_chunk, load_corpus
+from ptbjobs.roofline import Limit, measure_limit
 from ptbjobs.rundir import RunDir
 from ptbjobs.train import Trainer
 
@@ -91,6 +92,7 @@ class BenchResult:
     rounds: int
     ours: list[float] = field(default_factory=list)  # tokens/s per round
     reference: list[float] = field(default_factory=list)
+    limits: list[Limit] = field(default_factory=list)  # the step's matrix products alone, per precision
 
     @property
     def ours_tokens_per_s(self) -> float:
@@ -108,11 +110,13 @@ class BenchResult:
         return {"device": self.device, "threads": self.threads, "torch": torch.__version__,
                 "cell": self.config.cell.value, "steps_per_round": self.steps, "rounds": self.rounds,
                 "ours_tokens_per_s": self.ours_tokens_per_s, "reference_tokens_per_s": self.reference_tokens_per_s,
-                "ratio": self.ratio, "ours_rounds": self.ours, "reference_rounds": self.reference}
+                "ratio": self.ratio, "ours_rounds": self.ours, "reference_rounds": self.reference,
+                "limits": [{"dtype": l.dtype, "flops_per_step": l.flops_per_step, "gflops": l.gflops,
+                            "tokens_per_s": l.tokens_per_s} for l in self.limits]}
 
 
 def run_bench(config: TrainConfig, data_dir: Path | str | None = None, steps: int = 100, warmup: int = 20,
-              rounds: int = 3) -> BenchResult:
+              rounds: int = 3, limits: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)) -> BenchResult:
     corpus = load_corpus(data_dir)
     with tempfile.TemporaryDirectory(prefix="ptbjobs-bench-") as scratch:
         trainer = Trainer(config.replace(checkpoint_every_min=0, checkpoint_every_steps=0, max_steps=0),
@@ -124,6 +128,7 @@ def run_bench(config: TrainConfig, data_dir: Path | str | None = None, steps: in
         for _ in range(rounds):
             result.ours.append(_time_ours(trainer, steps))
             result.reference.append(_timed(trainer.device, lambda: reference.run_steps(steps)))
+        result.limits = [measure_limit(config, len(corpus.vocab), trainer.device, dtype) for dtype in limits]
     return result
 
 
@@ -163,4 +168,15 @@ def format_result(result: BenchResult) -> str:
         f"  reference loop    {result.reference_tokens_per_s:>10,.0f} tokens/s",
         f"  ratio             {result.ratio:>10.2f}x",
     ]
+    for limit in result.limits:
+        lines.append(f"  limit at {limit.dtype:<9}{limit.tokens_per_s:>10,.0f} tokens/s: the step's matrix products alone "
+                     f"({limit.flops_per_step / 1e9:.2f} GFLOP) at {limit.gflops:,.0f} GFLOP/s; ptbjobs at "
+                     f"{_share(result.ours_tokens_per_s / limit.tokens_per_s)}, reference at "
+                     f"{_share(result.reference_tokens_per_s / limit.tokens_per_s)}")
     return "\n".join(lines)
+
+
+def _share(fraction: float) -> str:
+    # above the limit only where that precision's products are slower than the loop's own (bf16
+    # on a CPU without bf16 instructions): say how many times, not thousands of percent
+    return f"{fraction:.0%} of it" if fraction <= 1 else f"{fraction:.1f}x it"

@@ -145,6 +145,19 @@ def test_bench_prints_both_loops_and_their_ratio(ptb_dir):
     assert "reference loop" in lines[2]
     ratio = float(lines[3].split()[-1].rstrip("x"))
     assert ratio > 0
+    # and the limit: the step's matrix products alone, at both precisions
+    assert lines[4].startswith("  limit at float32") and "(6.34 GFLOP)" in lines[4] and "ptbjobs at" in lines[4]
+    assert lines[5].startswith("  limit at bfloat16")
+
+
+def test_a_steps_matrix_products_are_counted_as_by_hand():
+    from ptbjobs.config import TrainConfig
+    from ptbjobs.roofline import step_flops
+
+    # decoder 200 x 10,000 over 400 tokens: forward and two gradients, 3 x 1.6 GFLOP; per LSTM layer
+    # (800 gate rows): input projection 3 x 128 MFLOP, recurrent 40 x 6.4 MFLOP + 128 MFLOP
+    assert step_flops(TrainConfig(), 10_000) == 4.8e9 + 2 * (384e6 + 256e6 + 128e6)
+    assert step_flops(TrainConfig(cell="gru", lr=0.5), 10_000) == 4.8e9 + 2 * (288e6 + 192e6 + 96e6)
 
 
 def test_data_download_and_verify_through_the_cli(tmp_path, served):
