@@ -127,6 +127,9 @@ class ProgressFileReporter:
         self._next = 0.0
 
     def start(self, config: TrainConfig, run: RunDir, resumed_from: str | None) -> None:
+        # an earlier attempt's heartbeat would make status count the time the job waited to be
+        # requeued as training time, until this attempt writes its own
+        self.path.unlink(missing_ok=True)
         self.inner.start(config, run, resumed_from)
 
     def progress(self, progress: Progress) -> None:

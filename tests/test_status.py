@@ -87,3 +87,14 @@ def test_wait_returns_1_when_a_run_did_not_complete_and_0_when_all_did(tmp_path)
     done = make_sweep(tmp_path / "done", runs=3)
     end_every_job(done, states.COMPLETED)
     assert _watch(done, until_done=True) == 0
+
+
+def test_a_new_attempt_drops_the_heartbeat_of_the_one_before(tmp_path, tiny_config):
+    from ptbjobs.progress import ProgressFileReporter
+    from ptbjobs.rundir import PROGRESS_FILE, RunDir
+    from ptbjobs.train import SilentReporter
+
+    stale = tmp_path / PROGRESS_FILE
+    stale.write_text('{"time": 0, "elapsed_s": 10}')  # written before the job was requeued
+    ProgressFileReporter(tmp_path, SilentReporter()).start(tiny_config, RunDir(tmp_path), None)
+    assert not stale.exists()
