@@ -299,15 +299,15 @@ def logs(
     manifest = sweep.read_manifest()
     if run not in manifest["runs"]:
         raise ConfigError(None, f"no run {run!r} in {sweep.path}", "see `ptbjobs status` for the keys")
-    jobs = manifest["runs"][run]["jobs"]
     paths = []
-    for job in jobs:
-        paths += launch.get_executor(job["executor"], submitting=False).log_paths(sweep, run, [job["job_id"]])
-    for job, path in zip(jobs, paths):
-        print(f"==> attempt {job['job_id']} ({job['executor']}): {path}")
-        print(path.read_text() if path.exists() else "(no output yet)", end="")
+    for job in manifest["runs"][run]["jobs"]:
+        # an attempt may have more than one file (a packed run: its own log, then its task's)
+        paths = launch.get_executor(job["executor"], submitting=False).log_paths(sweep, run, [job["job_id"]])
+        for path in paths:
+            print(f"==> attempt {job['job_id']} ({job['executor']}): {path}")
+            print(path.read_text() if path.exists() else "(no output yet)", end="")
     if follow and paths:
-        _follow(paths[-1], lambda: _run_active(sweep, run))
+        _follow(paths[0], lambda: _run_active(sweep, run))
 
 
 def _run_active(sweep, key: str) -> bool:

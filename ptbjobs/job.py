@@ -40,18 +40,51 @@ def run_job(run_dir: Path) -> dict[str, Any]:
     return run_training(config, run_dir, data_dir, reporter=reporter)
 
 
+STOPPED = 75  # EX_TEMPFAIL, as TrainingInterrupted: the run's state on disk is current, resume it
+
+
+def stop_early_on_signals() -> None:
+    """For a process that runs one job: USR2 or TERM before training started (imports, data) or
+    after it ended exits at once with STOPPED. Nothing is being trained then, so the state on
+    disk is the run's state; while training, the runner's own handlers replace these and save at
+    the next step."""
+    import signal
+
+    def stop_now(signum: int, frame: Any) -> None:
+        raise SystemExit(STOPPED)
+
+    for sig in (signal.SIGUSR2, signal.SIGTERM):
+        signal.signal(sig, stop_now)
+
+
 def main(argv: list[str]) -> int:
     """`python -m ptbjobs.job RUN_DIR`: one run of a packed job, as its own process. Exit codes as
-    `ptbjobs train`: 0 done, 75 stopped with its state saved, 3 diverged, else failed."""
-    from ptbjobs.errors import PtbjobsError
+    `ptbjobs train`: 0 done, 75 stopped with its state saved, 3 diverged, 2 bad input, else failed."""
+    import os
+    import socket
+    import time
 
+    from ptbjobs.errors import ConfigError, PtbjobsError
+
+    if len(argv) != 1:
+        print("usage: python -m ptbjobs.job RUN_DIR", file=sys.stderr)
+        return 2
+    run_dir = Path(argv[0])
+    print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] ptbjobs job: {run_dir} on {socket.gethostname()}, pid {os.getpid()}",
+          flush=True)
     try:
-        run_job(Path(argv[0]))
+        if not (run_dir / SPEC_FILE).is_file():
+            raise ConfigError(None, f"{run_dir / SPEC_FILE} not found", "is RUN_DIR a run folder that ptbjobs submit wrote?")
+        run_job(run_dir)
     except PtbjobsError as exc:
-        print(f"ptbjobs: {exc}", file=sys.stderr, flush=True)
+        print(f"ptbjobs: {'error: ' if exc.is_error else ''}{exc}", file=sys.stderr, flush=True)
         return exc.exit_code
+    except ValueError as exc:  # a damaged spec.json
+        print(f"ptbjobs: error: {run_dir / SPEC_FILE}: {exc}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 
 if __name__ == "__main__":
+    stop_early_on_signals()  # first: a signal may come while torch is still being imported
     sys.exit(main(sys.argv[1:]))

@@ -90,8 +90,20 @@ def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None =
     for key, entry in manifest["runs"].items():
         job = latest_job(entry)
         folder = RunDir(sweep.run_dir(key)).read_state() or {}
-        result[key] = states.run_state(job_states.get(job["job_id"]) if job else None, folder.get("state"))
+        state = states.run_state(job_states.get(job["job_id"]) if job else None, folder.get("state"))
+        if states.is_active(state) and _failed_in_pack(sweep, key, job["job_id"]):
+            state = states.FAILED  # its pack-mates train on, holding the job: it will not
+        result[key] = state
     return result
+
+
+def _failed_in_pack(sweep: Sweep, key: str, job_id: str) -> bool:
+    """A run packed with others (runs_per_gpu) records its exit code when its process ends."""
+    try:
+        code = int((sweep.run_dir(key) / "logs" / f"{job_id}.exit").read_text())
+    except (OSError, ValueError):
+        return False
+    return code not in (0, 75, -12, -15)  # done, or stopped with its state saved (USR2/TERM)
 
 
 def plan(grid: Grid, sweep: Sweep, force: bool = False) -> list[PlannedRun]:

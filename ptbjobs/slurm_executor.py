@@ -169,12 +169,12 @@ class SlurmExecutor:
         slurm.scancel(job_ids)
 
     def log_paths(self, sweep: Sweep, key: str, job_ids: list[str]) -> list[Path]:
-        # one file per attempt: a packed run's own log in its folder, else the task's log (the run's
-        # lines and submitit's, in the order they happened)
+        # per attempt: a packed run's own log in its folder (when it has one), then the task's log
+        # (the run's lines for a task of one run; for a pack, how the pack ended, and submitit's)
         paths = []
         for job_id in job_ids:
             own = sweep.run_dir(key) / "logs" / f"{job_id}.log"
-            paths.append(own if own.exists() else _folder(sweep) / job_id / f"{job_id}_0_log.out")
+            paths += ([own] if own.exists() else []) + [_folder(sweep) / job_id / f"{job_id}_0_log.out"]
         return paths
 
 

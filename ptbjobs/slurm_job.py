@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +55,12 @@ class PackedRuns(submitit.helpers.Checkpointable):
     is requeued once all have saved, and on its next start the finished runs return at once."""
 
     def __call__(self, run_dirs: list[str]) -> dict[str, int]:
-        threads = max(1, _allocated_cpus() // len(run_dirs)) if _allocated_cpus() else None
+        from ptbjobs.job import STOPPED
+
         job_id = _slurm_job_id()
-        env = dict(os.environ)
-        if threads:
-            env["OMP_NUM_THREADS"] = str(threads)
-        children = {}
-        for run_dir in run_dirs:
-            log_path = Path(run_dir) / "logs" / f"{job_id}.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "a") as log:
-                children[run_dir] = subprocess.Popen([sys.executable, "-m", "ptbjobs.job", run_dir], env=env,
-                                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        threads = max(1, _allocated_cpus() // len(run_dirs))
+        gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
+        children: dict[str, subprocess.Popen] = {}
         received: list[int] = []
 
         def pass_on(signum: int, frame: Any) -> None:
@@ -74,20 +69,55 @@ class PackedRuns(submitit.helpers.Checkpointable):
                 if child.poll() is None:
                     child.send_signal(signum)
 
+        # before the first child: a signal that comes while they start is passed on to those
+        # started, and replayed to those started after it
         previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGUSR2, signal.SIGTERM)}
         try:
-            codes = {run_dir: child.wait() for run_dir, child in children.items()}
+            for index, run_dir in enumerate(run_dirs):
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+                if len(gpus) > 1:  # several GPUs in the task: the runs take turns, not all on the first
+                    env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+                children[run_dir] = _start_child(run_dir, job_id, env)
+                for signum in received:
+                    children[run_dir].send_signal(signum)
+            codes = _wait_all(children, job_id)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         print("ptbjobs: pack ended: " + ", ".join(f"{Path(d).name} exit {c}" for d, c in codes.items()), flush=True)
-        stopped = [d for d, c in codes.items() if c == 75]  # saved its state: resumable
+        # stopped with its state on disk: saved at a step (75), or killed by the signal before or
+        # after training, when the state on disk is the run's state anyway
+        resumable = {STOPPED, -signal.SIGUSR2, -signal.SIGTERM}
+        stopped = [d for d, c in codes.items() if c in resumable]
         if stopped and signal.SIGUSR2 in received and signal.SIGTERM not in received:
             _requeue_through_submitit()
         failed = [Path(d).name for d, c in codes.items() if c != 0]
         if failed:
             raise RuntimeError(f"runs not finished: {', '.join(failed)} (see their logs/{job_id}.log)")
         return codes
+
+
+def _start_child(run_dir: str, job_id: str, env: dict[str, str]) -> subprocess.Popen:
+    log_path = Path(run_dir) / "logs" / f"{job_id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        return subprocess.Popen([sys.executable, "-m", "ptbjobs.job", run_dir], env=env,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait_all(children: dict[str, subprocess.Popen], job_id: str) -> dict[str, int]:
+    """Wait for every run, writing each one's exit code as it ends (`<run>/logs/<job id>.exit`):
+    status shows a run that failed as FAILED while its pack-mates go on training."""
+    from ptbjobs.atomic import atomic_write_bytes
+
+    codes: dict[str, int] = {}
+    while len(codes) < len(children):
+        for run_dir, child in children.items():
+            if run_dir not in codes and child.poll() is not None:
+                codes[run_dir] = child.returncode
+                atomic_write_bytes(Path(run_dir) / "logs" / f"{job_id}.exit", f"{child.returncode}\n".encode())
+        time.sleep(0.5)
+    return {run_dir: codes[run_dir] for run_dir in children}
 
 
 def _slurm_job_id() -> str:
@@ -97,13 +127,13 @@ def _slurm_job_id() -> str:
 
 
 def _allocated_cpus() -> int:
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_JOB_CPUS_PER_NODE", "")
-    return int(cpus) if cpus.isdigit() else 0
+    """The CPUs Slurm gave the task: --cpus-per-task if asked for, else what the process may run on."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return int(cpus) if cpus.isdigit() and int(cpus) > 0 else len(os.sched_getaffinity(0))
 
 
 def _use_allocated_cpus() -> None:
     """One torch thread per CPU Slurm gave the task, not one per CPU of the node."""
-    if _allocated_cpus() > 0:
-        import torch
+    import torch
 
-        torch.set_num_threads(_allocated_cpus())
+    torch.set_num_threads(_allocated_cpus())

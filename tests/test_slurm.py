@@ -304,7 +304,7 @@ def test_a_pack_trains_each_run_in_its_own_process_and_names_the_ones_that_faile
     from ptbjobs.rundir import RunDir
     from ptbjobs.slurm_job import PackedRuns
 
-    monkeypatch.setenv("SLURM_JOB_CPUS_PER_NODE", "2")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     good = [tmp_path / "a", tmp_path / "b"]
     for i, folder in enumerate(good):
@@ -328,3 +328,56 @@ def test_runs_per_gpu_is_checked_and_sets_the_local_parallelism(tmp_path, monkey
         parse_grid('name = "x"\n[axes]\nseed = [1]\n[resources]\nruns_per_gpu = 0\n', tmp_path / "g.toml")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     assert default_parallelism(Resources(runs_per_gpu=3)) == 6
+
+
+def test_a_pack_stopped_by_term_while_starting_leaves_each_run_resumable(tmp_path, tiny_corpus, tiny_config,
+                                                                         monkeypatch):
+    import signal
+    import threading
+    import time
+
+    from ptbjobs.job import write_spec
+    from ptbjobs.rundir import RunDir
+    from ptbjobs.slurm_job import PackedRuns
+
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
+    monkeypatch.setenv("SLURM_JOB_ID", "78")
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for i, folder in enumerate(folders):
+        write_spec(folder, tiny_config.replace(epochs=40, seed=i + 1, checkpoint_every_steps=10), tiny_corpus)
+    # TERM (a cancel) a moment after the task starts: the children get it before or while training
+    threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="runs not finished: a, b"):
+        PackedRuns()([str(d) for d in folders])
+    assert time.monotonic() - started < 30  # stopped, not trained to the end
+    for folder in folders:
+        assert (folder / "logs" / "78.exit").read_text().strip() == "75"
+    # each resumes to the end as its own process would
+    monkeypatch.setenv("SLURM_JOB_ID", "79")
+    codes = PackedRuns()([str(d) for d in folders])
+    assert set(codes.values()) == {0}
+    assert all(RunDir(d).read_state()["state"] == "COMPLETED" for d in folders)
+
+
+def test_a_packed_run_that_failed_shows_failed_while_its_mate_still_runs(tmp_path, fake_slurm, capsys):
+    sweep = Sweep(tmp_path / "s")
+    sweep.path.mkdir()
+    sweep.write_manifest({"version": 1, "name": "s", "runs": {
+        key: {"config": _config_dict(), "config_hash": "x", "point": {},
+              "jobs": [{"job_id": "8_0", "executor": "slurm", "submitted": 0}]} for key in ("a", "b")}})
+    (fake_slurm / "sacct.out").write_text("8_0|RUNNING\n")
+    (sweep.run_dir("a") / "logs").mkdir(parents=True)
+    (sweep.run_dir("a") / "logs" / "8_0.exit").write_text("1\n")  # out of GPU memory, say
+    assert main(["status", "--sweep-dir", str(sweep.path), "--json"]) == 0
+    assert [r["state"] for r in json.loads(capsys.readouterr().out)["runs"]] == ["FAILED", "RUNNING"]
+
+
+def test_the_job_entry_point_says_what_is_wrong_in_one_line(tmp_path, capsys):
+    from ptbjobs.job import main as job_main
+
+    assert job_main([]) == 2
+    assert capsys.readouterr().err == "usage: python -m ptbjobs.job RUN_DIR\n"
+    assert job_main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'spec.json'} not found" in err
