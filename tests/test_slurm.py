@@ -298,17 +298,25 @@ def test_held_and_stopped_jobs_count_as_still_in_slurms_hands():
     assert launch._action(states.UNKNOWN) == launch.SKIP_UNKNOWN  # never a second copy on a guess
 
 
+def pack_folders(tmp_path, data, config, monkeypatch, job_id: str) -> list[Path]:
+    """Two run folders (seeds 1 and 2 of `config`) for a pack, run as Slurm task `job_id` with 2 CPUs."""
+    from ptbjobs.job import write_spec
+
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
+    monkeypatch.setenv("SLURM_JOB_ID", job_id)
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for seed, folder in enumerate(folders, start=1):
+        write_spec(folder, config.replace(seed=seed), data)
+    return folders
+
+
 def test_a_pack_trains_each_run_in_its_own_process_and_names_the_ones_that_failed(tmp_path, tiny_corpus, tiny_config,
                                                                                    monkeypatch):
     from ptbjobs.job import write_spec
     from ptbjobs.rundir import RunDir
     from ptbjobs.slurm_job import PackedRuns
 
-    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
-    monkeypatch.setenv("SLURM_JOB_ID", "77")
-    good = [tmp_path / "a", tmp_path / "b"]
-    for i, folder in enumerate(good):
-        write_spec(folder, tiny_config.replace(epochs=1, seed=i + 1), tiny_corpus)
+    good = pack_folders(tmp_path, tiny_corpus, tiny_config.replace(epochs=1), monkeypatch, job_id="77")
     assert PackedRuns()([str(d) for d in good]) == {str(good[0]): 0, str(good[1]): 0}
     for folder in good:
         assert RunDir(folder).read_state()["state"] == "COMPLETED"
@@ -336,15 +344,11 @@ def test_a_pack_stopped_by_term_while_starting_leaves_each_run_resumable(tmp_pat
     import threading
     import time
 
-    from ptbjobs.job import write_spec
     from ptbjobs.rundir import RunDir
     from ptbjobs.slurm_job import PackedRuns
 
-    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
-    monkeypatch.setenv("SLURM_JOB_ID", "78")
-    folders = [tmp_path / "a", tmp_path / "b"]
-    for i, folder in enumerate(folders):
-        write_spec(folder, tiny_config.replace(epochs=40, seed=i + 1, checkpoint_every_steps=10), tiny_corpus)
+    folders = pack_folders(tmp_path, tiny_corpus, tiny_config.replace(epochs=40, checkpoint_every_steps=10),
+                           monkeypatch, job_id="78")
     # TERM (a cancel) a moment after the task starts: the children get it before or while training
     threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
     started = time.monotonic()
