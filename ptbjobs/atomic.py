@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def try_exclusive_lock(handle) -> bool:
@@ -47,3 +49,16 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    atomic_write_bytes(path, json.dumps(value).encode())
+
+
+def read_json_if_any(path: Path) -> Any:
+    """The JSON in `path`, or None if there is none yet (or it is not JSON: a record being
+    replaced is never half-written, so that means someone else's file)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None

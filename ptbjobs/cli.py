@@ -290,8 +290,6 @@ def logs(
     sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=SWEEP_DIR_HELP),
 ) -> None:
     """The run's output, every attempt in order."""
-    import time
-
     from ptbjobs import launch
     from ptbjobs.sweep import find_sweep
 

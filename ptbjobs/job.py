@@ -41,6 +41,9 @@ def run_job(run_dir: Path) -> dict[str, Any]:
 
 
 STOPPED = 75  # EX_TEMPFAIL, as TrainingInterrupted: the run's state on disk is current, resume it
+# How a run's process may end with its state on disk current: saved at a step (75), or killed by
+# USR2/TERM before or after training, when the state on disk is the run's state anyway
+RESUMABLE_EXIT_CODES = frozenset({STOPPED, -12, -15})  # -SIGUSR2, -SIGTERM (Linux numbers)
 
 
 def stop_early_on_signals() -> None:

@@ -17,7 +17,7 @@ from ptbjobs import states
 from ptbjobs.datafiles import SPLITS, missing_data_hint, resolve_data_dir, split_filename
 from ptbjobs.errors import ConfigError, DataError, PtbjobsError
 from ptbjobs.grid import Grid, Resources, RunSpec
-from ptbjobs.job import write_spec
+from ptbjobs.job import RESUMABLE_EXIT_CODES, write_spec
 from ptbjobs.rundir import RunDir
 from ptbjobs.sweep import Sweep, latest_job
 
@@ -103,7 +103,7 @@ def _failed_in_pack(sweep: Sweep, key: str, job_id: str) -> bool:
         code = int((sweep.run_dir(key) / "logs" / f"{job_id}.exit").read_text())
     except (OSError, ValueError):
         return False
-    return code not in (0, 75, -12, -15)  # done, or stopped with its state saved (USR2/TERM)
+    return code != 0 and code not in RESUMABLE_EXIT_CODES
 
 
 def plan(grid: Grid, sweep: Sweep, force: bool = False) -> list[PlannedRun]:

@@ -18,7 +18,6 @@ A RUNNING job whose process is gone without an end file was killed or crashed: i
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ptbjobs import states
-from ptbjobs.atomic import atomic_write_bytes, try_exclusive_lock
+from ptbjobs.atomic import atomic_write_json, read_json_if_any, try_exclusive_lock
 from ptbjobs.grid import Resources
 from ptbjobs.sweep import Sweep
 
@@ -49,13 +48,13 @@ class LocalExecutor:
         folder = _folder(sweep)
         (folder / "jobs").mkdir(parents=True, exist_ok=True)
         parallel = self.max_parallel or default_parallelism(resources)
-        _write_json(folder / "settings.json", {"max_parallel": parallel, "resources": resources.to_dict()})
+        atomic_write_json(folder / "settings.json", {"max_parallel": parallel, "resources": resources.to_dict()})
         number = _last_job_number(folder)
         ids = {}
         for key in keys:
             number += 1
             job_id = f"L{number}"
-            _write_json(_job_path(folder, job_id), {"job_id": job_id, "number": number, "run": key,
+            atomic_write_json(_job_path(folder, job_id), {"job_id": job_id, "number": number, "run": key,
                                                    "state": states.PENDING, "submitted": time.time()})
             ids[key] = job_id
         ensure_supervisor(sweep)
@@ -72,7 +71,7 @@ class LocalExecutor:
             if not states.is_active(state):
                 continue
             (folder / "jobs" / f"{job_id}.cancel").touch()
-            record = _read_json(_job_path(folder, job_id)) or {}
+            record = read_json_if_any(_job_path(folder, job_id)) or {}
             if state == states.RUNNING and _alive(record):
                 os.kill(record["pid"], signal.SIGTERM)  # the trainer saves its state and stops
             elif state == states.PENDING:
@@ -107,14 +106,14 @@ def visible_gpus() -> list[str]:
 # ---- job state, read back by any process ----
 
 def job_state(folder: Path, job_id: str) -> str:
-    end = _read_json(folder / "jobs" / f"{job_id}.end.json")
+    end = read_json_if_any(folder / "jobs" / f"{job_id}.end.json")
     if end:
         return end["state"]
-    record = _read_json(_job_path(folder, job_id))
+    record = read_json_if_any(_job_path(folder, job_id))
     if record is None:
         return states.UNKNOWN
     if record["state"] == states.RUNNING and not _alive(record):
-        end = _read_json(folder / "jobs" / f"{job_id}.end.json")  # it may have ended just now
+        end = read_json_if_any(folder / "jobs" / f"{job_id}.end.json")  # it may have ended just now
         if end:
             return end["state"]
         if (folder / "jobs" / f"{job_id}.cancel").exists():
@@ -164,7 +163,7 @@ def supervise(sweep: Sweep) -> None:
             return  # another supervisor got there first
         idle_since = time.monotonic()
         while True:
-            settings = _read_json(folder / "settings.json") or {}
+            settings = read_json_if_any(folder / "settings.json") or {}
             records = _records(folder)
             running = [r for r in records if job_state(folder, r["job_id"]) == states.RUNNING]
             pending = sorted((r for r in records if job_state(folder, r["job_id"]) == states.PENDING),
@@ -186,7 +185,7 @@ def supervise(sweep: Sweep) -> None:
 
 def _records(folder: Path) -> list[dict[str, Any]]:
     paths = [p for p in (folder / "jobs").glob("L*.json") if p.stem[1:].isdigit()]
-    return [r for r in map(_read_json, paths) if r and "number" in r]
+    return [r for r in map(read_json_if_any, paths) if r and "number" in r]
 
 
 def _launch(sweep: Sweep, folder: Path, record: dict[str, Any], slot: int, settings: dict[str, Any]) -> None:
@@ -218,7 +217,7 @@ def _start_worker(sweep: Sweep, folder: Path, record: dict[str, Any], slot: int,
         if start is not None:
             break
         time.sleep(0.01)
-    _write_json(_job_path(folder, job_id), {**record, "state": states.RUNNING, "pid": process.pid,
+    atomic_write_json(_job_path(folder, job_id), {**record, "state": states.RUNNING, "pid": process.pid,
                                            "pid_start": start, "slot": slot, "started": time.time()})
 
 
@@ -231,8 +230,8 @@ def work(sweep: Sweep, job_id: str) -> int:
     from ptbjobs.train import TrainingInterrupted
 
     folder = _folder(sweep)
-    record = _read_json(_job_path(folder, job_id))
-    settings = _read_json(folder / "settings.json") or {}
+    record = read_json_if_any(_job_path(folder, job_id))
+    settings = read_json_if_any(folder / "settings.json") or {}
     print(f"ptbjobs job {job_id}: run {record['run']} on {os.uname().nodename}, pid {os.getpid()}", flush=True)
     cancel_marker = folder / "jobs" / f"{job_id}.cancel"
     timed_out = threading.Event()
@@ -277,19 +276,8 @@ def _last_job_number(folder: Path) -> int:
 
 
 def _write_end(folder: Path, job_id: str, state: str, exit_code: int | None, message: str) -> None:
-    _write_json(folder / "jobs" / f"{job_id}.end.json",
+    atomic_write_json(folder / "jobs" / f"{job_id}.end.json",
                 {"state": state, "exit_code": exit_code, "message": message, "ended": time.time()})
-
-
-def _write_json(path: Path, value: Any) -> None:
-    atomic_write_bytes(path, json.dumps(value).encode())
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 if __name__ == "__main__":

@@ -135,22 +135,40 @@ def _numeric_first(job_id: str) -> tuple[int, str]:
 
 @dataclass
 class StateReport:
-    """What Slurm said of a set of jobs, and from where (for status to tell the user)."""
+    """What Slurm said of a set of jobs, and a note for the user when it was not from sacct."""
 
     states: dict[str, str]
-    source: str  # "sacct" | "squeue"
     note: str | None = None  # why not sacct, when it is not
 
 
 def job_states(job_ids: list[str]) -> StateReport:
-    """sacct where accounting answers; squeue (jobs the controller still holds) where it does not.
-    Raises SlurmUnavailable when neither answers."""
+    """The state of each of `job_ids` that Slurm knows: sacct, filled in by squeue for jobs
+    accounting does not list yet (it lags the controller by a moment); squeue alone, with a note,
+    where accounting does not answer. Raises SlurmUnavailable when neither answers."""
     try:
-        return StateReport(sacct_states(job_ids), "sacct")
+        found = sacct_states(job_ids)
     except SlurmUnavailable as exc:
-        found = squeue_states(job_ids)
-        return StateReport(found, "squeue", f"accounting unavailable ({exc.message}): states from squeue, "
-                                             "which forgets ended jobs after a few minutes")
+        return StateReport(_for_tasks(squeue_states(job_ids), job_ids),
+                           f"accounting unavailable ({exc.message}): states from squeue, "
+                           "which forgets ended jobs after a few minutes")
+    found = _for_tasks(found, job_ids)
+    missing = [j for j in job_ids if j not in found]
+    if missing:
+        try:
+            found.update({j: s for j, s in squeue_states(missing).items() if j not in found})
+        except SlurmUnavailable:
+            pass  # the controller is slow or down: accounting's answer stands
+    return StateReport(found)
+
+
+def _for_tasks(found: dict[str, str], job_ids: list[str]) -> dict[str, str]:
+    """An array whose tasks never started (all cancelled while pending, say) has one record under
+    the array's own id, which stands for each of those tasks."""
+    found = dict(found)
+    for job_id in job_ids:
+        if job_id not in found and base_id(job_id) in found:
+            found[job_id] = found[base_id(job_id)]
+    return found
 
 
 # ---- cluster facts and actions ----

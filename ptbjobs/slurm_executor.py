@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from ptbjobs import slurm, states
-from ptbjobs.atomic import atomic_write_bytes
+from ptbjobs.atomic import atomic_write_json, read_json_if_any
 from ptbjobs.errors import PtbjobsError
 from ptbjobs.grid import Resources
 from ptbjobs.sweep import Sweep
@@ -125,25 +124,12 @@ class SlurmExecutor:
         try:
             report = slurm.job_states(job_ids)
         except slurm.SlurmUnavailable as exc:
-            last = _read_json(folder / "last_states.json") or {}
+            last = read_json_if_any(folder / "last_states.json") or {}
             self.note = f"Slurm did not answer ({exc.message}): showing the last known states"
             self.stale = True
             return {j: last.get(j, states.UNKNOWN) for j in job_ids}
-        found = dict(report.states)
-        self.note = report.note
-        for job_id in job_ids:
-            # an array whose tasks never started (all cancelled while pending, say) has one
-            # record under the array's own id, which stands for each of those tasks
-            if job_id not in found and slurm.base_id(job_id) in found:
-                found[job_id] = found[slurm.base_id(job_id)]
-        missing = [j for j in job_ids if j not in found]
-        if missing and report.source == "sacct":
-            # accounting lags the controller by a moment: a job just submitted may not be in it yet
-            try:
-                found.update({j: s for j, s in slurm.squeue_states(missing).items() if j not in found})
-            except slurm.SlurmUnavailable:
-                pass  # the controller is slow or down: sacct's answer stands, the rest reads LOST
-        cancelled = set(_read_json(folder / "cancelled.json") or [])
+        found, self.note = report.states, report.note
+        cancelled = set(read_json_if_any(folder / "cancelled.json") or [])
         result = {}
         for job_id in job_ids:
             state = found.get(job_id)
@@ -158,11 +144,11 @@ class SlurmExecutor:
     def cancel(self, sweep: Sweep, job_ids: list[str]) -> None:
         """scancel each job or array task; a running one gets SIGTERM and saves its state first."""
         folder = _folder(sweep)
-        cancelled = set(_read_json(folder / "cancelled.json") or []) | set(job_ids)
+        cancelled = set(read_json_if_any(folder / "cancelled.json") or []) | set(job_ids)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             # written before scancel: a task scancel stops before it starts leaves no other trace
-            atomic_write_bytes(folder / "cancelled.json", json.dumps(sorted(cancelled)).encode())
+            atomic_write_json(folder / "cancelled.json", sorted(cancelled))
         except OSError as exc:
             raise PtbjobsError(f"cannot write {folder / 'cancelled.json'}: {exc.strerror}",
                                "cancel from an account that can write the sweep folder") from None
@@ -182,22 +168,15 @@ def _folder(sweep: Sweep) -> Path:
     return sweep.path / "slurm"
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def _remember(path: Path, found: dict[str, str]) -> None:
     """Merge into the last known states (a sweep's jobs may be asked about a few at a time)."""
-    known = _read_json(path) or {}
+    known = read_json_if_any(path) or {}
     if all(known.get(k) == v for k, v in found.items()):
         return  # nothing new: status stays read-only in the steady state
     known.update(found)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, json.dumps({**known, "_time": time.time()}).encode())
+        atomic_write_json(path, {**known, "_time": time.time()})
     except OSError:
         pass  # a cache: a sweep folder someone else owns can still be looked at
 

@@ -55,7 +55,7 @@ class PackedRuns(submitit.helpers.Checkpointable):
     is requeued once all have saved, and on its next start the finished runs return at once."""
 
     def __call__(self, run_dirs: list[str]) -> dict[str, int]:
-        from ptbjobs.job import STOPPED
+        from ptbjobs.job import RESUMABLE_EXIT_CODES
 
         job_id = _slurm_job_id()
         threads = max(1, _allocated_cpus() // len(run_dirs))
@@ -85,10 +85,7 @@ class PackedRuns(submitit.helpers.Checkpointable):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         print("ptbjobs: pack ended: " + ", ".join(f"{Path(d).name} exit {c}" for d, c in codes.items()), flush=True)
-        # stopped with its state on disk: saved at a step (75), or killed by the signal before or
-        # after training, when the state on disk is the run's state anyway
-        resumable = {STOPPED, -signal.SIGUSR2, -signal.SIGTERM}
-        stopped = [d for d, c in codes.items() if c in resumable]
+        stopped = [d for d, c in codes.items() if c in RESUMABLE_EXIT_CODES]
         if stopped and signal.SIGUSR2 in received and signal.SIGTERM not in received:
             _requeue_through_submitit()
         failed = [Path(d).name for d, c in codes.items() if c != 0]

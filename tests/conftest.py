@@ -59,6 +59,15 @@ def tiny_corpus(tmp_path: Path) -> Path:
     return write_corpus(tmp_path / "data")
 
 
+# tiny_config's model, as the [defaults] lines of a test grid
+TINY_MODEL_TOML = """emb_size = 16
+hidden_size = 16
+batch_size = 4
+bptt = 5
+eval_batch_size = 3
+"""
+
+
 @pytest.fixture
 def tiny_config() -> TrainConfig:
     return TrainConfig(emb_size=16, hidden_size=16, batch_size=4, bptt=5, eval_batch_size=3, epochs=3,

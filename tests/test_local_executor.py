@@ -21,16 +21,12 @@ from ptbjobs.status import collect
 from ptbjobs.sweep import Sweep
 
 from test_resume import assert_same_run
+from conftest import TINY_MODEL_TOML
 
 GRID = '''
 name = "tiny"
 [defaults]
-emb_size = 16
-hidden_size = 16
-batch_size = 4
-bptt = 5
-eval_batch_size = 3
-epochs = {epochs}
+''' + TINY_MODEL_TOML + '''epochs = {epochs}
 decay_after = 1
 checkpoint_every_min = 0
 checkpoint_every_steps = 10

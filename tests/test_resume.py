@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from ptbjobs import checkpoint
-from ptbjobs.config import TrainConfig
-from ptbjobs.errors import CheckpointError
 from ptbjobs.runner import run_training
 from ptbjobs.train import TrainingInterrupted
 from ptbjobs.rundir import RunDir, RunState

@@ -27,18 +27,14 @@ from ptbjobs.sweep import Sweep
 
 from test_local_executor import all_ended, wait_until
 from test_resume import assert_same_run
+from conftest import TINY_MODEL_TOML
 
 REPO = Path(__file__).resolve().parent.parent
 
 GRID = '''
 name = "{name}"
 [defaults]
-emb_size = 16
-hidden_size = 16
-batch_size = 4
-bptt = 5
-eval_batch_size = 3
-epochs = {epochs}
+''' + TINY_MODEL_TOML + '''epochs = {epochs}
 decay_after = 100
 checkpoint_every_min = 0
 checkpoint_every_steps = 10

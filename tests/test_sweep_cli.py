@@ -12,17 +12,14 @@ from typer.testing import CliRunner
 from ptbjobs.cli import app, main
 from ptbjobs.status import STATUS_SCHEMA_VERSION
 
+from conftest import TINY_MODEL_TOML
+
 runner = CliRunner()
 
 GRID = '''
 name = "cli"
 [defaults]
-emb_size = 16
-hidden_size = 16
-batch_size = 4
-bptt = 5
-eval_batch_size = 3
-epochs = 1
+''' + TINY_MODEL_TOML + '''epochs = 1
 [axes]
 cell = ["lstm", "gru"]
 seed = [1]
