@@ -92,6 +92,9 @@ class BenchResult:
     rounds: int
     ours: list[float] = field(default_factory=list)  # tokens/s per round
     reference: list[float] = field(default_factory=list)
+    # on a GPU: how our step ran (CUDA graph or eager), and the eager step timed alongside
+    step_mode: str = "eager"
+    ours_eager: list[float] = field(default_factory=list)
     limits: list[Limit] = field(default_factory=list)  # the step's matrix products alone, per precision
 
     @property
@@ -111,6 +114,7 @@ class BenchResult:
                 "cell": self.config.cell.value, "steps_per_round": self.steps, "rounds": self.rounds,
                 "ours_tokens_per_s": self.ours_tokens_per_s, "reference_tokens_per_s": self.reference_tokens_per_s,
                 "ratio": self.ratio, "ours_rounds": self.ours, "reference_rounds": self.reference,
+                "step_mode": self.step_mode, "ours_eager_rounds": self.ours_eager,
                 "limits": [{"dtype": l.dtype, "flops_per_step": l.flops_per_step, "gflops": l.gflops,
                             "tokens_per_s": l.tokens_per_s} for l in self.limits]}
 
@@ -118,18 +122,35 @@ class BenchResult:
 def run_bench(config: TrainConfig, data_dir: Path | str | None = None, steps: int = 100, warmup: int = 20,
               rounds: int = 3, limits: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)) -> BenchResult:
     corpus = load_corpus(data_dir)
+    config = config.replace(checkpoint_every_min=0, checkpoint_every_steps=0, max_steps=0)
     with tempfile.TemporaryDirectory(prefix="ptbjobs-bench-") as scratch:
-        trainer = Trainer(config.replace(checkpoint_every_min=0, checkpoint_every_steps=0, max_steps=0),
-                          corpus, RunDir(scratch))
+        trainer = Trainer(config, corpus, _scratch_run(Path(scratch) / "ours"))
+        # where our step is a CUDA graph, the same trainer without it is timed too: what the graph buys
+        eager, graph_step = None, trainer.static_step  # the trainer drops its step if capture fails
+        if graph_step is not None:
+            eager = Trainer(config.replace(cuda_graph=False), corpus, _scratch_run(Path(scratch) / "eager"))
         reference = ReferenceLoop(config, corpus, trainer.device)
         result = BenchResult(config, str(trainer.device), torch.get_num_threads(), steps, rounds)
         _time_ours(trainer, warmup)
+        if eager is not None:
+            _time_ours(eager, warmup)
         reference.run_steps(warmup)
         for _ in range(rounds):
             result.ours.append(_time_ours(trainer, steps))
+            if eager is not None:
+                result.ours_eager.append(_time_ours(eager, steps))
             result.reference.append(_timed(trainer.device, lambda: reference.run_steps(steps)))
+        if graph_step is not None:
+            result.step_mode = (f"CUDA graph, {graph_step.captures} capture(s), {graph_step.replays:,} replays"
+                                if graph_step.failure is None else f"eager: CUDA graph capture failed ({graph_step.failure})")
         result.limits = [measure_limit(config, len(corpus.vocab), trainer.device, dtype) for dtype in limits]
     return result
+
+
+def _scratch_run(path: Path) -> RunDir:
+    run = RunDir(path)
+    run.create()
+    return run
 
 
 def _time_ours(trainer: Trainer, steps: int) -> float:
@@ -164,7 +185,11 @@ def format_result(result: BenchResult) -> str:
         f"ptbjobs bench: {c.cell.value.upper()} {c.num_layers}x{c.hidden_size}, bptt {c.bptt}, batch {c.batch_size}, "
         f"on {result.device} ({result.threads} threads), torch {torch.__version__}; "
         f"median of {result.rounds} rounds x {result.steps} steps",
-        f"  ptbjobs trainer   {result.ours_tokens_per_s:>10,.0f} tokens/s",
+        f"  ptbjobs trainer   {result.ours_tokens_per_s:>10,.0f} tokens/s  ({result.step_mode})",
+    ]
+    if result.ours_eager:
+        lines.append(f"  ptbjobs, eager    {statistics.median(result.ours_eager):>10,.0f} tokens/s  (--no-cuda-graph)")
+    lines += [
         f"  reference loop    {result.reference_tokens_per_s:>10,.0f} tokens/s",
         f"  ratio             {result.ratio:>10.2f}x",
     ]

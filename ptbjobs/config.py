@@ -74,6 +74,7 @@ class TrainConfig:
     seed: int = _opt(1, "random seed of initialisation and dropout")
     # --- execution (may change between a run and its resumption) ---
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    cuda_graph: bool = _opt(True, "on a GPU, replay each training step as one CUDA graph (no effect on CPU)")
     max_steps: int = _opt(0, "stop after this many training steps in all (0: no limit); for smoke tests")
     checkpoint_every_min: float = _opt(10.0, "save the resumable state at least this often (0: off)")
     checkpoint_every_steps: int = _opt(0, "also save it every this many steps (0: off)")
@@ -140,7 +141,7 @@ class TrainConfig:
 
 # Fields whose change between a run and its resumption does not change what it computes
 # (on one device type), so a resume with different values is allowed.
-RESUME_NEUTRAL_FIELDS = frozenset({"device", "checkpoint_every_min", "checkpoint_every_steps"})
+RESUME_NEUTRAL_FIELDS = frozenset({"device", "cuda_graph", "checkpoint_every_min", "checkpoint_every_steps"})
 
 _FIELD_TYPES: dict[str, type] = typing.get_type_hints(TrainConfig)
 FIELD_HELP: dict[str, str] = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}

@@ -25,6 +25,7 @@ from ptbjobs.atomic import atomic_write_bytes
 from ptbjobs.config import RESUME_NEUTRAL_FIELDS, LossScale, Schedule, TrainConfig
 from ptbjobs.data import Corpus, batchify, chunk_starts, iter_chunks
 from ptbjobs.errors import CheckpointError, ConfigError, DivergedError, PtbjobsError, first_line
+from ptbjobs.graphstep import StaticStep
 from ptbjobs.model import RNNLM, Hidden, detach
 from ptbjobs.rundir import RunDir
 
@@ -145,6 +146,14 @@ class Trainer:
         self._stop_requested = False
         self._stop_reason = ""
         self._stop_at_step: int | None = None
+        self.static_step: StaticStep | None = None
+        if self.device.type == "cuda" and config.cuda_graph:
+            self.use_static_step(capture=True)
+
+    def use_static_step(self, capture: bool) -> None:
+        """Train full-length chunks through a `StaticStep`: replayed as a CUDA graph if `capture`
+        (the default on a GPU), else run eagerly (the same computation; for tests on CPU)."""
+        self.static_step = StaticStep(self.model, self.config, self.epoch_nll, capture)
 
     # ---- the state in a checkpoint ----
 
@@ -183,7 +192,7 @@ class Trainer:
         self.epoch, self.chunk, self.global_step = state["epoch"], state["chunk"], state["global_step"]
         self.lr = state["lr"]
         self.hidden = [h.to(self.device) for h in state["hidden"]]
-        self.epoch_nll = state["epoch_nll"].to(self.device)
+        self.epoch_nll.copy_(state["epoch_nll"])  # in place: a captured step adds to this tensor
         self.epoch_tokens, self.epoch_train_s = state["epoch_tokens"], state["epoch_train_s"]
         self.elapsed_before_s = state["elapsed_s"]
         self.best_valid_ppl, self.best_epoch = state["best_valid_ppl"], state["best_epoch"]
@@ -280,6 +289,13 @@ class Trainer:
         self.epoch_train_s += time.monotonic() - segment_start
 
     def _step(self, inputs: torch.Tensor, targets: torch.Tensor, loss_divisor: int) -> None:
+        static = self.static_step
+        if static is not None and static.fits(inputs):
+            self.hidden = static(inputs, targets, self.hidden, self.lr)
+            if static.failure is not None:
+                self.reporter.note(f"CUDA graph capture failed ({static.failure}); training on without it")
+                self.static_step = None
+            return
         self.hidden = detach(self.hidden)
         logits, self.hidden = self.model(inputs, self.hidden)  # (T, B, V)
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
