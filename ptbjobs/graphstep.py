@@ -13,6 +13,14 @@ step reads its chunk, its hidden state and writes the loss total through buffers
 What changes between replays goes through those buffers; what a graph cannot change (the shapes,
 the learning rate as a number) makes a new capture: the short last chunk of an epoch runs eagerly,
 and a new learning rate (once per epoch at most) is captured again, which takes milliseconds.
+Reseeding the RNG makes cuDNN rebuild its dropout state in new memory that a live graph would not
+see, so a restored state (`invalidate`) drops the graph and warms up again before the next capture.
+
+A capture that fails leaves PyTorch's allocator and RNG half in capture mode (torch/cuda/graphs.py
+ends the capture before it restores the stream, and the allocator's pool is never closed), so the
+process cannot safely go on training eagerly: the run stops with one line that says why and how to
+resume without the graph. Nothing of the failed step has run, and it is at most a few steps after a
+checkpoint (captures happen in a session's first steps and at the start of an epoch).
 
 The same body runs eagerly where there is no capture (on CPU, and for the first steps on a GPU,
 which warm up the libraries' workspaces before capture). Run eagerly it computes exactly what the
@@ -25,12 +33,16 @@ import torch
 import torch.nn.functional as F
 
 from ptbjobs.config import LossScale, TrainConfig
-from ptbjobs.errors import first_line
+from ptbjobs.errors import PtbjobsError, first_line
 from ptbjobs.model import RNNLM, Hidden
 
 # Eager steps before the first capture: cuBLAS and cuDNN create their handles and workspaces on
 # first use, which must not happen inside a capture (PyTorch's docs warm up on a side stream too).
 WARMUP_STEPS = 3
+
+
+class GraphCaptureError(PtbjobsError):
+    """The training step could not be captured as a CUDA graph."""
 
 
 class StaticStep:
@@ -49,12 +61,20 @@ class StaticStep:
         self.hidden: Hidden = model.init_hidden(config.batch_size)
         self.epoch_nll = epoch_nll  # the trainer's running total, added to in place
         self.capture = capture
-        self.failure: str | None = None  # why capture was given up, if it was
         self.captures = 0
         self.replays = 0
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_lr: float | None = None
         self._warmup_left = WARMUP_STEPS if capture else 0
+        # captured on a stream of the run's own device: the default capture stream is made on the
+        # current device, and work on another device's tensors would go uncaptured (an empty graph)
+        self._capture_stream = torch.cuda.Stream(device) if capture else None
+
+    def invalidate(self) -> None:
+        """Forget the graph and warm up again before the next capture: after the RNG was reseeded
+        or a checkpoint restored (cuDNN's dropout state then moves to new memory)."""
+        self._graph, self._graph_lr = None, None
+        self._warmup_left = WARMUP_STEPS if self.capture else 0
 
     def fits(self, inputs: torch.Tensor) -> bool:
         return inputs.shape == self.inputs.shape
@@ -105,10 +125,12 @@ class StaticStep:
         if self._graph is None or self._graph_lr != lr:
             try:
                 self._capture(lr)
-            except Exception as exc:  # any op the graph cannot hold: train on without it, say why
-                self._give_up(exc)
-                self._eager(lr)
-                return
+            except Exception as exc:  # an op the graph cannot hold; see the module's docstring
+                # the end of the capture fails too and raises its own error; the cause is the context
+                cause = exc.__context__ if exc.__context__ is not None else exc
+                raise GraphCaptureError(f"the training step could not be captured as a CUDA graph ({first_line(cause)})",
+                                        "run it again with --no-cuda-graph (cuda_graph = false in a grid): it resumes "
+                                        "from its last checkpoint") from exc
         self._graph.replay()
         self.replays += 1
 
@@ -118,13 +140,7 @@ class StaticStep:
         # graph's memory, and every replay writes them afresh instead of adding to them
         self.model.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=self._capture_stream):
             self._body(lr)
         self._graph, self._graph_lr = graph, lr
         self.captures += 1
-
-    def _give_up(self, exc: Exception) -> None:
-        self.capture, self._graph = False, None
-        self.failure = first_line(exc)
-        self.model.zero_grad(set_to_none=True)
-        torch.cuda.synchronize(self.inputs.device)

@@ -118,6 +118,8 @@ class Trainer:
         self.reporter = reporter or SilentReporter()
         self.device = resolve_device(config.device)
         self.vocab_size = len(corpus.vocab)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # streams and graphs made without a device land here
         torch.manual_seed(config.seed)
         self.model = RNNLM(config, self.vocab_size).to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, foreach=True)
@@ -200,6 +202,8 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        if self.static_step is not None:
+            self.static_step.invalidate()
         self._session_start = time.monotonic()
 
     def elapsed_s(self) -> float:
@@ -292,9 +296,6 @@ class Trainer:
         static = self.static_step
         if static is not None and static.fits(inputs):
             self.hidden = static(inputs, targets, self.hidden, self.lr)
-            if static.failure is not None:
-                self.reporter.note(f"CUDA graph capture failed ({static.failure}); training on without it")
-                self.static_step = None
             return
         self.hidden = detach(self.hidden)
         logits, self.hidden = self.model(inputs, self.hidden)  # (T, B, V)

@@ -87,30 +87,71 @@ def test_a_static_step_run_stopped_mid_epoch_resumes_to_the_plain_run(tmp_path, 
     assert_same_run(plain, interrupted)
 
 
-def test_a_failed_capture_is_reported_once_and_the_run_goes_on_eagerly(tmp_path, tiny_corpus, tiny_config, monkeypatch):
-    # CPU stand-ins for the CUDA calls: warm-up steps run eagerly, the capture fails as an op
-    # that cannot be captured would
+def test_a_failed_capture_stops_the_run_in_one_line_and_it_resumes_without_the_graph(
+        tmp_path, tiny_corpus, tiny_config, monkeypatch):
+    from ptbjobs import checkpoint, train
+    from ptbjobs.graphstep import GraphCaptureError
+
+    config = tiny_config.replace(checkpoint_every_steps=2)
+    reference = tmp_path / "plain"
+    run_training(config, reference, tiny_corpus, handle_signals=False)
+
+    # CPU stand-ins for the CUDA calls: warm-up steps run eagerly, and the capture fails the way
+    # PyTorch's does: an op refuses, then ending the capture raises its own error over it
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: None)
     monkeypatch.setattr(StaticStep, "_warm_up", StaticStep._eager)
 
     def capture_fails(self, lr):
-        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore text")
+        try:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nCUDA kernel errors ...")
+        finally:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
 
     monkeypatch.setattr(StaticStep, "_capture", capture_fails)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
-    notes = []
+    original_init = train.Trainer.__init__
 
-    class Notes:
-        def __getattr__(self, name):
-            return notes.append if name == "note" else (lambda *args: None)
+    def init_with_graph(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.use_static_step(capture=True)
 
-    trainer = Trainer(tiny_config, load_corpus(tiny_corpus), run_dir(tmp_path / "graph"), reporter=Notes())
+    monkeypatch.setattr(train.Trainer, "__init__", init_with_graph)
+    out = tmp_path / "graph"
+    with pytest.raises(GraphCaptureError) as failed:
+        run_training(config, out, tiny_corpus, handle_signals=False)
+    assert failed.value.message == ("the training step could not be captured as a CUDA graph "
+                                    "(CUDA error: operation not permitted when stream is capturing)")
+    assert "--no-cuda-graph" in failed.value.hint
+    assert RunDir(out).read_state()["state"] == "FAILED"
+    # the warm-up steps trained; the step whose capture failed did not
+    assert checkpoint.load_latest(out / "checkpoints")[0]["global_step"] == 2
+    monkeypatch.undo()
+    run_training(config.replace(cuda_graph=False), out, tiny_corpus, handle_signals=False)
+    assert_same_run(reference, out)
+
+
+def test_a_new_lr_is_captured_anew_and_a_restored_state_warms_up_again(tmp_path, tiny_corpus, tiny_config, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: None)
+    monkeypatch.setattr(StaticStep, "_warm_up", lambda self, lr: calls.append(("warm-up", lr)))
+
+    class RecordedGraph:
+        def replay(self):
+            calls.append("replay")
+
+    def capture(self, lr):
+        calls.append(("capture", lr))
+        self._graph, self._graph_lr = RecordedGraph(), lr
+
+    monkeypatch.setattr(StaticStep, "_capture", capture)
+    trainer = Trainer(tiny_config, load_corpus(tiny_corpus), run_dir(tmp_path / "run"))
     trainer.use_static_step(capture=True)
-    trainer.fit()
-    assert notes == ["CUDA graph capture failed (CUDA error: operation not permitted when stream is capturing); "
-                     "training on without it"]
-    assert trainer.static_step is None
-    fit(tiny_config, tiny_corpus, tmp_path / "plain", static=False)
-    assert_same_run(tmp_path / "plain", tmp_path / "graph")
+    trainer.run_steps(4)
+    trainer.lr = 0.5
+    trainer.run_steps(1)
+    trainer.load_state(trainer.state_dict())  # as a resume does: cuDNN's dropout state moves
+    trainer.run_steps(4)
+    assert calls == ([("warm-up", 1.0)] * 3 + [("capture", 1.0), "replay", ("capture", 0.5), "replay"]
+                     + [("warm-up", 0.5)] * 3 + [("capture", 0.5), "replay"])
 
 
 @cuda
@@ -124,7 +165,7 @@ def test_on_a_gpu_the_graph_trains_like_the_eager_loop(tmp_path, tiny_corpus, ti
     eager = fit(config.replace(cuda_graph=False), tiny_corpus, tmp_path / "eager", static=False)
     graph = fit(config, tiny_corpus, tmp_path / "graph", static=False)
     step = graph.static_step
-    assert step is not None and step.failure is None and step.captures >= config.epochs and step.replays > 0
+    assert step is not None and step.captures >= config.epochs and step.replays > 0
     if config.dropout == 0.0:
         for a, b in zip(eager.history, graph.history):
             assert math.isclose(a["valid_ppl"], b["valid_ppl"], rel_tol=1e-4), (a, b)
