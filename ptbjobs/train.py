@@ -74,10 +74,13 @@ def resolve_device(name: str) -> torch.device:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
         raise ConfigError(None, f"--device: must be auto, cpu, cuda or cuda:N, got {name!r}")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(None, f"--device {name}: no CUDA device is visible", "use --device cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:  # torch.cuda.set_device needs the index
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def step_schedule_lr(config: TrainConfig, epoch_index: int) -> float:

@@ -129,6 +129,18 @@ def test_a_failed_capture_stops_the_run_in_one_line_and_it_resumes_without_the_g
     assert_same_run(reference, out)
 
 
+@pytest.mark.parametrize("name", ["auto", "cuda"])
+def test_a_gpu_device_is_resolved_to_an_indexed_one(monkeypatch, name):
+    # torch.cuda.set_device (called so that streams and graphs land on the run's GPU) refuses a
+    # device without an index
+    from ptbjobs.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert resolve_device(name) == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+
+
 def test_a_new_lr_is_captured_anew_and_a_restored_state_warms_up_again(tmp_path, tiny_corpus, tiny_config, monkeypatch):
     calls = []
     monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: None)
