@@ -6,9 +6,8 @@ Each grid is submitted with the local executor, every run of it at once (runs of
 GPU mostly idle; packing them is what `runs_per_gpu` does on Slurm). The script then watches
 `ptbjobs status --json` until every run has ended or the time limit has passed, and writes to OUT:
 
-  curves.txt             every run's valid perplexity per epoch, best valid, test, epochs done
+  curves.txt             every run's state, valid perplexity per epoch, best valid, test, time
   <sweep>-results.md     `ptbjobs report --include-incomplete` of each sweep
-  <sweep>-status.txt     `ptbjobs status` at the end
 
 Runs still going at the time limit are left running, and stopped ones resume: calling the script
 again with the same grids on the same machine carries on where the runs are (completed runs are
@@ -91,7 +90,6 @@ def write_record(sweeps: list[Path], out: Path, watched_s: float) -> None:
             lines.append(f"{run['key']:<16} {run['state']:<10} epochs {len(epochs):>2}  best valid {best:7.2f}  "
                          f"test {final.get('test_ppl', float('nan')):7.2f}  elapsed {run['elapsed_s'] or 0:6.0f} s")
             lines.append(f"    valid by epoch: {curve}")
-        (out / f"{sweep.name}-status.txt").write_text(ptbjobs("status", "--sweep-dir", str(sweep)))
         report_dir = out / f"{sweep.name}-report"
         ptbjobs("report", "--sweep-dir", str(sweep), "--include-incomplete", "--out", str(report_dir))
         shutil.copy(report_dir / "results.md", out / f"{sweep.name}-results.md")

@@ -7,8 +7,9 @@
 #   bash analysis/gpu-speed/run.sh DATA_DIR OUT_DIR
 #
 # Runs from a checkout without installing it ("$python" -m ptbjobs, the repo on PYTHONPATH); needs
-# torch with CUDA. Writes OUT_DIR/speed.txt (everything a reader needs), OUT_DIR/tests.txt and the
-# two runs' metrics files and logs; the run folders themselves go to runs/gpu-speed/ (replaced). To try the script itself on a CPU in a minute:
+# torch with CUDA. Writes four files to OUT_DIR: speed.txt (everything a reader needs), tests.txt and
+# the two runs' metrics; the run folders and their logs go to runs/gpu-speed/ (replaced each time),
+# a failed run's log to OUT_DIR too. To try the script itself on a CPU in a minute:
 #   PYTHON=.venv/bin/python DEVICE=cpu BENCH_STEPS=5 TRAIN_FLAGS="--epochs 1 --epoch-steps 5" bash analysis/gpu-speed/run.sh DATA OUT
 set -euo pipefail
 python=${PYTHON:-python3}
@@ -39,7 +40,7 @@ train() {  # name, extra flags...: a full faithful LSTM run, timed from the comm
     local name=$1; shift
     local start=$(date +%s.%N)
     "$python" -m ptbjobs train --device "$device" --data-dir "$data" --out "runs/gpu-speed/$name" "${train_flags[@]}" "$@" \
-        >"$out/$name.log" 2>&1 || { say "$name: FAILED"; tail -5 "$out/$name.log" | tee -a "$report"; return 1; }
+        >"runs/gpu-speed/$name.log" 2>&1 || { say "$name: FAILED"; cp "runs/gpu-speed/$name.log" "$out/"; return 1; }
     local end=$(date +%s.%N)
     cp "runs/gpu-speed/$name/metrics.jsonl" "$out/$name-metrics.jsonl"
     "$python" - "$out/$name-metrics.jsonl" "$name" "$start" "$end" <<'PY' | tee -a "$report"
