@@ -27,8 +27,10 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # for ptbjobs.grid, without installing the package
-ENDED = {"COMPLETED", "FAILED", "DIVERGED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "LOST"}
+sys.path.insert(0, str(REPO))  # for ptbjobs, without installing the package
+
+from ptbjobs.grid import load_grid  # noqa: E402
+from ptbjobs.states import is_finished  # noqa: E402
 
 
 def ptbjobs(*args: str, capture: bool = True) -> str:
@@ -59,7 +61,7 @@ def main() -> None:
     while time.monotonic() - start < args.time_limit:
         states = [run["state"] for sweep in sweeps for run in status(sweep)["runs"]]
         print(f"{time.monotonic() - start:5.0f} s: " + ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))), flush=True)
-        if all(state in ENDED for state in states):
+        if all(is_finished(state) for state in states):
             break
         time.sleep(30)
     write_record(sweeps, args.out, time.monotonic() - start)
@@ -67,8 +69,6 @@ def main() -> None:
 
 def count_runs(grid: Path) -> int:
     """Runs in a grid, from ptbjobs's own expansion of it."""
-    from ptbjobs.grid import load_grid
-
     return len(load_grid(grid).runs)
 
 

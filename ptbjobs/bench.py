@@ -125,9 +125,9 @@ def run_bench(config: TrainConfig, data_dir: Path | str | None = None, steps: in
     config = config.replace(checkpoint_every_min=0, checkpoint_every_steps=0, max_steps=0)
     with tempfile.TemporaryDirectory(prefix="ptbjobs-bench-") as scratch:
         trainer = Trainer(config, corpus, _scratch_run(Path(scratch) / "ours"))
-        # where our step is a CUDA graph, the same trainer without it is timed too: what the graph buys
-        # every trainer and the reference seed the RNG when made: all before the first capture,
-        # which a later reseed would invalidate (see ptbjobs/graphstep.py)
+        # where our step is a CUDA graph, the same trainer without it is timed too: what the graph
+        # buys. Both trainers and the reference seed the RNG when made, all before the first
+        # capture, which a later reseed would invalidate (see ptbjobs/graphstep.py).
         eager, graph_step = None, trainer.static_step
         if graph_step is not None:
             eager = Trainer(config.replace(cuda_graph=False), corpus, _scratch_run(Path(scratch) / "eager"))

@@ -33,6 +33,10 @@ class LossScale(str, enum.Enum):
     # PyTorch's token mean; the same updates as `zaremba` with lr x bptt and clip / bptt.
     TOKEN_MEAN = "token_mean"
 
+    def divisor(self, inputs: Any) -> int:
+        """What a chunk's summed NLL is divided by: its columns (zaremba) or its tokens."""
+        return inputs.size(1) if self is LossScale.ZAREMBA else inputs.numel()
+
 
 class Schedule(str, enum.Enum):
     # lr held for `decay_after` epochs, then multiplied by `lr_decay` after every epoch.

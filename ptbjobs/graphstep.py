@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ptbjobs.config import LossScale, TrainConfig
+from ptbjobs.config import TrainConfig
 from ptbjobs.errors import PtbjobsError, first_line
 from ptbjobs.model import RNNLM, Hidden
 
@@ -53,10 +53,9 @@ class StaticStep:
         self.model = model
         self.params = list(model.parameters())
         self.clip = config.clip
-        # Zaremba's loss sums over the bptt steps and averages over the batch; token_mean averages both
-        self.loss_divisor = config.batch_size if config.loss_scale is LossScale.ZAREMBA else config.bptt * config.batch_size
         device = epoch_nll.device
         self.inputs = torch.zeros(config.bptt, config.batch_size, dtype=torch.long, device=device)  # (T, B)
+        self.loss_divisor = config.loss_scale.divisor(self.inputs)
         self.targets = torch.zeros_like(self.inputs)
         self.hidden: Hidden = model.init_hidden(config.batch_size)
         self.epoch_nll = epoch_nll  # the trainer's running total, added to in place

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ptbjobs import checkpoint
 from ptbjobs.atomic import atomic_write_bytes
-from ptbjobs.config import RESUME_NEUTRAL_FIELDS, LossScale, Schedule, TrainConfig
+from ptbjobs.config import RESUME_NEUTRAL_FIELDS, Schedule, TrainConfig
 from ptbjobs.data import Corpus, batchify, chunk_starts, iter_chunks
 from ptbjobs.errors import CheckpointError, ConfigError, DivergedError, PtbjobsError, first_line
 from ptbjobs.graphstep import StaticStep
@@ -270,14 +270,12 @@ class Trainer:
                 self.lr = step_schedule_lr(config, self.epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
-        # Zaremba's loss sums over the bptt steps and averages over the batch; token_mean averages both.
-        per_batch = config.loss_scale is LossScale.ZAREMBA
         segment_start, segment_tokens = time.monotonic(), 0
         next_poll = segment_start + POLL_INTERVAL_S
         for index, inputs, targets in iter_chunks(self.train_data, config.bptt, first=self.chunk):
             if self._steps_left() <= 0 or index >= self.chunks_per_epoch:
                 break
-            self._step(inputs, targets, inputs.size(1) if per_batch else inputs.numel())
+            self._step(inputs, targets, config.loss_scale.divisor(inputs))
             self.chunk, self.global_step = index + 1, self.global_step + 1
             self.epoch_tokens += targets.numel()
             segment_tokens += targets.numel()

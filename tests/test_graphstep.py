@@ -25,10 +25,10 @@ def run_dir(path) -> RunDir:
     return run
 
 
-def fit(config, corpus_dir, out, static: bool, capture: bool = False) -> Trainer:
+def fit(config, corpus_dir, out, static: bool) -> Trainer:
     trainer = Trainer(config, load_corpus(corpus_dir), run_dir(out))
     if static:
-        trainer.use_static_step(capture=capture)
+        trainer.use_static_step(capture=False)
     trainer.fit()
     return trainer
 
