@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ptbjobs.config import RESUME_NEUTRAL_FIELDS
@@ -26,6 +27,8 @@ PTB_VOCAB = 10_000
 ZAREMBA_SMALL = {"valid_ppl": 120.7, "test_ppl": 114.5, "source": "Zaremba et al. (2014) small"}
 # Fields that never define a variant: the seed is folded, execution details do not change results
 _NOT_A_VARIANT = RESUME_NEUTRAL_FIELDS | {"seed", "max_steps"}
+_MODEL_FIELDS = {"emb_size", "hidden_size", "num_layers", "tie_weights", "variational_dropout"}
+_FLAG_WORDS = {"tie_weights": "tied", "variational_dropout": "variational"}  # in a label when on
 
 
 @dataclass
@@ -81,14 +84,18 @@ def _run_row(key: str, config: dict[str, Any], epochs: list[dict], final: dict |
 
 
 def _variant_fields(runs: pd.DataFrame, manifest: dict) -> list[str]:
-    """cell and dropout always, then every other config field that still varies among runs of the
-    same cell and dropout (a field set per cell, like the GRU's own lr, adds nothing to the label)."""
+    """cell and dropout always; then a field of the model itself wherever it varies in the sweep (a
+    pilot may try tied weights at rates of their own, which no other run shares); then any other
+    config field that still varies among runs of the same cell and dropout (a field set per cell,
+    like the GRU's own lr, or per rate, like a longer schedule with dropout, adds nothing)."""
     fields = ["cell", "dropout"]
     config_fields = next(iter(manifest["runs"].values()))["config"].keys() if manifest["runs"] else []
     for name in config_fields:
         if name in fields or name in _NOT_A_VARIANT:
             continue
-        if (runs.groupby(fields)[name].agg(lambda values: values.astype(str).nunique()) > 1).any():
+        if name in _MODEL_FIELDS and runs[name].astype(str).nunique() > 1:
+            fields.append(name)
+        elif (runs.groupby(fields)[name].agg(lambda values: values.astype(str).nunique()) > 1).any():
             fields.append(name)
     return fields
 
@@ -109,7 +116,11 @@ def variant_label(row: pd.Series | dict[str, Any], fields: list[str]) -> str:
     parts = [f"{str(row['cell']).upper()}", f"dropout {row['dropout']:g}"]
     for name in fields[2:]:
         value = row[name]
-        parts.append(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}")
+        if isinstance(value, (bool, np.bool_)):
+            if value:
+                parts.append(_FLAG_WORDS.get(name, name))
+        else:
+            parts.append(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}")
     return ", ".join(parts)
 
 

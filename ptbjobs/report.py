@@ -64,6 +64,7 @@ def _writer(log: list[Path]):
 
 _RUN_COLUMNS = ["key", "cell", "dropout", "seed", "complete", "epochs_done", "final_train_ppl", "min_valid_ppl",
                 "min_valid_epoch", "test_ppl", "gpu_hours", "cpu_hours"]
+_SETTING_COLUMNS = {"dropout", "lr", "lr_decay", "init_scale", "clip"}
 
 
 def _pm(mean: float, std: float, digits: int = 1) -> str:
@@ -103,7 +104,9 @@ def markdown(report: Report, data: analysis.SweepData, per_run: bool, include_in
     header, rows = display_rows(report)
     lines = [f"# Results: sweep {data.name}", "",
              "Mean ± std over seeds (sample std). Test perplexity is each run's, measured once with the weights "
-             "of its best validation epoch. Target met when the mean min valid perplexity is below the target.", "",
+             "of its best validation epoch. Target met when the mean min valid perplexity is below the target. "
+             "Compute: the seeds' training and evaluation time on their device, added up (runs that shared "
+             "one GPU each count their own time).", "",
              _md_table(header, rows), "", f"Parameter count: {PARAMETER_NOTE}."]
     if report.incomplete:
         counted = "counted in the table (--include-incomplete)" if include_incomplete else "not in the table"
@@ -112,14 +115,20 @@ def markdown(report: Report, data: analysis.SweepData, per_run: bool, include_in
         lines += ["", "## Published results (2 x 200 models on PTB)", "",
                   _md_table(list(report.references.columns), report.references.astype(str).values.tolist())]
     if per_run:
-        runs = report.per_run[_RUN_COLUMNS]
-        lines += ["", "## Runs", "", _md_table(_RUN_COLUMNS, [[_cell(v) for v in r] for r in runs.values.tolist()])]
+        # what sets the variants apart beyond cell and dropout (tied weights, a schedule) after dropout
+        columns = _RUN_COLUMNS[:3] + [f for f in data.variant_fields[2:] if f in report.per_run] + _RUN_COLUMNS[3:]
+        runs = report.per_run[columns]
+        lines += ["", "## Runs", "", _md_table(columns, [[_cell(v, name) for name, v in zip(columns, r)]
+                                                         for r in runs.values.tolist()])]
     return "\n".join(lines) + "\n"
 
 
-def _cell(value) -> str:
+def _cell(value, column: str = "") -> str:
     if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:g}" if value.is_integer() else f"{value:.2f}"
+        if math.isnan(value):
+            return "-"
+        # a setting in full (dropout 0.275, not 0.28); measurements to two decimals
+        return f"{value:g}" if value.is_integer() or column in _SETTING_COLUMNS else f"{value:.2f}"
     return str(value)
 
 

@@ -73,6 +73,27 @@ def test_the_variant_table_has_exact_means_stds_and_the_test_at_the_min_valid_ep
     assert with_incomplete.iloc[1]["seeds"] == 2 and with_incomplete.iloc[1]["min_valid_ppl_mean"] == 115.0
 
 
+def test_tied_runs_at_rates_of_their_own_are_labelled_tied_and_a_per_cell_lr_is_not(tmp_path):
+    """A pilot tries tied + variational weights at rates no untied run shares: grouping by cell and
+    dropout alone would label them as plain LSTM runs."""
+    sweep = Sweep(tmp_path / "pilot")
+    sweep.path.mkdir()
+    manifest = {"version": 1, "name": "pilot", "runs": {}}
+    tied = dict(tie_weights=True, variational_dropout=True)
+    write_run(sweep, manifest, TrainConfig(dropout=0.275), [120.0, 98.0], [110.0, 64.0], 93.0)
+    write_run(sweep, manifest, TrainConfig(dropout=0.25, **tied), [118.0, 97.0], [112.0, 75.0], 92.0)
+    write_run(sweep, manifest, TrainConfig(dropout=0.35, **tied), [125.0, 102.0], [130.0, 95.0], 97.0)
+    write_run(sweep, manifest, TrainConfig(cell="gru", lr=0.5, dropout=0.275), [130.0, 100.0], [120.0, 57.0], 96.0)
+    sweep.write_manifest(manifest)
+    table = analysis.results_table(analysis.load_sweep(sweep))
+    assert list(table["variant"]) == ["LSTM, dropout 0.275", "LSTM, dropout 0.25, variational, tied",
+                                      "LSTM, dropout 0.35, variational, tied", "GRU, dropout 0.275"]
+    report.make_report(sweep, out=tmp_path / "out", per_run=True)
+    runs = (tmp_path / "out" / "results.md").read_text().split("## Runs")[1]
+    assert "| key | cell | dropout | variational_dropout | tie_weights | seed |" in runs
+    assert "| lstm-d0.275-s1 | lstm | 0.275 | False | False | 1 |" in runs  # the rate in full, not 0.28
+
+
 def test_a_mean_at_the_target_does_not_meet_it(known_sweep):
     data = analysis.load_sweep(known_sweep)
     data.targets = type(data.targets)(valid_ppl_no_dropout=119.0, valid_ppl_dropout=100.0)
