@@ -150,6 +150,18 @@ def test_bench_prints_both_loops_and_their_ratio(ptb_dir):
     assert lines[5].startswith("  limit at bfloat16")
 
 
+def test_on_a_gpu_the_bench_prints_no_matmul_limit_and_says_why():
+    from ptbjobs.bench import BenchResult, format_result
+    from ptbjobs.config import TrainConfig
+
+    result = BenchResult(TrainConfig(), "cuda:0", 16, 400, 1, ours=[420_000.0], reference=[105_000.0],
+                         step_mode="CUDA graph, 1 capture(s), 1,217 replays", ours_eager=[106_000.0])
+    lines = format_result(result).splitlines()
+    assert "(CUDA graph, 1 capture(s), 1,217 replays)" in lines[1] and "--no-cuda-graph" in lines[2]
+    assert lines[4].split()[-1] == "4.00x"
+    assert lines[5].startswith("  limit") and "not measured on a GPU" in lines[5] and len(lines) == 6
+
+
 def test_a_steps_matrix_products_are_counted_as_by_hand():
     from ptbjobs.config import TrainConfig
     from ptbjobs.roofline import step_flops
