@@ -185,3 +185,27 @@ def test_a_grid_file_that_is_not_text_is_refused(tmp_path):
     path.write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(GridError, match="not UTF-8 text"):
         load_grid(path)
+
+
+LAUNCH = Path(__file__).resolve().parent.parent / "launch"
+
+
+@pytest.mark.parametrize("path", sorted(LAUNCH.rglob("*.toml")), ids=lambda p: str(p.relative_to(LAUNCH)))
+def test_every_grid_in_launch_loads(path):
+    from ptbjobs.grid import load_grid
+
+    assert load_grid(path).runs
+
+
+def test_the_study_grids_hold_every_variant_for_three_seeds():
+    from ptbjobs.grid import load_grid
+
+    study = load_grid(LAUNCH / "zaremba-small.toml")
+    points = {(r.config.cell.value, r.config.dropout) for r in study.runs}
+    assert points == {(cell, p) for cell in ("lstm", "gru") for p in (0.0, 0.35, 0.45)}
+    assert sorted({r.config.seed for r in study.runs}) == [1, 2, 3] and len(study.runs) == 18
+    for run in study.runs:  # Zaremba's small schedule without dropout, the longer one with it
+        assert run.config.epochs == (13 if run.config.dropout == 0 else 32)
+        assert run.config.lr == (0.5 if run.config.cell.value == "gru" else 1.0)
+    beyond = load_grid(LAUNCH / "beyond.toml")
+    assert len(beyond.runs) == 6 and all(r.config.tie_weights and r.config.variational_dropout for r in beyond.runs)
