@@ -2,6 +2,7 @@
 # The study on one GPU machine, in one or two calls (a GPU lent for a few minutes at a time):
 #
 #   bash analysis/study/gpu-run.sh DATA_DIR OUT_DIR SECONDS            # first call
+#   bash analysis/study/gpu-run.sh DATA_DIR OUT_DIR SECONDS sweeps     # first call, no speed checks
 #   bash analysis/study/gpu-run.sh DATA_DIR OUT_DIR SECONDS continue   # later calls, same machine
 #
 # The first call measures the speed of one run alone (`ptbjobs bench` on the GPU, then the faithful
@@ -18,9 +19,9 @@ set -uo pipefail
 python=${PYTHON:-python3}
 device=${DEVICE:-cuda}     # DEVICE=cpu, GRIDS=launch/smoke.toml and TRAIN_FLAGS="--epochs 1 --epoch-steps 5"
 read -r -a train_flags <<<"${TRAIN_FLAGS:-}"   # try the script itself on a CPU
-data=${1:?usage: gpu-run.sh DATA_DIR OUT_DIR SECONDS [continue]}
-out=${2:?usage: gpu-run.sh DATA_DIR OUT_DIR SECONDS [continue]}
-budget=${3:?usage: gpu-run.sh DATA_DIR OUT_DIR SECONDS [continue]}
+data=${1:?usage: gpu-run.sh DATA_DIR OUT_DIR SECONDS [sweeps|continue]}
+out=${2:?usage: gpu-run.sh DATA_DIR OUT_DIR SECONDS [sweeps|continue]}
+budget=${3:?usage: gpu-run.sh DATA_DIR OUT_DIR SECONDS [sweeps|continue]}
 mode=${4:-first}
 start=$(date +%s)
 mkdir -p "$out" runs/gpu-speed
@@ -37,8 +38,8 @@ say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,nohe
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 30 >"$out/gpu-load.txt" 2>&1 &
 load_pid=$!
 
+say "$("$python" -c 'import torch; print("torch", torch.__version__, "cuDNN", torch.backends.cudnn.version())')"
 if [ "$mode" = first ]; then
-    say "$("$python" -c 'import torch; print("torch", torch.__version__, "cuDNN", torch.backends.cudnn.version())')"
     say "## ptbjobs bench --device $device --cell lstm (graph, eager, plain reference loop; one process)"
     timeout 150 "$python" -m ptbjobs bench --device "$device" --cell lstm --data-dir "$data" --steps "${BENCH_STEPS:-400}" --rounds 3 2>&1 | tee -a "$report"
     say "## the faithful LSTM alone (13 epochs, seed 1, evaluation every epoch), CUDA graph"
@@ -61,6 +62,8 @@ PY
     say "## the CUDA-graph tests that need a GPU (graph vs eager, resume mid-epoch)"
     timeout 150 "$python" -m pytest -q -p no:cacheprovider tests/test_graphstep.py -k on_a_gpu >runs/gpu-speed/tests.txt 2>&1
     say "exit $?: $(tail -1 runs/gpu-speed/tests.txt)"; grep -E "^(FAILED|ERROR|E  )" runs/gpu-speed/tests.txt | head -15 | tee -a "$report"
+fi
+if [ "$mode" != continue ]; then
     say "## CUDA MPS"
     if command -v nvidia-cuda-mps-control >/dev/null; then
         export CUDA_MPS_PIPE_DIRECTORY=/tmp/ptbjobs-mps CUDA_MPS_LOG_DIRECTORY=/tmp/ptbjobs-mps-log
