@@ -84,8 +84,9 @@ def _run_row(key: str, config: dict[str, Any], epochs: list[dict], final: dict |
 
 
 def _variant_fields(runs: pd.DataFrame, manifest: dict) -> list[str]:
-    """cell and dropout always; then a field of the model itself wherever it varies in the sweep (a
-    pilot may try tied weights at rates of their own, which no other run shares); then any other
+    """cell and dropout always; then tied weights or variational dropout wherever a run has them;
+    then a field of the model itself wherever it varies in the sweep (a pilot may try tied weights
+    at rates of their own, which no other run shares); then any other
     config field that still varies among runs of the same cell and dropout (a field set per cell,
     like the GRU's own lr, or per rate, like a longer schedule with dropout, adds nothing)."""
     fields = ["cell", "dropout"]
@@ -93,7 +94,9 @@ def _variant_fields(runs: pd.DataFrame, manifest: dict) -> list[str]:
     for name in config_fields:
         if name in fields or name in _NOT_A_VARIANT:
             continue
-        if name in _MODEL_FIELDS and runs[name].astype(str).nunique() > 1:
+        if name in _FLAG_WORDS and runs[name].astype(bool).any():
+            fields.append(name)  # "tied" says what a figure shows, even where every run is tied
+        elif name in _MODEL_FIELDS and runs[name].astype(str).nunique() > 1:
             fields.append(name)
         elif (runs.groupby(fields)[name].agg(lambda values: values.astype(str).nunique()) > 1).any():
             fields.append(name)

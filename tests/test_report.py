@@ -94,6 +94,18 @@ def test_tied_runs_at_rates_of_their_own_are_labelled_tied_and_a_per_cell_lr_is_
     assert "| lstm-d0.275-s1 | lstm | 0.275 | False | False | 1 |" in runs  # the rate in full, not 0.28
 
 
+def test_a_sweep_whose_runs_are_all_tied_says_so_in_its_labels(tmp_path):
+    sweep = Sweep(tmp_path / "beyond")
+    sweep.path.mkdir()
+    manifest = {"version": 1, "name": "beyond", "runs": {}}
+    for seed in (1, 2):
+        write_run(sweep, manifest, TrainConfig(dropout=0.45, seed=seed, tie_weights=True, variational_dropout=True),
+                  [140.0, 108.0], [150.0, 108.0], 103.0)
+    sweep.write_manifest(manifest)
+    table = analysis.results_table(analysis.load_sweep(sweep))
+    assert list(table["variant"]) == ["LSTM, dropout 0.45, variational, tied"]
+
+
 def test_a_mean_at_the_target_does_not_meet_it(known_sweep):
     data = analysis.load_sweep(known_sweep)
     data.targets = type(data.targets)(valid_ppl_no_dropout=119.0, valid_ppl_dropout=100.0)
