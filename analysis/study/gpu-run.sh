@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The study on one GPU machine, in one or two calls (a GPU lent for a few minutes at a time):
+# The study on one GPU machine held a few minutes at a time (a short interactive allocation), in
+# one or more invocations of this script:
 #
 #   bash analysis/study/gpu-run.sh DATA_DIR OUT_DIR SECONDS            # first call
 #   bash analysis/study/gpu-run.sh DATA_DIR OUT_DIR SECONDS sweeps     # first call, no speed checks
