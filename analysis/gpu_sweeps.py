@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,11 +51,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     sweeps = []
-    for grid in args.grids:
-        name = tomllib.loads(grid.read_text())["name"]
-        sweep = REPO / "runs" / name
-        print(ptbjobs("submit", "--grid", str(grid.resolve()), "--sweep-dir", str(sweep), "--executor", "local",
-                      "--data-dir", args.data_dir, "--max-parallel", str(count_runs(grid))))
+    for path in args.grids:
+        grid = load_grid(path)  # ptbjobs's own reading: the sweep's name and how many runs it has
+        sweep = REPO / "runs" / grid.name
+        print(ptbjobs("submit", "--grid", str(path.resolve()), "--sweep-dir", str(sweep), "--executor", "local",
+                      "--data-dir", args.data_dir, "--max-parallel", str(len(grid.runs))))
         sweeps.append(sweep)
     while time.monotonic() - start < args.time_limit:
         states = [run["state"] for sweep in sweeps for run in status(sweep)["runs"]]
@@ -65,11 +64,6 @@ def main() -> None:
             break
         time.sleep(30)
     write_record(sweeps, args.out, time.monotonic() - start)
-
-
-def count_runs(grid: Path) -> int:
-    """Runs in a grid, from ptbjobs's own expansion of it."""
-    return len(load_grid(grid).runs)
 
 
 def status(sweep: Path) -> dict:

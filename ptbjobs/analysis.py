@@ -27,7 +27,7 @@ PTB_VOCAB = 10_000
 ZAREMBA_SMALL = {"valid_ppl": 120.7, "test_ppl": 114.5, "source": "Zaremba et al. (2014) small"}
 # Fields that never define a variant: the seed is folded, execution details do not change results
 _NOT_A_VARIANT = RESUME_NEUTRAL_FIELDS | {"seed", "max_steps"}
-_MODEL_FIELDS = {"emb_size", "hidden_size", "num_layers", "tie_weights", "variational_dropout"}
+_SIZE_FIELDS = {"emb_size", "hidden_size", "num_layers"}
 _FLAG_WORDS = {"tie_weights": "tied", "variational_dropout": "variational"}  # in a label when on
 
 
@@ -85,10 +85,10 @@ def _run_row(key: str, config: dict[str, Any], epochs: list[dict], final: dict |
 
 def _variant_fields(runs: pd.DataFrame, manifest: dict) -> list[str]:
     """cell and dropout always; then tied weights or variational dropout wherever a run has them;
-    then a field of the model itself wherever it varies in the sweep (a pilot may try tied weights
-    at rates of their own, which no other run shares); then any other
-    config field that still varies among runs of the same cell and dropout (a field set per cell,
-    like the GRU's own lr, or per rate, like a longer schedule with dropout, adds nothing)."""
+    then a model size wherever it varies in the sweep (like tied weights in a pilot, a size may be
+    tried at rates of its own, which no other run shares); then any other config field that still
+    varies among runs of the same cell and dropout (a field set per cell, like the GRU's own lr, or
+    per rate, like a longer schedule with dropout, adds nothing)."""
     fields = ["cell", "dropout"]
     config_fields = next(iter(manifest["runs"].values()))["config"].keys() if manifest["runs"] else []
     for name in config_fields:
@@ -96,7 +96,7 @@ def _variant_fields(runs: pd.DataFrame, manifest: dict) -> list[str]:
             continue
         if name in _FLAG_WORDS and runs[name].astype(bool).any():
             fields.append(name)  # "tied" says what a figure shows, even where every run is tied
-        elif name in _MODEL_FIELDS and runs[name].astype(str).nunique() > 1:
+        elif name in _SIZE_FIELDS and runs[name].astype(str).nunique() > 1:
             fields.append(name)
         elif (runs.groupby(fields)[name].agg(lambda values: values.astype(str).nunique()) > 1).any():
             fields.append(name)

@@ -7,9 +7,9 @@
 #   bash analysis/study/gpu-run.sh DATA_DIR OUT_DIR SECONDS continue   # later calls, same machine
 #
 # The first call measures the speed of one run alone (`ptbjobs bench` on the GPU, then the faithful
-# 13-epoch LSTM timed wall clock), runs the CUDA-graph tests that need a GPU, starts CUDA's Multi-Process Service where the machine allows it
-# (without it, processes sharing a GPU take turns; with it, the small kernels of several runs execute
-# side by side), then submits launch/zaremba-small.toml and launch/beyond.toml through
+# 13-epoch LSTM timed wall clock) and runs the CUDA-graph tests that need a GPU. It starts CUDA's
+# Multi-Process Service where the machine allows it (without it, processes sharing a GPU take turns;
+# with it, the small kernels of several runs execute side by side), then submits launch/zaremba-small.toml and launch/beyond.toml through
 # analysis/gpu_sweeps.py, every run at once. A later call resubmits them: finished runs are skipped,
 # running ones are left alone, stopped ones resume from their checkpoints. Each call ends within
 # SECONDS and leaves in OUT_DIR: gpu.txt (what it measured and saw), gpu-load.txt (nvidia-smi every
@@ -32,6 +32,7 @@ say() { echo "$@" | tee -a "$report"; }
 elapsed() { echo $(( $(date +%s) - start )); }
 read -r -a grids <<<"${GRIDS:-launch/zaremba-small.toml launch/beyond.toml}"
 mps_flag=runs/gpu-speed/mps-on       # remembered across calls on the same machine
+mps_dirs=(CUDA_MPS_PIPE_DIRECTORY=/tmp/ptbjobs-mps CUDA_MPS_LOG_DIRECTORY=/tmp/ptbjobs-mps-log)
 eager_flag=runs/gpu-speed/eager-only
 
 say "# $mode call, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -67,21 +68,21 @@ fi
 if [ "$mode" != continue ]; then
     say "## CUDA MPS"
     if command -v nvidia-cuda-mps-control >/dev/null; then
-        export CUDA_MPS_PIPE_DIRECTORY=/tmp/ptbjobs-mps CUDA_MPS_LOG_DIRECTORY=/tmp/ptbjobs-mps-log
+        export "${mps_dirs[@]}"
         mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
         if nvidia-cuda-mps-control -d && timeout 60 "$python" -c \
                 'import torch; x = torch.ones(1 << 20, device="cuda"); assert float(x.sum()) == 1 << 20' 2>>"$report"; then
             touch "$mps_flag"; say "on: $(echo get_server_list | nvidia-cuda-mps-control 2>&1 | tr '\n' ' ')"
         else
             echo quit | nvidia-cuda-mps-control 2>/dev/null
-            unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-            say "off: the daemon or a client under it failed ($(tail -3 /tmp/ptbjobs-mps-log/control.log 2>/dev/null | tr '\n' ' '))"
+            say "off: the daemon or a client under it failed ($(tail -3 "$CUDA_MPS_LOG_DIRECTORY/control.log" 2>/dev/null | tr '\n' ' '))"
+            unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY   # the sweeps run without it
         fi
     else
         say "off: no nvidia-cuda-mps-control on this machine"
     fi
 elif [ -e "$mps_flag" ]; then
-    export CUDA_MPS_PIPE_DIRECTORY=/tmp/ptbjobs-mps CUDA_MPS_LOG_DIRECTORY=/tmp/ptbjobs-mps-log
+    export "${mps_dirs[@]}"
 fi
 
 if [ -e "$eager_flag" ]; then   # same sweep names and run identities (cuda_graph is resume-neutral)
