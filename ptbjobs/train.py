@@ -284,8 +284,10 @@ class Trainer:
                 next_poll = now + POLL_INTERVAL_S
                 self._poll(segment_tokens / max(now - segment_start, 1e-9))
             if self._checkpoint_due(now):
+                # a new segment starts after the save, so the rate shown next counts only its own
+                # tokens (and the epoch's train time leaves the save out)
                 self.epoch_train_s += now - segment_start
-                segment_start = now
+                segment_start, segment_tokens = now, 0
                 self.save_checkpoint()
                 self._checkpoint_requested = False
                 if self._stop_requested:

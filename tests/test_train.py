@@ -152,3 +152,31 @@ def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path, tiny_corpus,
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(Exception, match="is being trained by another process right now"):
             run_training(tiny_config.replace(max_steps=2), tmp_path / "run", tiny_corpus, handle_signals=False)
+
+
+class _TickingClock:
+    """time.monotonic for the trainer: one second later at every reading."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_the_reported_speed_stays_true_across_checkpoints(tmp_path, tiny_corpus, tiny_config, monkeypatch):
+    # The clock moves one second a reading, and a step reads it one to four times (a save adds
+    # readings), so every true rate lies between a quarter of a step's tokens and one step's
+    # tokens a second. A rate over a segment that restarted at a checkpoint but kept the tokens
+    # trained before it jumped several-fold after each save (and made `ptbjobs status`'s ETA short).
+    monkeypatch.setattr(train_module, "time", _TickingClock())
+    config = tiny_config.replace(checkpoint_every_steps=6)
+    reported = []
+    reporter = type("Recorder", (), {"progress": lambda self, p: reported.append(p.tokens_per_s)})()
+    trainer = Trainer(config, load_corpus(tiny_corpus), RunDir(tmp_path / "run"), reporter)
+    trainer.run_steps(30)
+    assert len(reported) >= 20 and trainer.global_step == 30
+    tokens_per_step = config.batch_size * config.bptt
+    assert max(reported) <= tokens_per_step, reported  # at most one step's tokens a second
+    assert min(reported) >= tokens_per_step / 4, reported
