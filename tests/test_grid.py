@@ -202,10 +202,38 @@ def test_the_study_grids_hold_every_variant_for_three_seeds():
 
     study = load_grid(LAUNCH / "zaremba-small.toml")
     points = {(r.config.cell.value, r.config.dropout) for r in study.runs}
-    assert points == {(cell, p) for cell in ("lstm", "gru") for p in (0.0, 0.35, 0.45)}
-    assert sorted({r.config.seed for r in study.runs}) == [1, 2, 3] and len(study.runs) == 18
-    for run in study.runs:  # Zaremba's small schedule without dropout, the longer one with it
-        assert run.config.epochs == (13 if run.config.dropout == 0 else 32)
-        assert run.config.lr == (0.5 if run.config.cell.value == "gru" else 1.0)
+    assert points == {(cell, 0.0) for cell in ("lstm", "gru")} | \
+        {("lstm", p) for p in (0.275, 0.3, 0.35, 0.45)} | {("gru", p) for p in (0.325, 0.35, 0.375, 0.45)}
+    assert sorted({r.config.seed for r in study.runs}) == [1, 2, 3] and len(study.runs) == 3 * len(points)
+    for run in study.runs:  # Zaremba's small schedule without dropout, longer ones with it
+        config = run.config
+        assert config.lr == (0.5 if config.cell.value == "gru" else 1.0)
+        schedule = (config.epochs, config.decay_after, round(1 / config.lr_decay, 6))
+        if config.dropout == 0:
+            assert schedule == (13, 2 if config.cell.value == "gru" else 4, 2.0)
+        elif config.dropout == 0.3:
+            assert schedule == (48, 10, 1.1)   # the LSTM's slower anneal
+        elif config.dropout in (0.325, 0.375):
+            assert schedule == (36, 14, 1.2)   # the GRU's longer hold
+        else:
+            assert schedule == (32, 10, 1.2)   # round 1's schedule
     beyond = load_grid(LAUNCH / "beyond.toml")
-    assert len(beyond.runs) == 6 and all(r.config.tie_weights and r.config.variational_dropout for r in beyond.runs)
+    assert sorted({r.config.dropout for r in beyond.runs}) == [0.15, 0.25, 0.45, 0.6] and len(beyond.runs) == 12
+    assert all(r.config.tie_weights and r.config.variational_dropout for r in beyond.runs)
+
+
+def test_the_study_grids_keep_the_finished_runs_of_earlier_rounds():
+    """A round adds rates; it must not change a run that already finished, or `ptbjobs submit`
+    would not skip it when the archived folders are unpacked (and the record would no longer
+    match the grid). The archive's manifests hold each finished run's config hash."""
+    import json
+    import tarfile
+
+    from ptbjobs.grid import load_grid
+
+    archive = LAUNCH.parent / "analysis" / "study" / "run-folders.tar.gz"
+    with tarfile.open(archive) as tar:
+        for sweep in ("zaremba-small", "beyond"):
+            finished = json.load(tar.extractfile(f"runs/{sweep}/manifest.json"))["runs"]
+            current = {run.key: run.config_hash() for run in load_grid(LAUNCH / f"{sweep}.toml").runs}
+            assert finished and all(current.get(key) == entry["config_hash"] for key, entry in finished.items()), sweep

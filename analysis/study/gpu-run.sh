@@ -10,7 +10,8 @@
 # 13-epoch LSTM timed wall clock) and runs the CUDA-graph tests that need a GPU. It starts CUDA's
 # Multi-Process Service where the machine allows it (without it, processes sharing a GPU take turns;
 # with it, the small kernels of several runs execute side by side), then submits launch/zaremba-small.toml and launch/beyond.toml through
-# analysis/gpu_sweeps.py, every run at once. A later call resubmits them: finished runs are skipped,
+# analysis/gpu_sweeps.py, every run at once. A sweep not yet on the machine is first restored from
+# analysis/study/run-folders.tar.gz (or ARCHIVE), so the runs that earlier rounds finished are skipped. A later call resubmits them: finished runs are skipped,
 # running ones are left alone, stopped ones resume from their checkpoints. Each call ends within
 # SECONDS and leaves in OUT_DIR: gpu.txt (what it measured and saw), gpu-load.txt (nvidia-smi every
 # 30 s), curves.txt and each sweep's results.md, and runs.tar.gz (every run folder without its
@@ -92,11 +93,19 @@ if [ -e "$eager_flag" ]; then   # same sweep names and run identities (cuda_grap
     done
     grids=(runs/gpu-speed/grids/*.toml)
 fi
+sweeps=(); for grid in "${grids[@]}"; do sweeps+=("runs/$("$python" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["name"])' "$grid")"); done
+# Earlier rounds' finished runs, from the archive of their folders: `ptbjobs submit` skips them, so
+# a grid that gained rates runs only those. A sweep already on this machine is left as it is.
+archive=${ARCHIVE:-analysis/study/run-folders.tar.gz}
+for sweep in "${sweeps[@]}"; do
+    if [ ! -e "$sweep" ] && [ -f "$archive" ] && tar tzf "$archive" "$sweep/manifest.json" >/dev/null 2>&1; then
+        tar xzf "$archive" "$sweep" && say "restored $sweep from $archive: $(ls "$sweep"/*/state.json 2>/dev/null | wc -l) runs"
+    fi
+done
 say "## sweeps (${grids[*]}), from $(elapsed) s into this call"
 "$python" analysis/gpu_sweeps.py --data-dir "$data" --out "$out" --time-limit $(( budget - $(elapsed) - 40 )) "${grids[@]}" \
     2>&1 | tee -a "$report" | grep -v "valid by epoch"
 say "MPS clients: $(echo get_server_list | nvidia-cuda-mps-control 2>/dev/null | tr '\n' ' ')"
 kill "$load_pid" 2>/dev/null
-sweeps=(); for grid in "${grids[@]}"; do sweeps+=("runs/$("$python" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["name"])' "$grid")"); done
 tar czf "$out/runs.tar.gz" --exclude='*.pt' "${sweeps[@]}" runs/gpu-speed 2>>"$report"
 say "call ended at $(elapsed) s"
