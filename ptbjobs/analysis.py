@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ptbjobs.config import RESUME_NEUTRAL_FIELDS
+from ptbjobs.config import FIELD_DEFAULTS, RESUME_NEUTRAL_FIELDS
 from ptbjobs.errors import PtbjobsError, first_line
 from ptbjobs.grid import Targets, parse_grid
 from ptbjobs.rundir import RunDir
@@ -28,7 +28,8 @@ ZAREMBA_SMALL = {"valid_ppl": 120.7, "test_ppl": 114.5, "source": "Zaremba et al
 # Fields that never define a variant: the seed is folded, execution details do not change results
 _NOT_A_VARIANT = RESUME_NEUTRAL_FIELDS | {"seed", "max_steps"}
 _SIZE_FIELDS = {"emb_size", "hidden_size", "num_layers"}
-_FLAG_WORDS = {"tie_weights": "tied", "variational_dropout": "variational"}  # in a label when on
+# In a variant's label wherever it is on (a rate: with its value), even where every run has it
+_NAMED_WHEN_ON = {"tie_weights": "tied", "variational_dropout": "variational", "recurrent_dropout": "recurrent dropout"}
 
 
 @dataclass
@@ -53,14 +54,15 @@ def load_sweep(sweep: Sweep) -> SweepData:
         for record in epochs:
             epoch_rows.append({"key": key, **{k: v for k, v in record.items()}})
         state = RunDir(sweep.run_dir(key)).read_state() or {}
-        run_rows.append(_run_row(key, entry["config"], epochs, final, state.get("device")))
+        # a field the manifest predates held its default then (config.LATER_FIELDS)
+        run_rows.append(_run_row(key, {**FIELD_DEFAULTS, **entry["config"]}, epochs, final, state.get("device")))
     runs = pd.DataFrame(run_rows)
     epochs_frame = pd.DataFrame(epoch_rows, columns=["key", "epoch", "lr", "train_ppl", "valid_ppl",
                                                      "tokens_per_s", "elapsed_s", "steps"])
     if epochs_frame.empty:
         raise PtbjobsError(f"no run of {sweep.path} has finished an epoch yet",
                            "wait for the first epochs (see `ptbjobs status`)")
-    return SweepData(epochs=epochs_frame, runs=runs, variant_fields=_variant_fields(runs, manifest),
+    return SweepData(epochs=epochs_frame, runs=runs, variant_fields=_variant_fields(runs),
                      targets=targets, name=manifest.get("name", sweep.path.name))
 
 
@@ -83,18 +85,17 @@ def _run_row(key: str, config: dict[str, Any], epochs: list[dict], final: dict |
     }
 
 
-def _variant_fields(runs: pd.DataFrame, manifest: dict) -> list[str]:
-    """cell and dropout always; then tied weights or variational dropout wherever a run has them;
+def _variant_fields(runs: pd.DataFrame) -> list[str]:
+    """cell and dropout always; then tied weights, variational or recurrent dropout wherever a run has them;
     then a model size wherever it varies in the sweep (like tied weights in a pilot, a size may be
     tried at rates of its own, which no other run shares); then any other config field that still
     varies among runs of the same cell and dropout (a field set per cell, like the GRU's own lr, or
     per rate, like a longer schedule with dropout, adds nothing)."""
     fields = ["cell", "dropout"]
-    config_fields = next(iter(manifest["runs"].values()))["config"].keys() if manifest["runs"] else []
-    for name in config_fields:
+    for name in FIELD_DEFAULTS:
         if name in fields or name in _NOT_A_VARIANT:
             continue
-        if name in _FLAG_WORDS and runs[name].astype(bool).any():
+        if name in _NAMED_WHEN_ON and runs[name].astype(bool).any():
             fields.append(name)  # "tied" says what a figure shows, even where every run is tied
         elif name in _SIZE_FIELDS and runs[name].astype(str).nunique() > 1:
             fields.append(name)
@@ -119,9 +120,12 @@ def variant_label(row: pd.Series | dict[str, Any], fields: list[str]) -> str:
     parts = [f"{str(row['cell']).upper()}", f"dropout {row['dropout']:g}"]
     for name in fields[2:]:
         value = row[name]
-        if isinstance(value, (bool, np.bool_)):
+        if name in _NAMED_WHEN_ON:
             if value:
-                parts.append(_FLAG_WORDS.get(name, name))
+                parts.append(_NAMED_WHEN_ON[name] + ("" if isinstance(value, (bool, np.bool_)) else f" {value:g}"))
+        elif isinstance(value, (bool, np.bool_)):
+            if value:
+                parts.append(name)
         else:
             parts.append(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}")
     return ", ".join(parts)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptbjobs.config import FIELD_DEFAULTS, RESUME_NEUTRAL_FIELDS, TrainConfig, coerce
+from ptbjobs.config import FIELD_DEFAULTS, LATER_FIELDS, RESUME_NEUTRAL_FIELDS, TrainConfig, coerce
 from ptbjobs.errors import ConfigError
 
 TOP_LEVEL_KEYS = ("name", "data_dir", "defaults", "axes", "overrides", "include", "exclude", "resources", "targets")
@@ -107,8 +107,10 @@ def _full_hash(config: TrainConfig) -> str:
 
 
 def config_hash(config: TrainConfig) -> str:
-    """A short hash of everything that decides what a run computes."""
-    identity = {k: v for k, v in config.to_dict().items() if k not in RESUME_NEUTRAL_FIELDS}
+    """A short hash of everything that decides what a run computes (a field added in a later
+    version counts only away from its default, so existing runs keep their hash)."""
+    identity = {k: v for k, v in config.to_dict().items()
+                if k not in RESUME_NEUTRAL_FIELDS and not (k in LATER_FIELDS and v == FIELD_DEFAULTS[k])}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
 
 

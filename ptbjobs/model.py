@@ -6,6 +6,11 @@ going into layer 1, between layers, and on the last layer's output going into th
 recurrent path), so the model uses one such multi-layer module, a single fused kernel, and drops the
 other two itself. Variational dropout needs one mask per sequence between layers too, which the
 fused module cannot do: then the layers are separate single-layer modules.
+
+Recurrent dropout (Gal & Ghahramani 2016) also masks each layer's previous hidden state where it
+enters the gates, with one mask per sequence; the state carried on is not masked. cuDNN's layer has
+no place for that mask, so in training those layers run step by step from their own weights (the
+same equations as PyTorch's modules); in evaluation, where nothing is dropped, the modules run.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ class RNNLM(nn.Module):
         self.hidden_size = config.hidden_size
         self.dropout = config.dropout
         self.variational = config.variational_dropout
+        self.recurrent_dropout = config.recurrent_dropout
         self.embedding = nn.Embedding(vocab_size, config.emb_size)
         rnn = _CELL_MODULES[config.cell]
-        self.fused = not config.variational_dropout
+        self.fused = not config.variational_dropout and config.recurrent_dropout == 0.0
         if self.fused:
             self.rnn = rnn(config.emb_size, config.hidden_size, config.num_layers,
                            dropout=config.dropout if config.num_layers > 1 else 0.0)
@@ -70,7 +76,10 @@ class RNNLM(nn.Module):
         new_hidden: Hidden = []
         for index, layer in enumerate(self.layers):
             state = hidden[index * per_layer : (index + 1) * per_layer]
-            x, out_state = layer(x, tuple(state) if per_layer == 2 else state[0])  # (T, B, H)
+            if self.training and self.recurrent_dropout > 0.0:
+                x, out_state = step_by_step(layer, x, state, self.recurrent_dropout)
+            else:
+                x, out_state = layer(x, tuple(state) if per_layer == 2 else state[0])  # (T, B, H)
             new_hidden.extend(out_state if per_layer == 2 else (out_state,))
             x = self._drop(x)
         return self.decoder(x), new_hidden  # (T, B, V)
@@ -84,6 +93,35 @@ class RNNLM(nn.Module):
         keep = 1.0 - self.dropout
         mask = x.new_empty(1, x.size(1), x.size(2)).bernoulli_(keep) / keep
         return x * mask
+
+
+def step_by_step(layer: nn.LSTM | nn.GRU, x: torch.Tensor, state: Hidden,
+                 recurrent_dropout: float) -> tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, ...]]:
+    """One single-layer LSTM or GRU over x (T, B, E), a step at a time, with the previous hidden
+    state masked (one mask per sequence) where it enters the gates. Returns what the module would:
+    outputs (T, B, H) and the final state, (h, c) or h, each (1, B, H). PyTorch's gate order and
+    equations: LSTM i, f, g, o; GRU r, z, n with n = tanh(x_n + r * (W_hn h + b_hn))."""
+    w_ih, w_hh, b_ih, b_hh = layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0
+    h = state[0][0]  # (B, H)
+    keep = 1.0 - recurrent_dropout
+    mask = h.new_empty(h.shape).bernoulli_(keep) / keep
+    from_input = F.linear(x, w_ih, b_ih)  # (T, B, gates * H): every step's input part at once
+    outputs = []
+    if isinstance(layer, nn.LSTM):
+        c = state[1][0]
+        for t in range(x.size(0)):
+            i, f, g, o = (from_input[t] + F.linear(h * mask, w_hh, b_hh)).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outputs.append(h)
+        return torch.stack(outputs), (h.unsqueeze(0), c.unsqueeze(0))
+    for t in range(x.size(0)):
+        x_r, x_z, x_n = from_input[t].chunk(3, dim=1)
+        h_r, h_z, h_n = F.linear(h * mask, w_hh, b_hh).chunk(3, dim=1)
+        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+        h = (1 - z) * torch.tanh(x_n + r * h_n) + z * h
+        outputs.append(h)
+    return torch.stack(outputs), h.unsqueeze(0)
 
 
 def detach(hidden: Hidden) -> Hidden:

@@ -237,3 +237,19 @@ def test_the_study_grids_keep_the_finished_runs_of_earlier_rounds():
             finished = json.load(tar.extractfile(f"runs/{sweep}/manifest.json"))["runs"]
             current = {run.key: run.config_hash() for run in load_grid(LAUNCH / f"{sweep}.toml").runs}
             assert finished and all(current.get(key) == entry["config_hash"] for key, entry in finished.items()), sweep
+
+
+def test_a_field_added_later_leaves_the_hash_of_a_run_at_its_default_unchanged():
+    """Finished runs must stay finished when ptbjobs gains a field: their manifests hold hashes
+    computed before it existed."""
+    from ptbjobs.config import LATER_FIELDS, TrainConfig
+    from ptbjobs.grid import config_hash
+
+    assert "recurrent_dropout" in LATER_FIELDS
+    config = TrainConfig(dropout=0.35)
+    identity = {k: v for k, v in config.to_dict().items()
+                if k not in ("device", "cuda_graph", "checkpoint_every_min", "checkpoint_every_steps", *LATER_FIELDS)}
+    import hashlib
+    import json
+    assert config_hash(config) == hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    assert config_hash(config.replace(recurrent_dropout=0.25)) != config_hash(config)

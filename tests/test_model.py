@@ -111,3 +111,51 @@ def test_the_hidden_state_is_carried_and_detachable(cell, variational, shapes):
     fresh, _ = model(step, model.init_hidden(3))
     carried, _ = model(step, hidden)
     assert not torch.allclose(fresh, carried)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_step_by_step_without_a_mask_computes_what_the_module_computes(cell):
+    from ptbjobs.model import step_by_step
+
+    torch.manual_seed(0)
+    layer = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(6, 8)
+    x = torch.randn(7, 3, 6)
+    state = [torch.randn(1, 3, 8) for _ in range(2 if cell == "lstm" else 1)]
+    expected_out, expected_state = layer(x, tuple(state) if cell == "lstm" else state[0])
+    out, final = step_by_step(layer, x, state, recurrent_dropout=0.0)  # the mask is all ones
+    torch.testing.assert_close(out, expected_out)
+    for a, b in zip(final if cell == "lstm" else (final,), expected_state if cell == "lstm" else (expected_state,)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_recurrent_dropout_cuts_the_same_hidden_units_from_the_gates_at_every_step(cell):
+    # For one sequence, a unit dropped from h where it enters the gates leaves its column of the
+    # recurrent weights without gradient, at every step; a unit kept has one. A mask drawn per step
+    # would reach every column.
+    from ptbjobs.model import step_by_step
+
+    torch.manual_seed(0)
+    layer = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(6, 32)
+    state = [torch.randn(1, 1, 32) for _ in range(2 if cell == "lstm" else 1)]
+    out, _ = step_by_step(layer, torch.randn(10, 1, 6), state, recurrent_dropout=0.5)
+    out.sum().backward()
+    reached = layer.weight_hh_l0.grad.abs().sum(dim=0) > 0  # (H,): columns = units of h
+    assert 8 < int(reached.sum()) < 24, reached  # about half kept
+    assert layer.bias_hh_l0.grad.abs().sum() > 0
+
+
+def test_a_model_with_recurrent_dropout_is_random_in_training_and_exact_in_evaluation():
+    torch.manual_seed(0)
+    config = TrainConfig(emb_size=16, hidden_size=16, recurrent_dropout=0.3)
+    model = RNNLM(config, vocab_size=30)
+    assert not model.fused
+    inputs, hidden = torch.randint(0, 30, (10, 4)), model.init_hidden(4)
+    a, _ = model(inputs, hidden)
+    b, _ = model(inputs, hidden)
+    assert not torch.equal(a, b)
+    model.eval()
+    c, _ = model(inputs, hidden)
+    model.recurrent_dropout = 0.0  # the same weights without the option: what evaluation must equal
+    d, _ = model(inputs, hidden)
+    torch.testing.assert_close(c, d)

@@ -106,6 +106,20 @@ def test_a_sweep_whose_runs_are_all_tied_says_so_in_its_labels(tmp_path):
     assert list(table["variant"]) == ["LSTM, dropout 0.45, variational, tied"]
 
 
+def test_recurrent_dropout_is_named_with_its_rate_and_a_manifest_from_before_it_reads_as_none(tmp_path):
+    sweep = Sweep(tmp_path / "beyond")
+    sweep.path.mkdir()
+    manifest = {"version": 1, "name": "beyond", "runs": {}}
+    tied = dict(tie_weights=True, variational_dropout=True)
+    old_key = write_run(sweep, manifest, TrainConfig(dropout=0.25, **tied), [120.0, 97.0], [112.0, 75.0], 92.0)
+    del manifest["runs"][old_key]["config"]["recurrent_dropout"]  # written before the field existed
+    write_run(sweep, manifest, TrainConfig(dropout=0.2, recurrent_dropout=0.25, **tied), [118.0, 95.0], [115.0, 80.0], 90.0)
+    sweep.write_manifest(manifest)
+    table = analysis.results_table(analysis.load_sweep(sweep))
+    assert list(table["variant"]) == ["LSTM, dropout 0.25, variational, tied",
+                                      "LSTM, dropout 0.2, variational, recurrent dropout 0.25, tied"]
+
+
 def test_a_mean_at_the_target_does_not_meet_it(known_sweep):
     data = analysis.load_sweep(known_sweep)
     data.targets = type(data.targets)(valid_ppl_no_dropout=119.0, valid_ppl_dropout=100.0)

@@ -98,9 +98,12 @@ def test_a_crash_just_after_the_epoch_end_checkpoint_resumes_to_identical_result
     assert_same_run(reference_run, out)
 
 
+@pytest.mark.parametrize("recurrent", [0.0, 0.25], ids=["", "recurrent"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_exact_resume_holds_for_variational_dropout_with_tied_weights(tmp_path, tiny_corpus, tiny_config, monkeypatch, cell):
-    config = tiny_config.replace(cell=cell, variational_dropout=True, tie_weights=True, dropout=0.3)
+def test_exact_resume_holds_for_variational_dropout_with_tied_weights(tmp_path, tiny_corpus, tiny_config, monkeypatch, cell,
+                                                                      recurrent):
+    config = tiny_config.replace(cell=cell, variational_dropout=True, tie_weights=True, dropout=0.3,
+                                 recurrent_dropout=recurrent)
     reference = tmp_path / "reference"
     run_training(config, reference, tiny_corpus, handle_signals=False)
     out = tmp_path / "interrupted"
@@ -127,3 +130,20 @@ def test_a_max_steps_run_stopped_at_its_last_steps_resumes_to_identical_results(
     run_training(config, out, tiny_corpus, handle_signals=False)
     assert_same_run(reference, out)
     assert len(RunDir(out).read_metrics()) == 4  # 3 epochs (the last one short) and the final record
+
+
+def test_a_checkpoint_written_before_a_later_field_existed_resumes_as_its_default(tmp_path, tiny_corpus, tiny_config):
+    from ptbjobs.data import load_corpus
+    from ptbjobs.errors import CheckpointError
+    from ptbjobs.train import Trainer
+
+    corpus = load_corpus(tiny_corpus)
+    trainer = Trainer(tiny_config, corpus, RunDir(tmp_path / "a"))
+    trainer.run_steps(3)
+    state = trainer.state_dict()
+    del state["config"]["recurrent_dropout"]
+    resumed = Trainer(tiny_config, corpus, RunDir(tmp_path / "b"))
+    resumed.load_state(state)
+    assert resumed.global_step == 3
+    with pytest.raises(CheckpointError, match="recurrent_dropout"):
+        Trainer(tiny_config.replace(recurrent_dropout=0.25), corpus, RunDir(tmp_path / "c")).load_state(state)
