@@ -152,7 +152,7 @@ def submit(
     grid: Path = typer.Option(..., "--grid", help="the grid file (TOML)"),
     sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=_help("sweep folder [default: runs/NAME]")),
     executor: str = typer.Option("auto", "--executor", help="auto (Slurm if sbatch is on PATH, else local), local or slurm"),
-    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", min=1, help="local executor: runs at once [default: one per GPU, else cores / 2]"),
+    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", min=1, help="local executor: runs at once [default: runs_per_gpu per GPU, else cores / cpus_per_task (2 if unset)]"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, submit nothing"),
     wait: bool = typer.Option(False, "--wait", help="show live status until every run has ended; exit 1 if any did not complete"),

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ptbjobs.config import TrainConfig
+from ptbjobs.datafiles import default_data_dir
 from ptbjobs.download import ARCHIVE_MEMBER_PREFIX
 
 SPLITS = ("train", "valid", "test")
@@ -23,7 +24,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def real_ptb_dir() -> Path | None:
-    candidates = [os.environ.get("PTBJOBS_TEST_DATA"), REPO.parent / "shared" / "data" / "ptb"]
+    # the folder named for tests, the shared one beside the checkout, then where ptbjobs itself
+    # looks ($PTBJOBS_DATA, and the cache that `ptbjobs data download` fills)
+    candidates = [os.environ.get("PTBJOBS_TEST_DATA"), REPO.parent / "shared" / "data" / "ptb",
+                  os.environ.get("PTBJOBS_DATA"), default_data_dir()]
     for candidate in candidates:
         if candidate and (Path(candidate) / "ptb.train.txt").is_file():
             return Path(candidate)
@@ -35,7 +39,8 @@ def ptb_dir() -> Path:
     found = real_ptb_dir()
     if found is None:
         if os.environ.get("CI"):  # CI must exercise the real data, never skip past it
-            pytest.fail("the real PTB files are not in ../shared/data/ptb (or $PTBJOBS_TEST_DATA)")
+            pytest.fail("the real PTB files are in none of $PTBJOBS_TEST_DATA, ../shared/data/ptb, $PTBJOBS_DATA, "
+                        f"{default_data_dir()}")
         pytest.skip("the real PTB files are not here (set PTBJOBS_TEST_DATA)")
     return found
 

@@ -11,8 +11,9 @@
 # Multi-Process Service where the machine allows it (without it, processes sharing a GPU take turns;
 # with it, the small kernels of several runs execute side by side), then submits launch/zaremba-small.toml and launch/beyond.toml through
 # analysis/gpu_sweeps.py, every run at once. A sweep not yet on the machine is first restored from
-# analysis/study/run-folders.tar.gz (or ARCHIVE), so the runs that earlier rounds finished are skipped. A later call resubmits them: finished runs are skipped,
-# running ones are left alone, stopped ones resume from their checkpoints. Each call ends within
+# analysis/study/run-folders.tar.gz (or ARCHIVE), so the runs that earlier rounds finished are
+# skipped (ARCHIVE=none runs every run of the grids). A later call resubmits the grids: finished
+# runs are skipped, running ones are left alone, stopped ones resume from their checkpoints. Each call ends within
 # SECONDS and leaves in OUT_DIR: gpu.txt (what it measured and saw), gpu-load.txt (nvidia-smi every
 # 30 s), curves.txt and each sweep's results.md, and runs.tar.gz (every run folder without its
 # checkpoints, for `ptbjobs report` elsewhere). If the CUDA-graph run fails, the sweeps run with
