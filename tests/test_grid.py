@@ -253,3 +253,14 @@ def test_a_field_added_later_leaves_the_hash_of_a_run_at_its_default_unchanged()
     import json
     assert config_hash(config) == hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     assert config_hash(config.replace(recurrent_dropout=0.25)) != config_hash(config)
+
+
+def test_a_changed_run_is_described_by_what_changed_not_by_a_field_its_manifest_predates():
+    from ptbjobs.config import TrainConfig
+    from ptbjobs.grid import RunSpec
+    from ptbjobs.launch import _describe_change
+
+    saved = TrainConfig(dropout=0.35).to_dict()
+    del saved["recurrent_dropout"]
+    spec = RunSpec(key="lstm-d0.35-s1", config=TrainConfig(dropout=0.35, epochs=32), point={})
+    assert _describe_change(spec, {"config": saved}) == "lstm-d0.35-s1 (epochs 13 -> 32)"
