@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ptbjobs.config import FIELD_DEFAULTS, RESUME_NEUTRAL_FIELDS
+from ptbjobs.config import FIELD_DEFAULTS, RESUME_NEUTRAL_FIELDS, saved_config
 from ptbjobs.errors import PtbjobsError, first_line
 from ptbjobs.grid import Targets, parse_grid
 from ptbjobs.rundir import RunDir
@@ -54,8 +54,7 @@ def load_sweep(sweep: Sweep) -> SweepData:
         for record in epochs:
             epoch_rows.append({"key": key, **{k: v for k, v in record.items()}})
         state = RunDir(sweep.run_dir(key)).read_state() or {}
-        # a field the manifest predates held its default then (config.LATER_FIELDS)
-        run_rows.append(_run_row(key, {**FIELD_DEFAULTS, **entry["config"]}, epochs, final, state.get("device")))
+        run_rows.append(_run_row(key, saved_config(entry["config"]), epochs, final, state.get("device")))
     runs = pd.DataFrame(run_rows)
     epochs_frame = pd.DataFrame(epoch_rows, columns=["key", "epoch", "lr", "train_ppl", "valid_ppl",
                                                      "tokens_per_s", "elapsed_s", "steps"])

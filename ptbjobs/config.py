@@ -248,3 +248,9 @@ def _suggest(key: str, known: Mapping[str, Any]) -> str:
 
 
 FIELD_DEFAULTS: dict[str, Any] = TrainConfig().to_dict()
+
+
+def saved_config(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A config as saved (manifest, checkpoint), every field present: one it predates
+    (`LATER_FIELDS`) held its default then."""
+    return {**FIELD_DEFAULTS, **values}

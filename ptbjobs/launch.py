@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ptbjobs import states
-from ptbjobs.config import FIELD_DEFAULTS
+from ptbjobs.config import saved_config
 from ptbjobs.datafiles import SPLITS, missing_data_hint, resolve_data_dir, split_filename
 from ptbjobs.errors import ConfigError, DataError, PtbjobsError
 from ptbjobs.grid import Grid, Resources, RunSpec
@@ -146,7 +146,7 @@ def _action(state: str) -> str:
 
 
 def _describe_change(spec: RunSpec, entry: dict[str, Any]) -> str:
-    old, new = {**FIELD_DEFAULTS, **entry["config"]}, spec.config.to_dict()  # config.LATER_FIELDS
+    old, new = saved_config(entry["config"]), spec.config.to_dict()
     changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
     return f"{spec.key} ({', '.join(changed[:3])})"
 

@@ -90,9 +90,14 @@ class RNNLM(nn.Module):
         if not self.variational:
             return F.dropout(x, self.dropout, training=True)
         # One mask per sequence (Gal & Ghahramani): the same units dropped at every time step.
-        keep = 1.0 - self.dropout
-        mask = x.new_empty(1, x.size(1), x.size(2)).bernoulli_(keep) / keep
-        return x * mask
+        return x * sequence_mask(x[0], self.dropout)
+
+
+def sequence_mask(like: torch.Tensor, p: float) -> torch.Tensor:
+    """An inverted-dropout mask shaped like one time step (B, F): each unit of each sequence kept
+    with probability 1 - p and scaled by 1 / (1 - p), for reuse at every step."""
+    keep = 1.0 - p
+    return like.new_empty(like.shape).bernoulli_(keep) / keep
 
 
 def step_by_step(layer: nn.LSTM | nn.GRU, x: torch.Tensor, state: Hidden,
@@ -103,8 +108,7 @@ def step_by_step(layer: nn.LSTM | nn.GRU, x: torch.Tensor, state: Hidden,
     equations: LSTM i, f, g, o; GRU r, z, n with n = tanh(x_n + r * (W_hn h + b_hn))."""
     w_ih, w_hh, b_ih, b_hh = layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0
     h = state[0][0]  # (B, H)
-    keep = 1.0 - recurrent_dropout
-    mask = h.new_empty(h.shape).bernoulli_(keep) / keep
+    mask = sequence_mask(h, recurrent_dropout)
     from_input = F.linear(x, w_ih, b_ih)  # (T, B, gates * H): every step's input part at once
     outputs = []
     if isinstance(layer, nn.LSTM):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ptbjobs import checkpoint
 from ptbjobs.atomic import atomic_write_bytes
-from ptbjobs.config import FIELD_DEFAULTS, RESUME_NEUTRAL_FIELDS, Schedule, TrainConfig
+from ptbjobs.config import RESUME_NEUTRAL_FIELDS, Schedule, TrainConfig, saved_config
 from ptbjobs.data import Corpus, batchify, chunk_starts, iter_chunks
 from ptbjobs.errors import CheckpointError, ConfigError, DivergedError, PtbjobsError, first_line
 from ptbjobs.graphstep import StaticStep
@@ -187,9 +187,8 @@ class Trainer:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        saved, current = state["config"], self.config.to_dict()
-        # a field the checkpoint predates held its default then (config.LATER_FIELDS)
-        changed = [k for k in current if k not in RESUME_NEUTRAL_FIELDS and saved.get(k, FIELD_DEFAULTS[k]) != current[k]]
+        saved, current = saved_config(state["config"]), self.config.to_dict()
+        changed = [k for k in current if k not in RESUME_NEUTRAL_FIELDS and saved[k] != current[k]]
         if changed:
             raise CheckpointError(f"the checkpoint was written by a run with another config ({', '.join(changed)})",
                                   "resume with the config it was written with, or start in a new folder")
