@@ -144,7 +144,7 @@ def bench(
 
 # ---- sweeps ----
 
-SWEEP_DIR_HELP = "the sweep folder [default: the newest sweep under ./runs]"
+SWEEP_DIR_HELP = _help("the sweep folder [default: the newest sweep under ./runs]")
 
 
 @app.command()
@@ -152,7 +152,7 @@ def submit(
     grid: Path = typer.Option(..., "--grid", help="the grid file (TOML)"),
     sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=_help("sweep folder [default: runs/NAME]")),
     executor: str = typer.Option("auto", "--executor", help="auto (Slurm if sbatch is on PATH, else local), local or slurm"),
-    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", min=1, help="local executor: runs at once [default: runs_per_gpu per GPU, else cores / cpus_per_task (2 if unset)]"),
+    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", min=1, help=_help("local executor: runs at once, kept by the sweep [default: the sweep's, else runs_per_gpu per GPU, else cores / cpus_per_task (2 if unset)]")),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, submit nothing"),
     wait: bool = typer.Option(False, "--wait", help="show live status until every run has ended; exit 1 if any did not complete"),
@@ -173,7 +173,7 @@ def submit(
     console = _console()
     starting = sum(1 for p in planned if p.action in (launch.SUBMIT, launch.RESUME, launch.RESTART))
     verb = "would submit" if dry_run else "submitted"
-    console.print(f"{verb} {starting} of {len(planned)} runs -> {sweep.path} ({chosen.name})")
+    console.print(f"{verb} {starting} of {len(planned)} runs -> {sweep.path} ({_executor_note(chosen)})")
     console.print(_plan_table(planned) if dry_run or len(planned) <= PLAN_ROWS_SHOWN else _plan_summary(planned))
     if wait and not dry_run:
         raise typer.Exit(_watch(sweep, until_done=True))
@@ -188,6 +188,12 @@ def _console():
 
 
 PLAN_ROWS_SHOWN = 50  # a bigger plan is summarised: a row per run says little at 1,000 runs
+
+
+def _executor_note(executor) -> str:
+    """"local, 2 at once" once the local executor has submitted; else the executor's name."""
+    parallel = getattr(executor, "parallel_in_force", None)
+    return f"{executor.name}, {parallel} at once" if parallel else executor.name
 
 
 def _plan_summary(planned) -> str:
@@ -256,7 +262,7 @@ def _watch(sweep, until_done: bool) -> int:
 
 @app.command()
 def cancel(
-    run: list[str] = typer.Option([], "--run", help="run key (repeatable) [default: every queued or running run]"),
+    run: list[str] = typer.Option([], "--run", help=_help("run key (repeatable) [default: every queued or running run]")),
     sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=SWEEP_DIR_HELP),
 ) -> None:
     """Cancel queued or running jobs; a running one saves its state first."""
@@ -269,18 +275,25 @@ def cancel(
 
 @app.command()
 def retry(
-    run: list[str] = typer.Option([], "--run", help="run key (repeatable) [default: every run that can be retried]"),
+    run: list[str] = typer.Option([], "--run", help=_help("run key (repeatable) [default: every run that can be retried]")),
+    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", min=1, help=_help("local executor: runs at once, kept by the sweep [default: the sweep's]")),
     sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=SWEEP_DIR_HELP),
 ) -> None:
     """Resubmit runs that FAILED, TIMEOUT, CANCELLED, ...; they resume from their checkpoints."""
     from ptbjobs import launch
-    from ptbjobs.sweep import find_sweep
+    from ptbjobs.sweep import find_sweep, latest_job
 
-    submitted = launch.retry(find_sweep(sweep_dir), keys=run or None)
+    sweep = find_sweep(sweep_dir)
+    submitted = launch.retry(sweep, keys=run or None, max_parallel=max_parallel)
     if not submitted:
         print("nothing to retry: no run has failed, timed out or been cancelled")
     for key, job_id in submitted.items():
         print(f"{key}: resubmitted as job {job_id}")
+    runs = sweep.read_manifest()["runs"]
+    if any(latest_job(runs[key])["executor"] == "local" for key in submitted):
+        from ptbjobs.local import parallel_in_force
+
+        print(f"local executor: {parallel_in_force(sweep)} at once")
 
 
 @app.command()

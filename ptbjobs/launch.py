@@ -192,9 +192,11 @@ def submit(grid: Grid, sweep: Sweep, executor: Executor, data_dir: Path | None =
     return planned
 
 
-def retry(sweep: Sweep, executor: Executor | None = None, keys: list[str] | None = None) -> dict[str, str]:
+def retry(sweep: Sweep, executor: Executor | None = None, keys: list[str] | None = None,
+          max_parallel: int | None = None) -> dict[str, str]:
     """Resubmit the runs that ended without finishing (FAILED, TIMEOUT, CANCELLED, ...), each
-    through the executor of its last job; they resume from their checkpoints."""
+    through the executor of its last job; they resume from their checkpoints. `max_parallel` is
+    the local executor's new limit (without it the sweep keeps its own)."""
     from ptbjobs.grid import parse_grid
 
     with sweep.locked():
@@ -213,7 +215,7 @@ def retry(sweep: Sweep, executor: Executor | None = None, keys: list[str] | None
             by_executor.setdefault(latest_job(manifest["runs"][key])["executor"], []).append(key)
         submitted: dict[str, str] = {}
         for name, run_keys in by_executor.items():
-            runner = executor or get_executor(name)
+            runner = executor or get_executor(name, max_parallel)
             submitted.update(_submit_and_record(sweep, manifest, runner, run_keys, resources))
     return submitted
 

@@ -6,7 +6,7 @@ is a worker process of its own (its own session, so neither the CLI's end nor th
 touches it). Every fact lives in files, each with one writer, so any later process can read it:
 
     <sweep>/local/
-      settings.json          max_parallel (the latest submit's)
+      settings.json          max_parallel in force, and the one last given by --max-parallel
       supervisor.lock        flock'ed by the live supervisor
       jobs/<id>.json         written by submit (PENDING), then by the supervisor (RUNNING, pid, slot)
       jobs/<id>.end.json     written once by the worker when it ends (state, exit code)
@@ -42,13 +42,19 @@ class LocalExecutor:
 
     def __init__(self, max_parallel: int | None = None):
         self.max_parallel = max_parallel
+        self.parallel_in_force: int | None = None  # set by submit, for the CLI to show
 
     def submit(self, sweep: Sweep, keys: list[str], resources: Resources) -> dict[str, str]:
-        """Queue one job per run key; returns key -> job id. Call with the sweep lock held."""
+        """Queue one job per run key; returns key -> job id. Call with the sweep lock held.
+        A sweep keeps the last --max-parallel given to it: a later submit or retry without the
+        flag (resuming a timed-out run, adding runs) must not fall back to the default."""
         folder = _folder(sweep)
         (folder / "jobs").mkdir(parents=True, exist_ok=True)
-        parallel = self.max_parallel or default_parallelism(resources)
-        atomic_write_json(folder / "settings.json", {"max_parallel": parallel, "resources": resources.to_dict()})
+        given = self.max_parallel or (read_json_if_any(folder / "settings.json") or {}).get("max_parallel_given")
+        parallel = given or default_parallelism(resources)
+        atomic_write_json(folder / "settings.json", {"max_parallel": parallel, "max_parallel_given": given,
+                                                     "resources": resources.to_dict()})
+        self.parallel_in_force = parallel
         number = _last_job_number(folder)
         ids = {}
         for key in keys:
@@ -79,6 +85,11 @@ class LocalExecutor:
 
     def log_paths(self, sweep: Sweep, key: str, job_ids: list[str]) -> list[Path]:
         return [sweep.run_dir(key) / "logs" / f"{job_id}.log" for job_id in job_ids]
+
+
+def parallel_in_force(sweep: Sweep) -> int | None:
+    """The sweep's current limit on runs at once, or None if nothing was ever submitted locally."""
+    return (read_json_if_any(_folder(sweep) / "settings.json") or {}).get("max_parallel")
 
 
 def default_parallelism(resources: Resources) -> int:

@@ -63,6 +63,25 @@ def test_the_cli_module_does_not_import_torch_until_a_command_needs_it():
     assert out.strip() == "False"
 
 
+def test_every_option_help_keeps_its_square_brackets():
+    # typer's rich help reads an unescaped "[default: ...]" as markup and prints nothing of it
+    import typer
+
+    from ptbjobs.cli import app
+
+    def options(command, path: str):
+        for param in command.params:
+            yield f"{path} {param.name}", getattr(param, "help", None) or ""
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from options(sub, f"{path} {name}")
+
+    found = list(options(typer.main.get_command(app), "ptbjobs"))
+    assert len(found) > 30
+    unescaped = [where for where, text in found if "[" in text.replace("\\[", "")]
+    assert unescaped == []
+    shown = ptbjobs("retry", "--help", env={**os.environ, "COLUMNS": "200"}).stdout
+    assert "[default: every run that can be retried]" in shown and "[default: the sweep's]" in shown
+
 @pytest.mark.parametrize("cell, extra", [("lstm", []), ("gru", ["--lr", "0.5", "--decay-after", "2"])])
 def test_a_real_short_run_on_ptb_completes_for_both_cells(tmp_path, ptb_dir, cell, extra):
     out = tmp_path / cell

@@ -14,6 +14,8 @@ import pytest
 
 from ptbjobs import launch, states
 from ptbjobs.grid import load_grid
+from ptbjobs import local
+from ptbjobs.grid import Resources
 from ptbjobs.local import LocalExecutor
 from ptbjobs.rundir import RunDir
 from ptbjobs.runner import run_training
@@ -153,3 +155,54 @@ def test_two_concurrent_submits_of_one_grid_start_each_run_once(tmp_path, grid_f
     assert sorted(len(entry["jobs"]) for entry in manifest["runs"].values()) == [1, 1, 1, 1]
     assert sorted(p.name for p in (sweep_dir / "local" / "jobs").glob("L?.json")) == ["L1.json", "L2.json", "L3.json", "L4.json"]
     wait_until(lambda: all_ended(Sweep(sweep_dir)))
+
+
+def test_a_sweep_keeps_the_last_max_parallel_given_until_another_is_given(tmp_path, monkeypatch):
+    monkeypatch.setattr(local, "ensure_supervisor", lambda sweep: None)  # queue only: no processes
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    sweep = Sweep(tmp_path / "sweep")
+    settings = sweep.path / "local" / "settings.json"
+    resources = Resources()
+
+    LocalExecutor().submit(sweep, ["a"], resources)
+    assert json.loads(settings.read_text())["max_parallel"] == 4  # none given: 8 cores / 2 per run
+    LocalExecutor(3).submit(sweep, ["b"], resources)
+    assert json.loads(settings.read_text())["max_parallel"] == 3
+    executor = LocalExecutor()
+    executor.submit(sweep, ["c"], resources)  # a resume or an added run without the flag
+    assert json.loads(settings.read_text())["max_parallel"] == 3 and executor.parallel_in_force == 3
+    LocalExecutor(1).submit(sweep, ["d"], resources)
+    assert local.parallel_in_force(sweep) == 1
+
+
+def test_retry_resumes_at_the_sweeps_max_parallel_or_at_the_one_it_is_given(tmp_path, tiny_corpus, capsys):
+    from ptbjobs.cli import main
+
+    grid_path = tmp_path / "two.toml"
+    grid_path.write_text(GRID.format(epochs=200).replace("dropout = [0.0, 0.2]", "dropout = [0.0]"))
+    grid = load_grid(grid_path)
+    sweep = Sweep(tmp_path / "sweep")
+    jobs = sweep.path / "local" / "jobs"
+
+    def running_and_pending() -> tuple[int, int]:
+        found = [local.job_state(sweep.path / "local", p.stem) for p in jobs.glob("L*.json") if p.stem[1:].isdigit()]
+        return found.count(states.RUNNING), found.count(states.PENDING)
+
+    def cancel_all() -> None:
+        launch.cancel(sweep)
+        wait_until(lambda: all_ended(sweep))
+
+    launch.submit(grid, sweep, LocalExecutor(max_parallel=2), data_dir=tiny_corpus)
+    wait_until(lambda: running_and_pending() == (2, 0))
+    cancel_all()
+    assert main(["retry", "--sweep-dir", str(sweep.path)]) == 0
+    assert "local executor: 2 at once" in capsys.readouterr().out
+    wait_until(lambda: running_and_pending() == (2, 0))  # both resumed side by side, as submitted
+    cancel_all()
+    assert main(["retry", "--max-parallel", "1", "--sweep-dir", str(sweep.path)]) == 0
+    assert "local executor: 1 at once" in capsys.readouterr().out
+    wait_until(lambda: running_and_pending() == (1, 1))
+    time.sleep(2)  # several supervisor polls: the second stays queued while the first trains
+    assert running_and_pending() == (1, 1)
+    cancel_all()
