@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ptbjobs.config import FIELD_DEFAULTS, RESUME_NEUTRAL_FIELDS, saved_config
-from ptbjobs.errors import PtbjobsError, first_line
+from ptbjobs.errors import ConfigError, PtbjobsError, first_line
 from ptbjobs.grid import Targets, parse_grid
 from ptbjobs.rundir import RunDir
 from ptbjobs.sweep import Sweep
@@ -175,9 +175,9 @@ def load_references(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path, comment="#")
     except FileNotFoundError:
-        raise PtbjobsError(f"no reference file at {path}", "give --references-file PATH") from None
+        raise ConfigError(None, f"--references-file: no file at {path}", "give the path of a CSV of references") from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:  # a folder, a malformed CSV, binary
-        raise PtbjobsError(f"{path}: not a readable CSV of references ({first_line(exc)})") from None
+        raise ConfigError(None, f"--references-file {path}: not a readable CSV of references ({first_line(exc)})") from None
 
 
 def to_json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:

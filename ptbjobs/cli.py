@@ -49,13 +49,8 @@ def _train(config: Optional[Path], out: Optional[Path], data_dir: Optional[Path]
     from ptbjobs.progress import make_reporter
     from ptbjobs.runner import run_training
 
-    values: dict[str, Any] = {}
-    if config is not None:
-        values = load_config_file(config)
-        try:
-            TrainConfig.from_mapping(values)
-        except ConfigError as exc:
-            raise ConfigError(None, f"{config}: key {exc.field!r}: {exc.message}", exc.hint) from None
+    # the file and the flags are checked together, once merged: a flag may fix a value in the file
+    values: dict[str, Any] = load_config_file(config) if config is not None else {}
     given = {name: value for name, value in flags.items() if value is not None}
     for name, value in given.items():
         try:
@@ -420,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as exc:  # usage errors: unknown option, missing argument, bad int
         if debug:
             raise
-        print(f"ptbjobs: error: {exc.format_message()} (see --help)", file=sys.stderr)
+        if exc.format_message():  # empty when a bare command group has just printed its help
+            print(f"ptbjobs: error: {exc.format_message()} (see --help)", file=sys.stderr)
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code

@@ -53,7 +53,7 @@ class GridError(ConfigError):
 
 @dataclass(frozen=True)
 class Resources:
-    """What one job asks for. The local executor reads gpus_per_node, cpus_per_task and timeout_min."""
+    """What one job asks for. The local executor reads runs_per_gpu, cpus_per_task and timeout_min."""
 
     partition: str = ""  # empty: the cluster's default
     account: str = ""
@@ -149,7 +149,7 @@ def parse_grid(text: str, path: Path, allow_large: bool = True) -> Grid:
     if size > MAX_RUNS_WITHOUT_YES and not allow_large or size > MAX_RUNS:
         raise GridError(None, f"{path}: the grid expands to {size:,} runs",
                         "add --yes if you mean it" if size <= MAX_RUNS else f"split it: at most {MAX_RUNS:,} runs a grid")
-    runs = _expand(path, defaults, axes, overrides, excludes, includes)
+    runs = _expand(where, defaults, axes, overrides, excludes, includes)
     return Grid(name=name, path=path, text=text, runs=runs, axes=axes,
                 resources=_resources(_table(data, "resources", where), where),
                 targets=_targets(_table(data, "targets", where), where), data_dir=data_dir)
@@ -165,14 +165,21 @@ class _Locator:
         self.path = path
         self.lines = text.splitlines()
 
+    def header_line(self, table: str, index: int = 0) -> int | None:
+        """The line of the `index`-th `[table]` or `[[table]]` header."""
+        headers = [i for i, line in enumerate(self.lines)
+                   if re.fullmatch(rf"\s*\[\[?\s*{re.escape(table)}\s*\]\]?\s*(#.*)?", line)]
+        return headers[index] + 1 if len(headers) > index else None
+
     def line_of(self, table: str, key: str, index: int = 0) -> int | None:
         start = 0
         if table:
-            headers = [i for i, line in enumerate(self.lines)
-                       if re.fullmatch(rf"\s*\[\[?\s*{re.escape(table)}\s*\]\]?\s*(#.*)?", line)]
-            if len(headers) <= index:
-                return None
-            start = headers[index] + 1
+            header = self.header_line(table, index)
+            if header is None:  # written with dotted keys instead: `defaults.lr = 1`
+                return self._first_match(rf"\s*{re.escape(table)}\s*\.\s*{re.escape(key)}\s*=", 0, len(self.lines))
+            start = header
+        elif (header := self.header_line(key)) is not None:  # a table at the top level: [axis]
+            return header
         end = len(self.lines)
         for i in range(start, len(self.lines)):
             if table and re.match(r"\s*\[", self.lines[i]):
@@ -180,14 +187,18 @@ class _Locator:
                 break
         # a key at the start of a line first, then one inside an inline table (match = { key = ... })
         for pattern in (rf"\s*{re.escape(key)}\s*=", rf".*[{{,]\s*{re.escape(key)}\s*="):
-            for i in range(start, end):
-                if re.match(pattern, self.lines[i]):
-                    return i + 1
+            if (found := self._first_match(pattern, start, end)) is not None:
+                return found
         return None
 
+    def _first_match(self, pattern: str, start: int, end: int) -> int | None:
+        return next((i + 1 for i in range(start, end) if re.match(pattern, self.lines[i])), None)
+
+    def place(self, line: int | None) -> str:
+        return f"{self.path}:{line}" if line else str(self.path)
+
     def error(self, table: str, key: str, problem: str, hint: str | None = None, index: int = 0) -> GridError:
-        line = self.line_of(table, key, index) if key else None
-        place = f"{self.path}:{line}" if line else str(self.path)
+        place = self.place(self.line_of(table, key, index) if key else None)
         shown = key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else repr(key)
         dotted = f"{table}[{index}].{shown}" if table in ("overrides", "include", "exclude") else \
             (f"{table}.{shown}" if table else shown)
@@ -270,20 +281,23 @@ def _override(entry: dict, index: int, axes: dict, where: _Locator) -> tuple[dic
 def _include(entry: dict, index: int, axes: dict, where: _Locator) -> tuple[dict, dict]:
     missing = [axis for axis in axes if axis not in entry]
     if missing:
-        raise where.error("", "include", f"[[include]] entry {index} lacks a value for axis {', '.join(missing)}",
-                          "an included point gives every axis a value")
+        raise GridError(None, f"{where.place(where.header_line('include', index))}: include[{index}]: "
+                        f"lacks a value for axis {', '.join(missing)}", "an included point gives every axis a value")
     point = {axis: _check_field("include", axis, entry[axis], where, index) for axis in axes}
     extra = _training_fields({k: v for k, v in entry.items() if k not in axes}, "include", where, index)
     return point, extra
 
 
-def _expand(path: Path, defaults: dict, axes: dict, overrides: list, excludes: list, includes: list) -> list[RunSpec]:
+def _expand(where: _Locator, defaults: dict, axes: dict, overrides: list, excludes: list,
+            includes: list) -> list[RunSpec]:
+    path = where.path
     points = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
     points = [(p, {}) for p in points if not any(_matches(p, ex) for ex in excludes)]
     seen = {_point_id(p) for p, _ in points}
-    for point, extra in includes:
+    for index, (point, extra) in enumerate(includes):
         if _point_id(point) in seen:
-            raise GridError(None, f"{path}: include: the point {point} is already in the grid",
+            raise GridError(None, f"{where.place(where.header_line('include', index))}: include[{index}]: "
+                            f"the point {_describe(point)} is already in the grid",
                             "remove the [[include]] or [[exclude]] it first")
         seen.add(_point_id(point))
         points.append((point, extra))
@@ -300,11 +314,20 @@ def _expand(path: Path, defaults: dict, axes: dict, overrides: list, excludes: l
         try:
             config = TrainConfig.from_mapping(values)
         except ConfigError as exc:
-            raise GridError(None, f"{path}: the run {point} gets an invalid config: {exc}",
+            # the line where the field is first set; the value may come from defaults or an override
+            line = where.line_of("", exc.field) if exc.field else None
+            raise GridError(None, f"{where.place(line)}: the run {_describe(point)} gets an invalid config: "
+                            f"{exc.field + ': ' if exc.field else ''}{exc.message}",
                             exc.hint or "fix the fields it takes from defaults and overrides") from None
-        runs.append(RunSpec(key=run_key(config, list(axes)), config=config, point=point))
+        # an included point's own fields go into its key, as an axis would: it differs by them
+        runs.append(RunSpec(key=run_key(config, list(axes) + list(extra)), config=config, point=point))
     _make_keys_unique(runs)
     return runs
+
+
+def _describe(point: dict) -> str:
+    """A point as a user wrote it: cell=lstm, seed=1."""
+    return ", ".join(f"{axis}={getattr(value, 'value', value)}" for axis, value in point.items())
 
 
 def _matches(point: dict, partial: dict) -> bool:

@@ -83,7 +83,7 @@ def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None =
         executor = get_executor(name, submitting=False)
         job_states.update(executor.query(sweep, ids))
         if live and getattr(executor, "stale", False):
-            raise PtbjobsError(executor.note or f"the {name} executor did not answer",
+            raise PtbjobsError(getattr(executor, "failure", None) or f"the {name} executor did not answer",
                                "nothing was submitted or cancelled; try again when Slurm answers (scontrol ping)")
         if notes is not None and getattr(executor, "note", None):
             notes.append(executor.note)
@@ -152,10 +152,15 @@ def _describe_change(spec: RunSpec, entry: dict[str, Any]) -> str:
 
 
 def check_data(grid: Grid, data_dir: Path | None) -> Path:
-    """The data folder every job will read, checked now rather than in every job."""
+    """The data folder every job will read, checked now rather than in every job: --data-dir, else
+    the grid's data_dir, else $PTBJOBS_DATA, else the per-user cache."""
+    from_grid = data_dir is None and grid.data_dir is not None
     folder = resolve_data_dir(data_dir or grid.data_dir).resolve()
     for split in SPLITS:
         if not (folder / split_filename(split)).is_file():
+            if from_grid:  # $PTBJOBS_DATA would not help here: the grid's key comes first
+                raise DataError(f"{grid.path}: data_dir = {grid.data_dir!r}: missing data file {folder / split_filename(split)}",
+                                "fix data_dir in the grid, or give --data-dir")
             raise DataError(f"missing data file {folder / split_filename(split)}", missing_data_hint(folder))
     return folder
 

@@ -77,6 +77,7 @@ class SlurmExecutor:
     def __init__(self) -> None:
         self.note: str | None = None  # set by query when the answer is not sacct's
         self.stale = False  # set by query when Slurm did not answer and the states are the last known
+        self.failure: str | None = None  # then: why, for a command that must not act on them
 
     def submit(self, sweep: Sweep, keys: list[str], resources: Resources) -> dict[str, str]:
         """One job array per MaxArraySize runs; returns run key -> job id ("123_4"). Returns as soon
@@ -117,7 +118,7 @@ class SlurmExecutor:
     def query(self, sweep: Sweep, job_ids: list[str]) -> dict[str, str]:
         """Every job's state in one sacct call (plus one squeue call for jobs sacct does not list
         yet); the last known states, with a note, when Slurm does not answer."""
-        self.note, self.stale = None, False
+        self.note, self.stale, self.failure = None, False, None
         if not job_ids:
             return {}
         folder = _folder(sweep)
@@ -125,8 +126,8 @@ class SlurmExecutor:
             report = slurm.job_states(job_ids)
         except slurm.SlurmUnavailable as exc:
             last = read_json_if_any(folder / "last_states.json") or {}
-            self.note = f"Slurm did not answer ({exc.message}): showing the last known states"
-            self.stale = True
+            self.stale, self.failure = True, f"Slurm did not answer ({exc.message})"
+            self.note = f"{self.failure}: showing the last known states"
             return {j: last.get(j, states.UNKNOWN) for j in job_ids}
         found, self.note = report.states, report.note
         cancelled = set(read_json_if_any(folder / "cancelled.json") or [])

@@ -70,5 +70,6 @@ def is_active(state: str) -> bool:
 
 
 def is_finished(state: str) -> bool:
-    """Nothing more will happen to the run without a new submit."""
-    return not is_active(state) and state != NOT_SUBMITTED
+    """Nothing more will happen to the run without a new submit. UNKNOWN is not finished: the
+    scheduler did not answer, and the job may well still be running."""
+    return not is_active(state) and state not in (NOT_SUBMITTED, UNKNOWN)

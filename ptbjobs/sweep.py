@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ptbjobs.atomic import atomic_write_bytes
-from ptbjobs.errors import PtbjobsError
+from ptbjobs.errors import ConfigError, PtbjobsError
 
 MANIFEST_VERSION = 1
 
@@ -78,11 +78,11 @@ def find_sweep(sweep_dir: Path | None, root: Path = Path("runs")) -> Sweep:
     if sweep_dir is not None:
         sweep = Sweep(sweep_dir)
         if not sweep.exists():
-            raise PtbjobsError(f"{sweep_dir} is not a sweep folder (no manifest.json)",
-                               "give the folder `ptbjobs submit` made, e.g. runs/<name>")
+            raise ConfigError(None, f"--sweep-dir {sweep_dir} is not a sweep folder (no manifest.json)",
+                              "give the folder `ptbjobs submit` made, e.g. runs/<name>")
         return sweep
     candidates = [p.parent for p in root.glob("*/manifest.json")] if root.is_dir() else []
     if not candidates:
-        raise PtbjobsError("no sweep found under ./runs", "submit one with `ptbjobs submit --grid FILE`, or give --sweep-dir")
+        raise ConfigError(None, "no sweep found under ./runs", "submit one with `ptbjobs submit --grid FILE`, or give --sweep-dir")
     newest = max(candidates, key=lambda p: (p / "manifest.json").stat().st_mtime)
     return Sweep(newest)

@@ -42,11 +42,27 @@ def test_a_bad_value_gives_one_line_naming_the_flag_and_exit_code_2(capsys, args
     assert err.strip() == line
 
 
+@pytest.mark.parametrize("args", [[], ["data"]])
+def test_a_bare_command_group_prints_its_help_and_no_empty_error(args):
+    shown = ptbjobs(*args)
+    assert "Usage: ptbjobs" in shown.stdout + shown.stderr and "error" not in shown.stderr
+
+
 def test_a_bad_key_in_a_config_file_names_the_file_and_key(tmp_path, capsys):
     config = tmp_path / "run.toml"
     config.write_text('cell = "gru"\ndropout = 1.5\n')
     assert main(["train", "--config", str(config)]) == 2
     assert capsys.readouterr().err.strip() == f"ptbjobs: error: {config}: key 'dropout': must be in [0, 1), got 1.5"
+
+
+def test_flags_override_the_config_file_before_it_is_checked(tmp_path, tiny_corpus):
+    config = tmp_path / "run.toml"  # on its own: a negative lr, and tied weights with unequal sizes
+    config.write_text('lr = -1\ntie_weights = true\nemb_size = 16\nhidden_size = 12\nbatch_size = 4\nbptt = 5\n'
+                      'eval_batch_size = 3\nepochs = 1\ndevice = "cpu"\n')
+    assert main(["train", "--config", str(config), "--lr", "0.5", "--emb-size", "12", "--data-dir", str(tiny_corpus),
+                 "--out", str(tmp_path / "run")]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert (saved["lr"], saved["emb_size"], saved["hidden_size"], saved["tie_weights"]) == (0.5, 12, 12, True)
 
 
 def test_a_missing_data_folder_says_which_and_how_to_fix_it(tmp_path, capsys):

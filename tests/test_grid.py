@@ -72,7 +72,12 @@ cell = "gru"
 seed = 5
 lr = 0.3
 ''')
-    assert [(r.key, r.config.lr) for r in grid.runs] == [("lstm-d0-s1", 0.7), ("gru-d0-s5", 0.3)]
+    assert [(r.key, r.config.lr) for r in grid.runs] == [("lstm-d0-s1", 0.7), ("gru-d0-s5-lr0.3", 0.3)]
+
+
+def test_an_included_points_own_fields_show_in_its_key():
+    grid = parse('name = "s"\n[axes]\ndropout = [0.3]\n[[include]]\ndropout = 0.35\ntie_weights = true\n')
+    assert [r.key for r in grid.runs] == ["lstm-d0.3-s1", "lstm-d0.35-s1-tieweightsT"]
 
 
 def test_any_training_field_can_be_an_axis_and_shows_in_the_key():
@@ -122,10 +127,13 @@ BAD = [
     ("exclude of a non-axis", 'name = "s"\n[axes]\nseed = [1, 2]\n[[exclude]]\nlr = 1\n', "grid.toml:5: exclude[0].lr: is not an axis of this grid"),
     ("everything excluded", 'name = "s"\n[axes]\nseed = [1]\n[[exclude]]\nseed = 1\n', "grid.toml: exclude: every point of the grid is excluded"),
     ("include missing an axis", 'name = "s"\n[axes]\nseed = [1]\ncell = ["lstm"]\n[[include]]\nseed = 2\n',
-     "include: [[include]] entry 0 lacks a value for axis cell"),
-    ("include duplicating a point", 'name = "s"\n[axes]\nseed = [1]\n[[include]]\nseed = 1\n', "include: the point {'seed': 1} is already in the grid"),
+     "grid.toml:5: include[0]: lacks a value for axis cell (an included point gives every axis a value)"),
+    ("include duplicating a point", 'name = "s"\n[axes]\nseed = [1]\n[[include]]\nseed = 1\n', "grid.toml:4: include[0]: the point seed=1 is already in the grid"),
     ("cross-field conflict", 'name = "s"\n[defaults]\ntie_weights = true\nemb_size = 100\n[axes]\nseed = [1]\n',
-     "grid.toml: the run {'seed': 1} gets an invalid config: tie_weights: needs emb_size == hidden_size"),
+     "grid.toml:3: the run seed=1 gets an invalid config: tie_weights: needs emb_size == hidden_size, got 100 and 200 "
+     "(set both sizes equal or drop tie_weights)"),
+    ("a misspelt table", 'name = "s"\n[axis]\nseed = [1]\n', "grid.toml:2: axis: unknown top-level key"),
+    ("a dotted key", 'name = "s"\ndefaults.epoch = 3\n[axes]\nseed = [1]\n', "grid.toml:2: defaults.epoch: not a training field"),
     ("partition with a space", 'name = "s"\n[axes]\nseed = [1]\n[resources]\npartition = "gpu long"\n',
      "grid.toml:5: resources.partition: 'gpu long' is not a plain partition name"),
     ("account with a newline", 'name = "s"\n[axes]\nseed = [1]\n[resources]\naccount = "me\\n#SBATCH --qos=high"\n',
@@ -262,3 +270,16 @@ def test_a_changed_run_is_described_by_what_changed_not_by_a_field_its_manifest_
     del saved["recurrent_dropout"]
     spec = RunSpec(key="lstm-d0.35-s1", config=TrainConfig(dropout=0.35, epochs=32), point={})
     assert _describe_change(spec, {"config": saved}) == "lstm-d0.35-s1 (epochs 13 -> 32)"
+
+
+def test_a_grid_data_dir_that_lacks_the_files_names_the_grid_key(tmp_path, monkeypatch, tiny_corpus):
+    from ptbjobs.errors import DataError
+    from ptbjobs.launch import check_data
+
+    monkeypatch.setenv("PTBJOBS_DATA", str(tiny_corpus))  # not consulted: the grid's key comes first
+    grid = parse(f'name = "s"\ndata_dir = "{tmp_path / "none"}"\n[axes]\nseed = [1]\n')
+    with pytest.raises(DataError) as caught:
+        check_data(grid, None)
+    assert str(caught.value).startswith(f"grid.toml: data_dir = '{tmp_path / 'none'}': missing data file ")
+    assert str(caught.value).endswith("(fix data_dir in the grid, or give --data-dir)")
+    assert check_data(grid, tiny_corpus) == tiny_corpus.resolve()  # --data-dir overrides it

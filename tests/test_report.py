@@ -193,6 +193,14 @@ def test_a_sweep_without_a_finished_epoch_gets_a_clear_message(tmp_path, capsys)
     assert not (sweep.path / "figures").exists()
 
 
+def test_a_missing_references_file_is_bad_input(known_sweep, tmp_path, capsys):
+    assert main(["report", "--sweep-dir", str(known_sweep.path), "--out", str(tmp_path / "o"),
+                 "--references-file", str(tmp_path / "none.csv")]) == 2
+    assert capsys.readouterr().err.strip() == (f"ptbjobs: error: --references-file: no file at {tmp_path / 'none.csv'} "
+                                               "(give the path of a CSV of references)")
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
 def test_report_with_references_shows_the_published_rows(known_sweep, tmp_path, capsys):
     assert main(["report", "--sweep-dir", str(known_sweep.path), "--out", str(tmp_path / "o"), "--references"]) == 0
     text = (tmp_path / "o" / "results.md").read_text()

@@ -253,6 +253,7 @@ def test_when_slurm_does_not_answer_status_shows_the_last_known_states_and_a_not
         assert main(command + ["--sweep-dir", str(sweep.path)]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Slurm did not answer" in err and "nothing was submitted or cancelled" in err
+        assert "showing" not in err  # it shows nothing: it refuses
     assert sweep.manifest_path.read_text() == before and calls(fake_slurm, "scancel") == []
     # and status works on a machine without sbatch (a laptop with the sweep folder, say)
     os.remove(fake_slurm.parent / "bin" / "sbatch")

@@ -46,6 +46,15 @@ def test_status_of_a_synthetic_sweep_counts_every_state_and_summarises_metrics_e
     assert summary_line(status).startswith("200 runs: ")
 
 
+@pytest.mark.parametrize("state, finished", [(states.COMPLETED, True), (states.TIMEOUT, True), (states.LOST, True),
+                                             (states.RUNNING, False), (states.NOT_SUBMITTED, False),
+                                             (states.UNKNOWN, False)])  # no answer: it may still run
+def test_which_states_count_as_ended(state, finished):
+    assert states.is_finished(state) is finished
+    counted = summary_line({"runs": [{}, {}], "summary": {state: 1, states.FAILED: 1}})
+    assert counted.endswith(f"({1 + finished} ended)")
+
+
 def test_metrics_summary_of_a_missing_file_is_empty(tmp_path):
     assert _metrics_summary(RunDir(tmp_path)) == (0, None, None, None)
 

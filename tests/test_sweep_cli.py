@@ -106,9 +106,13 @@ def test_status_json_follows_the_documented_schema(tmp_path, grid_file, tiny_cor
 
 def test_status_without_a_sweep_says_how_to_make_one(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["status"]) == 1
+    assert main(["status"]) == 2
     assert capsys.readouterr().err.strip() == ("ptbjobs: error: no sweep found under ./runs (submit one with "
                                                "`ptbjobs submit --grid FILE`, or give --sweep-dir)")
+    for command in (["status"], ["logs", "x"], ["report"], ["cancel"], ["retry"]):
+        assert main(command + ["--sweep-dir", "nowhere"]) == 2
+        assert capsys.readouterr().err.strip() == ("ptbjobs: error: --sweep-dir nowhere is not a sweep folder (no "
+                                                   "manifest.json) (give the folder `ptbjobs submit` made, e.g. runs/<name>)")
 
 
 def test_logs_of_an_unknown_run_lists_where_to_find_keys(tmp_path, grid_file, tiny_corpus, capsys):
