@@ -53,7 +53,8 @@ class GridError(ConfigError):
 
 @dataclass(frozen=True)
 class Resources:
-    """What one job asks for. The local executor reads runs_per_gpu, cpus_per_task and timeout_min."""
+    """What one job asks for. The local executor reads runs_per_gpu, cpus_per_task, timeout_min and
+    max_requeues."""
 
     partition: str = ""  # empty: the cluster's default
     account: str = ""

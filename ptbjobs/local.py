@@ -235,7 +235,11 @@ def _start_worker(sweep: Sweep, folder: Path, record: dict[str, Any], slot: int,
 # ---- the worker ----
 
 def work(sweep: Sweep, job_id: str) -> int:
-    """Run one job in this process; record how it ended. Returns the exit code."""
+    """Run one job in this process; record how it ended. Returns the exit code.
+
+    The grid's time limit (`timeout_min`) is kept as on Slurm: when it is reached the trainer saves
+    its state and the job resumes from it at once, in the same slot, up to `max_requeues` times;
+    after the last one the job ends TIMEOUT and `ptbjobs retry` resumes it."""
     from ptbjobs.errors import DivergedError
     from ptbjobs.job import run_job
     from ptbjobs.train import TrainingInterrupted
@@ -245,30 +249,65 @@ def work(sweep: Sweep, job_id: str) -> int:
     settings = read_json_if_any(folder / "settings.json") or {}
     print(f"ptbjobs job {job_id}: run {record['run']} on {os.uname().nodename}, pid {os.getpid()}", flush=True)
     cancel_marker = folder / "jobs" / f"{job_id}.cancel"
-    timed_out = threading.Event()
-    timeout_min = settings.get("resources", {}).get("timeout_min") or 0
-    timer = threading.Timer(60 * timeout_min, lambda: (timed_out.set(), os.kill(os.getpid(), signal.SIGUSR2)))
-    timer.daemon = True
-    if timeout_min:
-        timer.start()
-    try:
-        run_job(sweep.run_dir(record["run"]))
-    except TrainingInterrupted as exc:
-        state = states.CANCELLED if cancel_marker.exists() else states.TIMEOUT if timed_out.is_set() else states.PREEMPTED
-        _write_end(folder, job_id, state, exc.exit_code, exc.message)
-        return exc.exit_code
-    except DivergedError as exc:
-        _write_end(folder, job_id, states.FAILED, exc.exit_code, exc.message)
-        print(f"ptbjobs: {exc}", flush=True)
-        return exc.exit_code
-    except BaseException as exc:  # noqa: BLE001 - every failure must be recorded, then shown in the log
-        traceback.print_exc()
-        _write_end(folder, job_id, states.FAILED, 1, f"{type(exc).__name__}: {exc}")
-        return 1
-    finally:
-        timer.cancel()
-    _write_end(folder, job_id, states.COMPLETED, 0, "")
-    return 0
+    resources = settings.get("resources", {})
+    timeout_min = resources.get("timeout_min") or 0
+    max_requeues = resources.get("max_requeues") or 0
+    # the time limit's USR2 may come before the trainer's handler is in place (or after it is
+    # gone): nothing is being trained then, so it is ignored here and the limit asks again
+    signal.signal(signal.SIGUSR2, lambda signum, frame: None)
+    requeues = 0
+    while True:
+        limit = _TimeLimit(timeout_min) if timeout_min else None
+        try:
+            run_job(sweep.run_dir(record["run"]))
+        except TrainingInterrupted as exc:
+            timed_out = limit is not None and limit.reached.is_set() and not cancel_marker.exists()
+            if timed_out and requeues < max_requeues:
+                requeues += 1
+                print(f"ptbjobs job {job_id}: time limit of {timeout_min} min reached, state saved; "
+                      f"requeued in place ({requeues} of {max_requeues})", flush=True)
+                continue
+            state = states.CANCELLED if cancel_marker.exists() else states.TIMEOUT if timed_out else states.PREEMPTED
+            _write_end(folder, job_id, state, exc.exit_code, exc.message)
+            return exc.exit_code
+        except DivergedError as exc:
+            _write_end(folder, job_id, states.FAILED, exc.exit_code, exc.message)
+            print(f"ptbjobs: {exc}", flush=True)
+            return exc.exit_code
+        except BaseException as exc:  # noqa: BLE001 - every failure must be recorded, then shown in the log
+            traceback.print_exc()
+            _write_end(folder, job_id, states.FAILED, 1, f"{type(exc).__name__}: {exc}")
+            return 1
+        finally:
+            if limit is not None:
+                limit.stop()
+        _write_end(folder, job_id, states.COMPLETED, 0, "")
+        return 0
+
+
+class _TimeLimit:
+    """After `minutes`, asks this process's trainer to save and stop, as Slurm does before its
+    limit: SIGUSR2, repeated each second until stopped, since a single one could land while no
+    handler of the trainer's is in place (loading the data, between attempts)."""
+
+    def __init__(self, minutes: float):
+        self.reached = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(60 * minutes,), daemon=True)
+        self._thread.start()
+
+    def _watch(self, seconds: float) -> None:
+        if self._stopped.wait(seconds):
+            return
+        self.reached.set()
+        while True:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            if self._stopped.wait(1.0):
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
 
 
 # ---- files ----

@@ -206,3 +206,52 @@ def test_retry_resumes_at_the_sweeps_max_parallel_or_at_the_one_it_is_given(tmp_
     time.sleep(2)  # several supervisor polls: the second stays queued while the first trains
     assert running_and_pending() == (1, 1)
     cancel_all()
+
+
+def _with_time_limit(grid, minutes: float, max_requeues: int):
+    """The grid with a sub-minute time limit, which the grid file cannot state (whole minutes for
+    Slurm), so that a test sees several limits in a few seconds."""
+    import dataclasses
+
+    return dataclasses.replace(grid, resources=dataclasses.replace(grid.resources, timeout_min=minutes,
+                                                                   max_requeues=max_requeues))
+
+
+def test_a_time_limit_requeues_the_run_in_place_and_it_ends_as_if_never_stopped(tmp_path, tiny_corpus):
+    grid_path = tmp_path / "one.toml"
+    grid_path.write_text(GRID.format(epochs=6).replace('cell = ["lstm", "gru"]', 'cell = ["lstm"]')
+                         .replace("dropout = [0.0, 0.2]", "dropout = [0.2]")
+                         .replace("checkpoint_every_steps = 10", "checkpoint_every_steps = 0"))  # saves only when stopped
+    grid = _with_time_limit(load_grid(grid_path), minutes=0.01, max_requeues=1000)  # 0.6 s
+    sweep = Sweep(tmp_path / "sweep")
+    launch.submit(grid, sweep, LocalExecutor(max_parallel=1), data_dir=tiny_corpus)
+    status = wait_until(lambda: all_ended(sweep))
+    row = status["runs"][0]
+    assert row["state"] == states.COMPLETED and row["attempts"] == 1  # one job, requeued in place
+    log = _log_text(sweep.run_dir(row["key"]), "L1")
+    requeues = log.count("requeued in place")
+    assert requeues >= 2, log  # the run is long enough for several limits
+    assert log.count("resuming from") == requeues
+    reference = tmp_path / "reference"
+    run_training(grid.runs[0].config, reference, tiny_corpus, handle_signals=False)
+    assert_same_run(reference, sweep.run_dir(row["key"]))
+
+
+def test_after_its_last_requeue_a_timed_out_run_ends_timeout_and_retry_resumes_it(tmp_path, tiny_corpus):
+    grid_path = tmp_path / "one.toml"
+    grid_path.write_text(GRID.format(epochs=500).replace('cell = ["lstm", "gru"]', 'cell = ["gru"]')
+                         .replace("dropout = [0.0, 0.2]", "dropout = [0.0]")
+                         .replace("checkpoint_every_steps = 10", "checkpoint_every_steps = 0"))
+    grid = _with_time_limit(load_grid(grid_path), minutes=0.02, max_requeues=1)
+    sweep = Sweep(tmp_path / "sweep")
+    launch.submit(grid, sweep, LocalExecutor(max_parallel=1), data_dir=tiny_corpus)
+    status = wait_until(lambda: all_ended(sweep))
+    key = status["runs"][0]["key"]
+    assert status["runs"][0]["state"] == states.TIMEOUT
+    log = _log_text(sweep.run_dir(key), "L1")
+    assert log.count("requeued in place (1 of 1)") == 1 and log.count("requeued in place") == 1, log
+    assert RunDir(sweep.run_dir(key)).read_state()["state"] == "INTERRUPTED"  # saved, not killed
+    assert launch.retry(sweep) == {key: "L2"}
+    assert "resuming from" in wait_until(lambda: _log_text(sweep.run_dir(key), "L2") if "resuming" in _log_text(sweep.run_dir(key), "L2") else None)
+    launch.cancel(sweep)
+    assert wait_until(lambda: all_ended(sweep))["runs"][0]["state"] == states.CANCELLED
