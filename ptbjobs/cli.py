@@ -146,7 +146,7 @@ SWEEP_DIR_HELP = _help("the sweep folder [default: the newest sweep under ./runs
 def submit(
     grid: Path = typer.Option(..., "--grid", help="the grid file (TOML)"),
     sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=_help("sweep folder [default: runs/NAME]")),
-    executor: str = typer.Option("auto", "--executor", help="auto (Slurm if sbatch is on PATH, else local), local or slurm"),
+    executor: str = typer.Option("auto", "--executor", help="auto (the sweep's own, else Slurm if sbatch is on PATH, else local), local or slurm"),
     max_parallel: Optional[int] = typer.Option(None, "--max-parallel", min=1, help=_help("local executor: runs at once, kept by the sweep [default: the sweep's, else runs_per_gpu per GPU, else cores / cpus_per_task (2 if unset)]")),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, submit nothing"),
@@ -163,7 +163,7 @@ def submit(
     sweep = Sweep(sweep_dir or Path("runs") / parsed.name)
     if sweep.path.exists() and not sweep.path.is_dir():
         raise ConfigError(None, f"--sweep-dir {sweep.path} is a file, not a folder", "give a folder path")
-    chosen = launch.get_executor(executor, max_parallel)
+    chosen = launch.get_executor(executor, max_parallel, sweep=sweep)
     planned = launch.submit(parsed, sweep, chosen, data_dir=data_dir, force=force, dry_run=dry_run)
     console = _console()
     starting = sum(1 for p in planned if p.action in (launch.SUBMIT, launch.RESUME, launch.RESTART))

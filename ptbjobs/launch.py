@@ -36,13 +36,20 @@ class Executor(Protocol):
     def log_paths(self, sweep: Sweep, key: str, job_ids: list[str]) -> list[Path]: ...
 
 
-def get_executor(name: str, max_parallel: int | None = None, submitting: bool = True) -> Executor:
-    """"auto" is Slurm where sbatch is on PATH, else the local machine. With `submitting` False
-    (asking about jobs, reading their logs), Slurm's executor is given even without sbatch."""
+def get_executor(name: str, max_parallel: int | None = None, submitting: bool = True,
+                 sweep: Sweep | None = None) -> Executor:
+    """"auto" is the executor of the sweep's last submission, if it has one (a sweep run locally
+    stays local, as `retry` keeps each run's executor); else Slurm where sbatch is on PATH, else the
+    local machine. With `submitting` False (asking about jobs, reading their logs), Slurm's
+    executor is given even without sbatch."""
     from ptbjobs import slurm
 
     if name == "auto":
-        name = "slurm" if slurm.have_slurm() else "local"
+        kept = last_executor(sweep) if sweep is not None else None
+        if kept == "slurm" and submitting and not slurm.have_slurm():
+            raise PtbjobsError(f"--executor auto: the sweep {sweep.path} runs on Slurm, and sbatch is not on PATH",
+                               "run on the cluster's login node, or give --executor local to run the rest here")
+        name = kept or ("slurm" if slurm.have_slurm() else "local")
     if name == "local":
         from ptbjobs.local import LocalExecutor
 
@@ -58,6 +65,12 @@ def get_executor(name: str, max_parallel: int | None = None, submitting: bool = 
 
         return SlurmExecutor()
     raise ConfigError(None, f"--executor: must be auto, local or slurm, got {name!r}")
+
+
+def last_executor(sweep: Sweep) -> str | None:
+    """The executor the sweep's most recent job went to, or None for a sweep with no jobs yet."""
+    jobs = [job for entry in sweep.read_manifest()["runs"].values() for job in entry.get("jobs", [])]
+    return max(jobs, key=lambda job: job["submitted"])["executor"] if jobs else None
 
 
 @dataclass

@@ -280,6 +280,28 @@ def test_auto_picks_slurm_where_sbatch_is_on_path_and_local_elsewhere(fake_slurm
     assert launch.get_executor("auto").name == "local"
 
 
+def test_auto_keeps_a_sweep_on_the_executor_of_its_last_submission(fake_slurm, tmp_path, monkeypatch):
+    sweep = Sweep(tmp_path / "s")
+    assert launch.get_executor("auto", sweep=sweep).name == "slurm"  # no sweep yet: sbatch is on PATH
+    sweep.path.mkdir()
+
+    def job(job_id: str, executor: str, submitted: float) -> dict:
+        return {"job_id": job_id, "executor": executor, "submitted": submitted}
+
+    entry = {"config": _config_dict(), "config_hash": "x", "point": {}}
+    sweep.write_manifest({"version": 1, "name": "s", "runs": {"a": {**entry, "jobs": [job("L1", "local", 10)]}}})
+    assert launch.get_executor("auto", sweep=sweep).name == "local"  # although sbatch is on PATH
+    assert launch.get_executor("slurm", sweep=sweep).name == "slurm"  # a named executor still wins
+    # a sweep that moved to Slurm later stays there, whichever run the later job was for
+    sweep.write_manifest({"version": 1, "name": "s", "runs": {"a": {**entry, "jobs": [job("L1", "local", 10)]},
+                                                              "b": {**entry, "jobs": [job("8_0", "slurm", 20)]}}})
+    assert launch.get_executor("auto", sweep=sweep).name == "slurm"
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(Exception) as caught:  # and says so when sbatch is gone, rather than run it here
+        launch.get_executor("auto", sweep=sweep)
+    assert "runs on Slurm, and sbatch is not on PATH" in str(caught.value) and "--executor local" in str(caught.value)
+
+
 def test_slurm_without_sbatch_says_how_to_get_a_cluster(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(Exception) as caught:
