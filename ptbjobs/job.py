@@ -42,22 +42,28 @@ def run_job(run_dir: Path) -> dict[str, Any]:
 
 STOPPED = 75  # EX_TEMPFAIL, as TrainingInterrupted: the run's state on disk is current, resume it
 # How a run's process may end with its state on disk current: saved at a step (75), or killed by
-# USR2/TERM before or after training, when the state on disk is the run's state anyway
+# USR2/TERM before its handlers were in place, when the state on disk is the run's state anyway
 RESUMABLE_EXIT_CODES = frozenset({STOPPED, -12, -15})  # -SIGUSR2, -SIGTERM (Linux numbers)
 
+# USR2/TERM received before training began, in order; the runner acts on them once it trains
+pending_stop_signals: list[int] = []
 
-def stop_early_on_signals() -> None:
-    """For a process that runs one job: USR2 or TERM before training started (imports, data) or
-    after it ended exits at once with STOPPED. Nothing is being trained then, so the state on
-    disk is the run's state; while training, the runner's own handlers replace these and save at
-    the next step."""
+
+def defer_stop_signals() -> None:
+    """For a process that runs one job, first thing: USR2 or TERM before training has begun
+    (torch loading, the data being read) is remembered, and the runner acts on it as soon as it
+    trains: it saves at the first step and stops, so the job ends as if stopped in training. One
+    after training has ended changes nothing: the run's state on disk is final by then.
+
+    Raising SystemExit from the handler instead is not reliable: code that catches every exception
+    (as some does while torch is imported) swallows it, and the run trains on as if never told."""
     import signal
 
-    def stop_now(signum: int, frame: Any) -> None:
-        raise SystemExit(STOPPED)
+    def remember(signum: int, frame: Any) -> None:
+        pending_stop_signals.append(signum)
 
     for sig in (signal.SIGUSR2, signal.SIGTERM):
-        signal.signal(sig, stop_now)
+        signal.signal(sig, remember)
 
 
 def main(argv: list[str]) -> int:
@@ -89,5 +95,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    stop_early_on_signals()  # first: a signal may come while torch is still being imported
-    sys.exit(main(sys.argv[1:]))
+    # through ptbjobs.job itself, not this __main__ copy of it: the runner reads that module's list
+    from ptbjobs import job
+
+    job.defer_stop_signals()  # first: a signal may come while torch is still being imported
+    sys.exit(job.main(sys.argv[1:]))

@@ -240,6 +240,9 @@ def work(sweep: Sweep, job_id: str) -> int:
     The grid's time limit (`timeout_min`) is kept as on Slurm: when it is reached the trainer saves
     its state and the job resumes from it at once, in the same slot, up to `max_requeues` times;
     after the last one the job ends TIMEOUT and `ptbjobs retry` resumes it."""
+    from ptbjobs.job import defer_stop_signals
+
+    defer_stop_signals()  # before torch is imported: a time limit or a cancel may come while it loads
     from ptbjobs.errors import DivergedError
     from ptbjobs.job import run_job
     from ptbjobs.train import TrainingInterrupted
@@ -252,9 +255,6 @@ def work(sweep: Sweep, job_id: str) -> int:
     resources = settings.get("resources", {})
     timeout_min = resources.get("timeout_min") or 0
     max_requeues = resources.get("max_requeues") or 0
-    # the time limit's USR2 may come before the trainer's handler is in place (or after it is
-    # gone): nothing is being trained then, so it is ignored here and the limit asks again
-    signal.signal(signal.SIGUSR2, lambda signum, frame: None)
     requeues = 0
     while True:
         limit = _TimeLimit(timeout_min) if timeout_min else None
@@ -287,8 +287,7 @@ def work(sweep: Sweep, job_id: str) -> int:
 
 class _TimeLimit:
     """After `minutes`, asks this process's trainer to save and stop, as Slurm does before its
-    limit: SIGUSR2, repeated each second until stopped, since a single one could land while no
-    handler of the trainer's is in place (loading the data, between attempts)."""
+    limit: one SIGUSR2 (acted on at training's first step if it comes before)."""
 
     def __init__(self, minutes: float):
         self.reached = threading.Event()
@@ -297,13 +296,9 @@ class _TimeLimit:
         self._thread.start()
 
     def _watch(self, seconds: float) -> None:
-        if self._stopped.wait(seconds):
-            return
-        self.reached.set()
-        while True:
+        if not self._stopped.wait(seconds):
+            self.reached.set()
             os.kill(os.getpid(), signal.SIGUSR2)
-            if self._stopped.wait(1.0):
-                return
 
     def stop(self) -> None:
         self._stopped.set()

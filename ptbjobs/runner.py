@@ -18,6 +18,7 @@ from ptbjobs.atomic import try_exclusive_lock
 from ptbjobs.config import RESUME_NEUTRAL_FIELDS, TrainConfig
 from ptbjobs.data import CANONICAL_SHA256, SPLITS, load_corpus, sha256_file, split_filename
 from ptbjobs.errors import ConfigError, DivergedError, PtbjobsError
+from ptbjobs.job import pending_stop_signals
 from ptbjobs.rundir import RunDir, RunState
 from ptbjobs.train import Reporter, SilentReporter, Trainer, TrainingInterrupted
 
@@ -129,7 +130,8 @@ def _config_record(config: TrainConfig, data_dir: Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def _stop_on_signals(trainer: Trainer, enabled: bool) -> Iterator[list[int]]:
     """While training, turn USR2/TERM/INT into "checkpoint at the next step, then stop"; a second
-    Ctrl-C stops at once. Yields the list of the signals received, in order."""
+    Ctrl-C stops at once. Signals that came before, while the job started, count as received now.
+    Yields the list of the signals received, in order."""
     received: list[int] = []
     if not enabled:
         yield received
@@ -142,6 +144,8 @@ def _stop_on_signals(trainer: Trainer, enabled: bool) -> Iterator[list[int]]:
         trainer.request_checkpoint(stop=True, reason=f"by {signal.Signals(signum).name}")
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    while pending_stop_signals:  # those that came while the job started (ptbjobs.job.defer_stop_signals)
+        handler(pending_stop_signals.pop(0), None)
     try:
         yield received
     finally:

@@ -147,3 +147,29 @@ def test_a_checkpoint_written_before_a_later_field_existed_resumes_as_its_defaul
     assert resumed.global_step == 3
     with pytest.raises(CheckpointError, match="recurrent_dropout"):
         Trainer(tiny_config.replace(recurrent_dropout=0.25), corpus, RunDir(tmp_path / "c")).load_state(state)
+
+
+def test_a_stop_signal_that_came_before_training_began_stops_it_at_its_first_step(tmp_path, tiny_corpus, tiny_config,
+                                                                                 reference_run):
+    import os
+    import signal
+
+    from ptbjobs import job
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR2, signal.SIGTERM)}
+    try:
+        job.defer_stop_signals()
+        os.kill(os.getpid(), signal.SIGUSR2)  # as while torch loads: remembered, not raised
+        assert job.pending_stop_signals == [signal.SIGUSR2]
+        out = tmp_path / "run"
+        with pytest.raises(TrainingInterrupted) as stopped:
+            run_training(tiny_config, out, tiny_corpus)
+    finally:
+        job.pending_stop_signals.clear()
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert stopped.value.signals == (signal.SIGUSR2,)  # as if received in training: Slurm requeues on it
+    assert job.pending_stop_signals == []
+    assert RunDir(out).read_state()["state"] == "INTERRUPTED" and RunDir(out).read_state()["step"] <= 1
+    run_training(tiny_config, out, tiny_corpus, handle_signals=False)  # and it resumes to the same end
+    assert_same_run(reference_run, out)
