@@ -41,19 +41,20 @@ def run_job(run_dir: Path) -> dict[str, Any]:
 
 
 STOPPED = 75  # EX_TEMPFAIL, as TrainingInterrupted: the run's state on disk is current, resume it
-# How a run's process may end with its state on disk current: saved at a step (75), or killed by
-# USR2/TERM before its handlers were in place, when the state on disk is the run's state anyway
+# How a run's process may end with its state on disk current: stopped by a signal (75: saved at a
+# step, or before training began), or killed by USR2/TERM before any handler was in place, when the state on disk is the run's state anyway
 RESUMABLE_EXIT_CODES = frozenset({STOPPED, -12, -15})  # -SIGUSR2, -SIGTERM (Linux numbers)
 
-# USR2/TERM received before training began, in order; the runner acts on them once it trains
+# USR2/TERM received before training began, in order; the runner stops on them (ptbjobs.runner)
 pending_stop_signals: list[int] = []
 
 
 def defer_stop_signals() -> None:
     """For a process that runs one job, first thing: USR2 or TERM before training has begun
-    (torch loading, the data being read) is remembered, and the runner acts on it as soon as it
-    trains: it saves at the first step and stops, so the job ends as if stopped in training. One
-    after training has ended changes nothing: the run's state on disk is final by then.
+    (torch loading, the data being read) is remembered, and the runner stops on it at its next
+    look, before training a step: the job ends as if stopped in training (exit 75), and the run
+    resumes from its last checkpoint. One after training has ended changes nothing: the run's
+    state on disk is final by then.
 
     Raising SystemExit from the handler instead is not reliable: code that catches every exception
     (as some does while torch is imported) swallows it, and the run trains on as if never told."""

@@ -264,7 +264,7 @@ def work(sweep: Sweep, job_id: str) -> int:
             timed_out = limit is not None and limit.reached.is_set() and not cancel_marker.exists()
             if timed_out and requeues < max_requeues:
                 requeues += 1
-                print(f"ptbjobs job {job_id}: time limit of {timeout_min} min reached, state saved; "
+                print(f"ptbjobs job {job_id}: time limit of {timeout_min} min reached ({exc.message}); "
                       f"requeued in place ({requeues} of {max_requeues})", flush=True)
                 continue
             state = states.CANCELLED if cancel_marker.exists() else states.TIMEOUT if timed_out else states.PREEMPTED
@@ -287,7 +287,7 @@ def work(sweep: Sweep, job_id: str) -> int:
 
 class _TimeLimit:
     """After `minutes`, asks this process's trainer to save and stop, as Slurm does before its
-    limit: one SIGUSR2 (acted on at training's first step if it comes before)."""
+    limit: one SIGUSR2 (remembered if it comes before training, which then stops before a step)."""
 
     def __init__(self, minutes: float):
         self.reached = threading.Event()

@@ -42,8 +42,10 @@ def run_training(config: TrainConfig, out: Path, data_dir: Path | str | None = N
         if final is not None:
             reporter.note(f"{out} is already complete: test perplexity {final['test_ppl']:.2f}")
             return final
+    _stop_if_signalled_while_starting(run)  # before the data and the device are made ready
     corpus = load_corpus(data_dir)
     trainer = Trainer(config, corpus, run, reporter)  # before any write: a config it rejects leaves nothing
+    _stop_if_signalled_while_starting(run)
     run.create()
     with _exclusive(run):
         return _train(run, trainer, config, corpus.data_dir, reporter, first_start=existing is None,
@@ -61,8 +63,9 @@ def _train(run: RunDir, trainer: Trainer, config: TrainConfig, data_dir: Path, r
         trainer.load_state(state)
     reporter.start(config, run, str(resumed[1]) if resumed else None)
     run.write_state(RunState.RUNNING, epoch=trainer.epoch, step=trainer.global_step, device=trainer.device.type)
+    received: list[int] = []
     try:
-        with _stop_on_signals(trainer, enabled=handle_signals) as received:
+        with _stop_on_signals(trainer, received, enabled=handle_signals):
             final = trainer.fit()
     except DivergedError as exc:
         run.write_state(RunState.DIVERGED, message=exc.message)
@@ -127,14 +130,32 @@ def _config_record(config: TrainConfig, data_dir: Path) -> dict[str, Any]:
             "train": config.to_dict(), "data": {"dir": str(data_dir.resolve()), "files": files}}
 
 
+def _stop_if_signalled_while_starting(run: RunDir) -> None:
+    """Stop now if USR2/TERM came while the job started (ptbjobs.job.defer_stop_signals), before
+    more time goes into getting ready: nothing has been trained in this process, so the run's
+    state on disk is its last checkpoint, where it will resume."""
+    if not pending_stop_signals:
+        return
+    signals = tuple(pending_stop_signals)
+    pending_stop_signals.clear()
+    stopped = TrainingInterrupted(f"stopped by {_names(signals)} before training began", "run the same command to resume")
+    stopped.signals = signals
+    if run.read_state() is not None:  # a run resuming: say it stopped, rather than leave a stale RUNNING
+        run.write_state(RunState.INTERRUPTED, message=stopped.message)
+    raise stopped
+
+
+def _names(signals: tuple[int, ...]) -> str:
+    return ", ".join(signal.Signals(s).name for s in signals)
+
+
 @contextlib.contextmanager
-def _stop_on_signals(trainer: Trainer, enabled: bool) -> Iterator[list[int]]:
+def _stop_on_signals(trainer: Trainer, received: list[int], enabled: bool) -> Iterator[None]:
     """While training, turn USR2/TERM/INT into "checkpoint at the next step, then stop"; a second
-    Ctrl-C stops at once. Signals that came before, while the job started, count as received now.
-    Yields the list of the signals received, in order."""
-    received: list[int] = []
+    Ctrl-C stops at once. Appends the signals received to `received`, in order. One that came while
+    the job started (and after the last look for it) stops the run before its first step."""
     if not enabled:
-        yield received
+        yield
         return
 
     def handler(signum: int, frame: Any) -> None:
@@ -144,10 +165,13 @@ def _stop_on_signals(trainer: Trainer, enabled: bool) -> Iterator[list[int]]:
         trainer.request_checkpoint(stop=True, reason=f"by {signal.Signals(signum).name}")
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-    while pending_stop_signals:  # those that came while the job started (ptbjobs.job.defer_stop_signals)
-        handler(pending_stop_signals.pop(0), None)
     try:
-        yield received
+        if pending_stop_signals:  # checked with the handlers in place: none can fall in between
+            received.extend(pending_stop_signals)
+            pending_stop_signals.clear()
+            raise TrainingInterrupted(f"stopped by {_names(tuple(received))} before training began",
+                                      "run the same command to resume")
+        yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

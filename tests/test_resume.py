@@ -149,27 +149,54 @@ def test_a_checkpoint_written_before_a_later_field_existed_resumes_as_its_defaul
         Trainer(tiny_config.replace(recurrent_dropout=0.25), corpus, RunDir(tmp_path / "c")).load_state(state)
 
 
-def test_a_stop_signal_that_came_before_training_began_stops_it_at_its_first_step(tmp_path, tiny_corpus, tiny_config,
-                                                                                 reference_run):
-    import os
+@pytest.fixture
+def deferred_stop_signals():
+    """This process as a job process is (ptbjobs.job.defer_stop_signals), put back afterwards."""
     import signal
 
     from ptbjobs import job
 
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR2, signal.SIGTERM)}
-    try:
-        job.defer_stop_signals()
-        os.kill(os.getpid(), signal.SIGUSR2)  # as while torch loads: remembered, not raised
-        assert job.pending_stop_signals == [signal.SIGUSR2]
-        out = tmp_path / "run"
-        with pytest.raises(TrainingInterrupted) as stopped:
-            run_training(tiny_config, out, tiny_corpus)
-    finally:
-        job.pending_stop_signals.clear()
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+    job.defer_stop_signals()
+    yield job.pending_stop_signals
+    job.pending_stop_signals.clear()
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_a_stop_signal_that_came_while_the_job_started_stops_it_before_a_step(tmp_path, tiny_corpus, tiny_config,
+                                                                              reference_run, monkeypatch,
+                                                                              deferred_stop_signals):
+    import os
+    import signal
+
+    # a new run, signalled while torch loads: remembered (not raised, which could be swallowed),
+    # then it stops before anything is written
+    os.kill(os.getpid(), signal.SIGUSR2)
+    assert deferred_stop_signals == [signal.SIGUSR2]
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as stopped:
+        run_training(tiny_config, out, tiny_corpus)
     assert stopped.value.signals == (signal.SIGUSR2,)  # as if received in training: Slurm requeues on it
-    assert job.pending_stop_signals == []
-    assert RunDir(out).read_state()["state"] == "INTERRUPTED" and RunDir(out).read_state()["step"] <= 1
+    assert stopped.value.exit_code == 75 and deferred_stop_signals == []
+    assert not (out / "state.json").exists()
+    # a run part-way through, signalled while it loads its checkpoint: it stops before its next step
+    interrupt_at(monkeypatch, 7)
+    with pytest.raises(TrainingInterrupted):
+        run_training(tiny_config, out, tiny_corpus, handle_signals=False)
+    monkeypatch.undo()
+    load_latest = checkpoint.load_latest
+
+    def load_while_signalled(folder):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return load_latest(folder)
+
+    monkeypatch.setattr(checkpoint, "load_latest", load_while_signalled)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        run_training(tiny_config, out, tiny_corpus)
+    monkeypatch.undo()
+    assert stopped.value.signals == (signal.SIGTERM,)
+    assert RunDir(out).read_state()["state"] == "INTERRUPTED" and RunDir(out).read_state()["step"] == 7
+    assert checkpoint.load_latest(out / "checkpoints")[0]["global_step"] == 7  # nothing trained, nothing saved
     run_training(tiny_config, out, tiny_corpus, handle_signals=False)  # and it resumes to the same end
     assert_same_run(reference_run, out)

@@ -292,6 +292,9 @@ def test_auto_keeps_a_sweep_on_the_executor_of_its_last_submission(fake_slurm, t
     sweep.write_manifest({"version": 1, "name": "s", "runs": {"a": {**entry, "jobs": [job("L1", "local", 10)]}}})
     assert launch.get_executor("auto", sweep=sweep).name == "local"  # although sbatch is on PATH
     assert launch.get_executor("slurm", sweep=sweep).name == "slurm"  # a named executor still wins
+    sweep.write_manifest({"version": 1, "name": "s", "runs": {"a": {**entry, "jobs": [job("L1", "local", 30)]},
+                                                              "b": {**entry, "jobs": [job("8_0", "slurm", 20)]}}})
+    assert launch.get_executor("auto", sweep=sweep).name == "local"  # the latest in time, not in the manifest
     # a sweep that moved to Slurm later stays there, whichever run the later job was for
     sweep.write_manifest({"version": 1, "name": "s", "runs": {"a": {**entry, "jobs": [job("L1", "local", 10)]},
                                                               "b": {**entry, "jobs": [job("8_0", "slurm", 20)]}}})
