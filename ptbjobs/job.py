@@ -42,7 +42,7 @@ def run_job(run_dir: Path) -> dict[str, Any]:
 
 STOPPED = 75  # EX_TEMPFAIL, as TrainingInterrupted: the run's state on disk is current, resume it
 # How a run's process may end with its state on disk current: stopped by a signal (75: saved at a
-# step, or before training began), or killed by USR2/TERM before any handler was in place, when the state on disk is the run's state anyway
+# step, or before training began), or killed by USR2/TERM before any handler was in place
 RESUMABLE_EXIT_CODES = frozenset({STOPPED, -12, -15})  # -SIGUSR2, -SIGTERM (Linux numbers)
 
 # USR2/TERM received before training began, in order; the runner stops on them (ptbjobs.runner)

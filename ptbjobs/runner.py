@@ -134,19 +134,23 @@ def _stop_if_signalled_while_starting(run: RunDir) -> None:
     """Stop now if USR2/TERM came while the job started (ptbjobs.job.defer_stop_signals), before
     more time goes into getting ready: nothing has been trained in this process, so the run's
     state on disk is its last checkpoint, where it will resume."""
-    if not pending_stop_signals:
+    stopped = _stop_for_pending_signals()
+    if stopped is None:
         return
-    signals = tuple(pending_stop_signals)
-    pending_stop_signals.clear()
-    stopped = TrainingInterrupted(f"stopped by {_names(signals)} before training began", "run the same command to resume")
-    stopped.signals = signals
     if run.read_state() is not None:  # a run resuming: say it stopped, rather than leave a stale RUNNING
         run.write_state(RunState.INTERRUPTED, message=stopped.message)
     raise stopped
 
 
-def _names(signals: tuple[int, ...]) -> str:
-    return ", ".join(signal.Signals(s).name for s in signals)
+def _stop_for_pending_signals() -> TrainingInterrupted | None:
+    """The stop asked for by the signals that came while the job started (taking them), if any."""
+    if not pending_stop_signals:
+        return None
+    stopped = TrainingInterrupted(f"stopped by {', '.join(signal.Signals(s).name for s in pending_stop_signals)} "
+                                  "before training began", "run the same command to resume")
+    stopped.signals = tuple(pending_stop_signals)
+    pending_stop_signals.clear()
+    return stopped
 
 
 @contextlib.contextmanager
@@ -166,11 +170,10 @@ def _stop_on_signals(trainer: Trainer, received: list[int], enabled: bool) -> It
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
-        if pending_stop_signals:  # checked with the handlers in place: none can fall in between
-            received.extend(pending_stop_signals)
-            pending_stop_signals.clear()
-            raise TrainingInterrupted(f"stopped by {_names(tuple(received))} before training began",
-                                      "run the same command to resume")
+        stopped = _stop_for_pending_signals()  # looked at with the handlers in place: none can fall in between
+        if stopped is not None:
+            received.extend(stopped.signals)
+            raise stopped
         yield
     finally:
         for sig, old in previous.items():
