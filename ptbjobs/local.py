@@ -10,9 +10,12 @@ touches it). Every fact lives in files, each with one writer, so any later proce
       supervisor.lock        flock'ed by the live supervisor
       jobs/<id>.json         written by submit (PENDING), then by the supervisor (RUNNING, pid, slot)
       jobs/<id>.end.json     written once by the worker when it ends (state, exit code)
-      jobs/<id>.cancel       `ptbjobs cancel` was asked for this job
+      jobs/<id>.cancel       `ptbjobs cancel` was asked for this job (its mtime: when)
 
 A RUNNING job whose process is gone without an end file was killed or crashed: it reads FAILED.
+A cancelled job that is still running KILL_WAIT_S after the cancel is killed by the supervisor,
+as Slurm does after its KillWait: a run saves and stops within seconds of a SIGTERM unless its
+process is stuck (a hung read of a network filesystem, a stopped process).
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ from ptbjobs.sweep import Sweep
 
 POLL_S = 0.5
 IDLE_EXIT_S = 5.0  # the supervisor leaves once nothing has been queued or running for this long
+# A run acts on SIGTERM at its next training step, so an evaluation under way finishes first: well
+# under a minute for this model on 2 CPU threads. Read by the supervisor, from the environment of
+# the command that started it.
+KILL_WAIT_S = float(os.environ.get("PTBJOBS_KILL_WAIT_S", "120"))
 
 
 class LocalExecutor:
@@ -182,6 +189,8 @@ def supervise(sweep: Sweep) -> None:
             free = [s for s in range(settings.get("max_parallel", 1)) if s not in {r.get("slot") for r in running}]
             for record, slot in zip(pending, free):
                 _launch(sweep, folder, record, slot, settings)
+            for record in running:
+                _kill_if_cancel_ignored(sweep, folder, record)
             if running or pending:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > IDLE_EXIT_S:
@@ -192,6 +201,31 @@ def supervise(sweep: Sweep) -> None:
                     if not any(job_state(folder, r["job_id"]) == states.PENDING for r in _records(folder)):
                         return
             time.sleep(POLL_S)
+
+
+def _kill_if_cancel_ignored(sweep: Sweep, folder: Path, record: dict[str, Any]) -> None:
+    """SIGKILL a running job (its whole process group) that has not stopped KILL_WAIT_S after its
+    cancel. Its run keeps its last checkpoint, and `retry` resumes from it."""
+    job_id = record["job_id"]
+    try:
+        asked = (folder / "jobs" / f"{job_id}.cancel").stat().st_mtime
+    except FileNotFoundError:
+        return
+    if time.time() - asked < KILL_WAIT_S or not _alive(record):
+        return
+    try:
+        os.killpg(record["pid"], signal.SIGKILL)  # a worker leads its own session (start_new_session)
+    except ProcessLookupError:
+        return  # it ended just now
+    for _ in range(100):  # SIGKILL takes effect at once, except on a process in uninterruptible sleep
+        if not _alive(record):
+            break
+        time.sleep(0.05)
+    if read_json_if_any(folder / "jobs" / f"{job_id}.end.json") is None:
+        message = f"killed: still running {KILL_WAIT_S:g} s after the cancel"
+        with open(sweep.run_dir(record["run"]) / "logs" / f"{job_id}.log", "a") as log:  # for `ptbjobs logs`
+            log.write(f"ptbjobs job {job_id}: {message}\n")
+        _write_end(folder, job_id, states.CANCELLED, -signal.SIGKILL, message)
 
 
 def _records(folder: Path) -> list[dict[str, Any]]:

@@ -137,6 +137,32 @@ def test_cancel_stops_a_running_run_and_retry_finishes_it(tmp_path, tiny_corpus)
     wait_until(lambda: all_ended(sweep))
 
 
+def test_a_cancelled_job_that_does_not_stop_is_killed_after_the_wait_and_retry_resumes_it(tmp_path, tiny_corpus,
+                                                                                        monkeypatch):
+    monkeypatch.setenv("PTBJOBS_KILL_WAIT_S", "2")  # read by the supervisor that submit starts
+    grid, sweep, run_dir = submit_one_run(tmp_path, tiny_corpus, "lstm", 0.2, epochs=4)
+    record = json.loads((sweep.path / "local" / "jobs" / "L1.json").read_text())
+    os.kill(record["pid"], signal.SIGSTOP)  # a stuck worker: it cannot act on the cancel's SIGTERM
+    cancelled_at = time.monotonic()
+    assert launch.cancel(sweep) == [grid.runs[0].key]
+    assert collect(sweep)["runs"][0]["state"] == states.RUNNING
+    status = wait_until(lambda: all_ended(sweep), timeout_s=60, every_s=0.05)
+    assert time.monotonic() - cancelled_at >= 2
+    assert status["runs"][0]["state"] == states.CANCELLED
+    end_path = sweep.path / "local" / "jobs" / "L1.end.json"  # written by the supervisor just after the kill
+    end = json.loads(wait_until(lambda: end_path.exists() and end_path.read_text(), timeout_s=10, every_s=0.05))
+    assert end["exit_code"] == -signal.SIGKILL and end["message"] == "killed: still running 2 s after the cancel"
+    assert not local._alive(record)
+    assert _log_text(run_dir, "L1").endswith("ptbjobs job L1: killed: still running 2 s after the cancel\n")
+    # what it had saved is intact: the retried run ends as if it had never been stopped
+    launch.retry(sweep)
+    status = wait_until(lambda: all_ended(sweep))
+    assert status["runs"][0]["state"] == states.COMPLETED and status["runs"][0]["attempts"] == 2
+    reference = tmp_path / "reference"
+    run_training(grid.runs[0].config, reference, tiny_corpus, handle_signals=False)
+    assert_same_run(reference, run_dir)
+
+
 def _log_text(run_dir: Path, job_id: str) -> str:
     path = run_dir / "logs" / f"{job_id}.log"
     return path.read_text() if path.exists() else ""
