@@ -44,6 +44,8 @@ def _metavar(field: str) -> str:
 
 # ---- train: one flag per TrainConfig field ----
 
+NO_PREFIX = "no_"  # the parameter behind a boolean field's --no-x flag
+
 def _train(config: Optional[Path], out: Optional[Path], data_dir: Optional[Path], **flags: Any) -> None:
     from ptbjobs.config import TrainConfig
     from ptbjobs.progress import make_reporter
@@ -51,7 +53,13 @@ def _train(config: Optional[Path], out: Optional[Path], data_dir: Optional[Path]
 
     # the file and the flags are checked together, once merged: a flag may fix a value in the file
     values: dict[str, Any] = load_config_file(config) if config is not None else {}
-    given = {name: value for name, value in flags.items() if value is not None}
+    given = {name: value for name, value in flags.items() if value is not None and not name.startswith(NO_PREFIX)}
+    for negated, value in flags.items():
+        if negated.startswith(NO_PREFIX) and value:
+            name = negated[len(NO_PREFIX):]
+            if given.get(name):
+                raise ConfigError(None, f"{flag(name)} and --no-{flag(name)[2:]} contradict each other", "give one of them")
+            given[name] = False
     for name, value in given.items():
         try:
             values[name] = coerce(name, value)
@@ -78,8 +86,16 @@ def _train_signature() -> inspect.Signature:
     ]
     for name, help_text in FIELD_HELP.items():
         is_bool = field_type(name) is bool
-        names = f"{flag(name)}/--no-{name.replace('_', '-')}" if is_bool else flag(name)
-        option = typer.Option(None, names, help=_help(f"{help_text} [default: {FIELD_DEFAULTS[name]}]"),
+        default = FIELD_DEFAULTS[name]
+        if is_bool:
+            # --x and --no-x are two options, the second named in the first's help and hidden: as a
+            # pair they would take a column of their own, which at 80 columns truncates both
+            help_text += f" [default: {'on; --no-' + flag(name)[2:] + ' turns it off' if default else 'off'}]"
+            params.append(inspect.Parameter(NO_PREFIX + name, inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                                            default=typer.Option(False, "--no-" + flag(name)[2:], hidden=True)))
+        else:
+            help_text += f" [default: {default}]"
+        option = typer.Option(None, flag(name), help=_help(help_text),
                               metavar=None if is_bool else _metavar(name), show_default=False,
                               rich_help_panel="Training config")
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,

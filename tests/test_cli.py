@@ -65,6 +65,30 @@ def test_flags_override_the_config_file_before_it_is_checked(tmp_path, tiny_corp
     assert (saved["lr"], saved["emb_size"], saved["hidden_size"], saved["tie_weights"]) == (0.5, 12, 12, True)
 
 
+def test_a_no_flag_turns_off_a_boolean_that_the_config_file_turns_on(tmp_path, tiny_corpus, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text('tie_weights = true\nvariational_dropout = true\nemb_size = 12\nhidden_size = 12\n'
+                      'batch_size = 4\nbptt = 5\neval_batch_size = 3\nepochs = 1\ndevice = "cpu"\n')
+    assert main(["train", "--config", str(config), "--no-tie-weights", "--no-cuda-graph", "--data-dir", str(tiny_corpus),
+                 "--out", str(tmp_path / "run")]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert (saved["tie_weights"], saved["variational_dropout"], saved["cuda_graph"]) == (False, True, False)
+    capsys.readouterr()
+    assert main(["train", "--tie-weights", "--no-tie-weights", "--out", str(tmp_path / "other")]) == 2
+    assert capsys.readouterr().err.strip() == ("ptbjobs: error: --tie-weights and --no-tie-weights contradict each other "
+                                               "(give one of them)")
+    assert not (tmp_path / "other").exists()
+
+
+def test_train_help_at_80_columns_names_every_flag_in_full():
+    shown = ptbjobs("train", "--help", env={**os.environ, "COLUMNS": "80"}).stdout
+    from ptbjobs.config import FIELD_HELP
+
+    names = {line.split()[1] for line in shown.splitlines() if line.startswith("│ --")}
+    assert {"--" + field.replace("_", "-") for field in FIELD_HELP} <= names
+    assert "--no-cuda-graph turns it" in shown  # the one boolean that is on by default says how to turn it off
+
+
 def test_a_missing_data_folder_says_which_and_how_to_fix_it(tmp_path, capsys):
     assert main(["train", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
