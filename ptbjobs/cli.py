@@ -301,10 +301,11 @@ def retry(
     for key, job_id in submitted.items():
         print(f"{key}: resubmitted as job {job_id}")
     runs = sweep.read_manifest()["runs"]
-    if any(latest_job(runs[key])["executor"] == "local" for key in submitted):
-        from ptbjobs.local import parallel_in_force
+    from ptbjobs.local import parallel_in_force
 
-        print(f"local executor: {parallel_in_force(sweep)} at once")
+    in_force = parallel_in_force(sweep)
+    if in_force and (max_parallel or any(latest_job(runs[key])["executor"] == "local" for key in submitted)):
+        print(f"local executor: {in_force} at once")
 
 
 @app.command()

@@ -207,6 +207,8 @@ def submit(grid: Grid, sweep: Sweep, executor: Executor, data_dir: Path | None =
         sweep.write_grid_copy(grid.text)
         if to_start:
             _submit_and_record(sweep, manifest, executor, [p.spec.key for p in to_start], grid.resources)
+        else:
+            _apply_max_parallel(sweep, executor)
     return planned
 
 
@@ -226,6 +228,8 @@ def retry(sweep: Sweep, executor: Executor | None = None, keys: list[str] | None
             if unknown:
                 raise ConfigError(None, f"--run: no run {unknown[0]!r} in {sweep.path}", "see `ptbjobs status` for the keys")
         if not chosen:
+            if max_parallel is not None:  # only a sweep that has run locally has a limit to change
+                _apply_max_parallel(sweep, get_executor("local", max_parallel))
             return {}
         resources = parse_grid(sweep.grid_path.read_text(), sweep.grid_path).resources
         by_executor: dict[str, list[str]] = {}
@@ -236,6 +240,14 @@ def retry(sweep: Sweep, executor: Executor | None = None, keys: list[str] | None
             runner = executor or get_executor(name, max_parallel)
             submitted.update(_submit_and_record(sweep, manifest, runner, run_keys, resources))
     return submitted
+
+
+def _apply_max_parallel(sweep: Sweep, executor: Executor | None) -> None:
+    """A local executor's --max-parallel changes the sweep's limit even when nothing is started."""
+    from ptbjobs.local import LocalExecutor
+
+    if isinstance(executor, LocalExecutor):
+        executor.apply_max_parallel(sweep)
 
 
 def _submit_and_record(sweep: Sweep, manifest: dict[str, Any], executor: Executor, keys: list[str],

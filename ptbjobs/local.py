@@ -58,10 +58,7 @@ class LocalExecutor:
         folder = _folder(sweep)
         (folder / "jobs").mkdir(parents=True, exist_ok=True)
         given = self.max_parallel or (read_json_if_any(folder / "settings.json") or {}).get("max_parallel_given")
-        parallel = given or default_parallelism(resources)
-        atomic_write_json(folder / "settings.json", {"max_parallel": parallel, "max_parallel_given": given,
-                                                     "resources": resources.to_dict()})
-        self.parallel_in_force = parallel
+        self._write_settings(folder, given, given or default_parallelism(resources), resources.to_dict())
         number = _last_job_number(folder)
         ids = {}
         for key in keys:
@@ -72,6 +69,22 @@ class LocalExecutor:
             ids[key] = job_id
         ensure_supervisor(sweep)
         return ids
+
+    def apply_max_parallel(self, sweep: Sweep) -> None:
+        """Give the sweep the --max-parallel of a submit or retry that started nothing, so that the
+        flag is never ignored: the supervisor reads it at its next look, starting queued jobs in the
+        new slots, or letting running ones finish before the next starts. Call with the sweep lock
+        held. A sweep that never ran here has nothing to change; its first submit sets it."""
+        folder = _folder(sweep)
+        settings = read_json_if_any(folder / "settings.json")
+        if self.max_parallel is None or settings is None:
+            return
+        self._write_settings(folder, self.max_parallel, self.max_parallel, settings["resources"])
+
+    def _write_settings(self, folder: Path, given: int | None, parallel: int, resources: dict[str, Any]) -> None:
+        atomic_write_json(folder / "settings.json", {"max_parallel": parallel, "max_parallel_given": given,
+                                                     "resources": resources})
+        self.parallel_in_force = parallel
 
     def query(self, sweep: Sweep, job_ids: list[str]) -> dict[str, str]:
         folder = _folder(sweep)
@@ -186,7 +199,10 @@ def supervise(sweep: Sweep) -> None:
             running = [r for r in records if job_state(folder, r["job_id"]) == states.RUNNING]
             pending = sorted((r for r in records if job_state(folder, r["job_id"]) == states.PENDING),
                              key=lambda r: r["number"])
-            free = [s for s in range(settings.get("max_parallel", 1)) if s not in {r.get("slot") for r in running}]
+            # a limit made smaller while jobs run (apply_max_parallel) holds back new starts until
+            # fewer than it run; the running ones may hold any slots
+            limit = settings.get("max_parallel", 1)
+            free = [s for s in range(limit) if s not in {r.get("slot") for r in running}][: max(0, limit - len(running))]
             for record, slot in zip(pending, free):
                 _launch(sweep, folder, record, slot, settings)
             for record in running:

@@ -234,6 +234,37 @@ def test_retry_resumes_at_the_sweeps_max_parallel_or_at_the_one_it_is_given(tmp_
     cancel_all()
 
 
+def test_max_parallel_given_when_nothing_is_started_changes_the_width_of_the_running_sweep(tmp_path, tiny_corpus, capsys):
+    from ptbjobs.cli import main
+
+    grid_path = tmp_path / "four.toml"
+    grid_path.write_text(GRID.format(epochs=200))
+    sweep = Sweep(tmp_path / "sweep")
+    folder = sweep.path / "local"
+    launch.submit(load_grid(grid_path), sweep, LocalExecutor(max_parallel=1), data_dir=tiny_corpus)
+
+    def running_and_pending() -> tuple[int, int]:
+        found = [local.job_state(folder, f"L{n}") for n in range(1, 5)]
+        return found.count(states.RUNNING), found.count(states.PENDING)
+
+    wait_until(lambda: running_and_pending() == (1, 3))
+    # every run is queued or running: this submit starts nothing, and widens the queue
+    assert main(["submit", "--grid", str(grid_path), "--executor", "local", "--max-parallel", "3",
+                 "--sweep-dir", str(sweep.path), "--data-dir", str(tiny_corpus)]) == 0
+    assert "submitted 0 of 4 runs" in (shown := capsys.readouterr().out) and "(local, 3 at once)" in shown
+    wait_until(lambda: running_and_pending() == (3, 1))
+    # narrowed by a retry with nothing to retry: the running go on, the queued one waits
+    assert main(["retry", "--max-parallel", "1", "--sweep-dir", str(sweep.path)]) == 0
+    shown = capsys.readouterr().out
+    assert "nothing to retry" in shown and "local executor: 1 at once" in shown
+    launch.cancel(sweep, ["lstm-d0-s1"])  # the job in slot 0: a free slot, but 2 still run
+    wait_until(lambda: running_and_pending() == (2, 1))
+    time.sleep(2)  # several supervisor polls
+    assert running_and_pending() == (2, 1)
+    launch.cancel(sweep)
+    wait_until(lambda: all_ended(sweep))
+
+
 def _with_time_limit(grid, minutes: float, max_requeues: int):
     """The grid with a sub-minute time limit, which the grid file cannot state (whole minutes for
     Slurm), so that a test sees several limits in a few seconds."""
