@@ -85,12 +85,14 @@ def _train_signature() -> inspect.Signature:
                           default=typer.Option(None, "--data-dir", help=DATA_DIR_HELP)),
     ]
     for name, help_text in FIELD_HELP.items():
+        assert not name.startswith(NO_PREFIX), f"{name}: the prefix {NO_PREFIX!r} is kept for the --no-x flags"
         is_bool = field_type(name) is bool
         default = FIELD_DEFAULTS[name]
         if is_bool:
             # --x and --no-x are two options, the second named in the first's help and hidden: as a
             # pair they would take a column of their own, which at 80 columns truncates both
-            help_text += f" [default: {'on; --no-' + flag(name)[2:] + ' turns it off' if default else 'off'}]"
+            negative = "--no-" + flag(name)[2:]
+            help_text += f" [default: {'on; ' + negative + ' turns it off' if default else 'off; ' + negative + ' overrides a --config'}]"
             params.append(inspect.Parameter(NO_PREFIX + name, inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                                             default=typer.Option(False, "--no-" + flag(name)[2:], hidden=True)))
         else:

@@ -9,13 +9,16 @@ touches it). Every fact lives in files, each with one writer, so any later proce
       settings.json          max_parallel in force, and the one last given by --max-parallel
       supervisor.lock        flock'ed by the live supervisor
       jobs/<id>.json         written by submit (PENDING), then by the supervisor (RUNNING, pid, slot)
-      jobs/<id>.end.json     written once by the worker when it ends (state, exit code)
-      jobs/<id>.cancel       `ptbjobs cancel` was asked for this job (its mtime: when)
+      jobs/<id>.end.json     written once when the job ends (state, exit code): by the worker, or
+                             by the supervisor when it had to kill a cancelled job
+      jobs/<id>.cancel       written once by the first `ptbjobs cancel` of the job: when, and how
+                             long the job may take to stop
 
 A RUNNING job whose process is gone without an end file was killed or crashed: it reads FAILED.
-A cancelled job that is still running KILL_WAIT_S after the cancel is killed by the supervisor,
-as Slurm does after its KillWait: a run saves and stops within seconds of a SIGTERM unless its
-process is stuck (a hung read of a network filesystem, a stopped process).
+A cancelled job that is still running when its wait is over (PTBJOBS_KILL_WAIT_S of the cancel
+command, 120 s by default) is killed by the supervisor, as Slurm does after its KillWait: a run
+saves and stops within seconds of a SIGTERM unless its process is stuck (a hung read of a network
+filesystem, a stopped process).
 """
 
 from __future__ import annotations
@@ -33,15 +36,15 @@ from typing import Any
 
 from ptbjobs import states
 from ptbjobs.atomic import atomic_write_json, read_json_if_any, try_exclusive_lock
+from ptbjobs.errors import ConfigError
 from ptbjobs.grid import Resources
 from ptbjobs.sweep import Sweep
 
 POLL_S = 0.5
 IDLE_EXIT_S = 5.0  # the supervisor leaves once nothing has been queued or running for this long
 # A run acts on SIGTERM at its next training step, so an evaluation under way finishes first: well
-# under a minute for this model on 2 CPU threads. Read by the supervisor, from the environment of
-# the command that started it.
-KILL_WAIT_S = float(os.environ.get("PTBJOBS_KILL_WAIT_S", "120"))
+# under a minute for this model on 2 CPU threads.
+DEFAULT_KILL_WAIT_S = 120.0
 
 
 class LocalExecutor:
@@ -74,11 +77,14 @@ class LocalExecutor:
         """Give the sweep the --max-parallel of a submit or retry that started nothing, so that the
         flag is never ignored: the supervisor reads it at its next look, starting queued jobs in the
         new slots, or letting running ones finish before the next starts. Call with the sweep lock
-        held. A sweep that never ran here has nothing to change; its first submit sets it."""
+        held."""
         folder = _folder(sweep)
         settings = read_json_if_any(folder / "settings.json")
-        if self.max_parallel is None or settings is None:
+        if self.max_parallel is None:
             return
+        if settings is None:
+            raise ConfigError(None, f"--max-parallel: the sweep {sweep.path} has no runs on the local executor",
+                              "on Slurm, set array_parallelism in the grid's [resources]")
         self._write_settings(folder, self.max_parallel, self.max_parallel, settings["resources"])
 
     def _write_settings(self, folder: Path, given: int | None, parallel: int, resources: dict[str, Any]) -> None:
@@ -92,11 +98,14 @@ class LocalExecutor:
 
     def cancel(self, sweep: Sweep, job_ids: list[str]) -> None:
         folder = _folder(sweep)
+        wait = kill_wait_s()  # a bad value stops the command before anything is cancelled
         for job_id in job_ids:
             state = job_state(folder, job_id)
             if not states.is_active(state):
                 continue
-            (folder / "jobs" / f"{job_id}.cancel").touch()
+            marker = folder / "jobs" / f"{job_id}.cancel"
+            if not marker.exists():  # a second cancel neither restarts nor changes the wait
+                atomic_write_json(marker, {"asked": time.time(), "kill_wait_s": wait})
             record = read_json_if_any(_job_path(folder, job_id)) or {}
             if state == states.RUNNING and _alive(record):
                 os.kill(record["pid"], signal.SIGTERM)  # the trainer saves its state and stops
@@ -105,6 +114,21 @@ class LocalExecutor:
 
     def log_paths(self, sweep: Sweep, key: str, job_ids: list[str]) -> list[Path]:
         return [sweep.run_dir(key) / "logs" / f"{job_id}.log" for job_id in job_ids]
+
+
+def kill_wait_s() -> float:
+    """How long a cancelled job may take to stop before it is killed: $PTBJOBS_KILL_WAIT_S, else 120 s."""
+    given = os.environ.get("PTBJOBS_KILL_WAIT_S")
+    if given is None:
+        return DEFAULT_KILL_WAIT_S
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ConfigError(None, f"PTBJOBS_KILL_WAIT_S: must be a number of seconds >= 0, got {given!r}",
+                          "unset it for the default of 120 s")
+    return seconds
 
 
 def parallel_in_force(sweep: Sweep) -> int | None:
@@ -199,12 +223,9 @@ def supervise(sweep: Sweep) -> None:
             running = [r for r in records if job_state(folder, r["job_id"]) == states.RUNNING]
             pending = sorted((r for r in records if job_state(folder, r["job_id"]) == states.PENDING),
                              key=lambda r: r["number"])
-            # a limit made smaller while jobs run (apply_max_parallel) holds back new starts until
-            # fewer than it run; the running ones may hold any slots
-            limit = settings.get("max_parallel", 1)
-            free = [s for s in range(limit) if s not in {r.get("slot") for r in running}][: max(0, limit - len(running))]
-            for record, slot in zip(pending, free):
-                _launch(sweep, folder, record, slot, settings)
+            for record in pending:
+                if not _launch(sweep, folder, record):
+                    break  # no free slot
             for record in running:
                 _kill_if_cancel_ignored(sweep, folder, record)
             if running or pending:
@@ -220,14 +241,17 @@ def supervise(sweep: Sweep) -> None:
 
 
 def _kill_if_cancel_ignored(sweep: Sweep, folder: Path, record: dict[str, Any]) -> None:
-    """SIGKILL a running job (its whole process group) that has not stopped KILL_WAIT_S after its
-    cancel. Its run keeps its last checkpoint, and `retry` resumes from it."""
+    """SIGKILL a running job (its whole process group) that has not stopped within the wait its
+    cancel gave it. Its run keeps its last checkpoint, and `retry` resumes from it."""
     job_id = record["job_id"]
-    try:
-        asked = (folder / "jobs" / f"{job_id}.cancel").stat().st_mtime
-    except FileNotFoundError:
-        return
-    if time.time() - asked < KILL_WAIT_S or not _alive(record):
+    marker = folder / "jobs" / f"{job_id}.cancel"
+    cancel = read_json_if_any(marker)
+    if cancel is None:  # none, or an empty marker from an older ptbjobs: its mtime says when
+        try:
+            cancel = {"asked": marker.stat().st_mtime, "kill_wait_s": DEFAULT_KILL_WAIT_S}
+        except FileNotFoundError:
+            return
+    if time.time() - cancel["asked"] < cancel["kill_wait_s"] or not _alive(record):
         return
     try:
         os.killpg(record["pid"], signal.SIGKILL)  # a worker leads its own session (start_new_session)
@@ -237,8 +261,10 @@ def _kill_if_cancel_ignored(sweep: Sweep, folder: Path, record: dict[str, Any]) 
         if not _alive(record):
             break
         time.sleep(0.05)
+    else:
+        return  # still there: it reads RUNNING, and the next look kills it again
     if read_json_if_any(folder / "jobs" / f"{job_id}.end.json") is None:
-        message = f"killed: still running {KILL_WAIT_S:g} s after the cancel"
+        message = f"killed: still running {cancel['kill_wait_s']:g} s after the cancel"
         with open(sweep.run_dir(record["run"]) / "logs" / f"{job_id}.log", "a") as log:  # for `ptbjobs logs`
             log.write(f"ptbjobs job {job_id}: {message}\n")
         _write_end(folder, job_id, states.CANCELLED, -signal.SIGKILL, message)
@@ -249,13 +275,25 @@ def _records(folder: Path) -> list[dict[str, Any]]:
     return [r for r in map(read_json_if_any, paths) if r and "number" in r]
 
 
-def _launch(sweep: Sweep, folder: Path, record: dict[str, Any], slot: int, settings: dict[str, Any]) -> None:
-    # under the sweep lock from the cancel check to the RUNNING record, so that `cancel` (which
-    # holds it too) sees either a PENDING job it can cancel in place, or a RUNNING one it signals
+def _launch(sweep: Sweep, folder: Path, record: dict[str, Any]) -> bool:
+    """Start a queued job in a free slot; False if there is none. Under the sweep lock from the
+    look at the limit and the job to the RUNNING record, so that `cancel` (which holds it too) sees
+    either a PENDING job it can cancel in place or a RUNNING one it signals, and a new limit
+    (apply_max_parallel, which holds it too) holds for every start after it is written."""
     with sweep.locked():
+        settings = read_json_if_any(folder / "settings.json") or {}
+        limit = settings.get("max_parallel", 1)
+        running = [r for r in _records(folder) if job_state(folder, r["job_id"]) == states.RUNNING]
+        # after a narrower limit, running jobs may hold slots at or above it: a slot counts as
+        # taken modulo the limit, so that slot % GPUs does not put two runs on one GPU, another idle
+        taken = {r.get("slot", 0) % limit for r in running}
+        free = [slot for slot in range(limit) if slot not in taken]
+        if len(running) >= limit or not free:
+            return False
         if (folder / "jobs" / f"{record['job_id']}.cancel").exists() or job_state(folder, record["job_id"]) != states.PENDING:
-            return
-        _start_worker(sweep, folder, record, slot, settings)
+            return True
+        _start_worker(sweep, folder, record, free[0], settings)
+        return True
 
 
 def _start_worker(sweep: Sweep, folder: Path, record: dict[str, Any], slot: int, settings: dict[str, Any]) -> None:

@@ -87,6 +87,7 @@ def test_train_help_at_80_columns_names_every_flag_in_full():
     names = {line.split()[1] for line in shown.splitlines() if line.startswith("│ --")}
     assert {"--" + field.replace("_", "-") for field in FIELD_HELP} <= names
     assert "--no-cuda-graph turns it" in shown  # the one boolean that is on by default says how to turn it off
+    assert "--no-tie-weights" in shown and "--no-variational-dropout" in shown  # the others: to override a --config
 
 
 def test_a_missing_data_folder_says_which_and_how_to_fix_it(tmp_path, capsys):

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from ptbjobs import launch, states
+from ptbjobs.atomic import atomic_write_json
+from ptbjobs.errors import ConfigError
 from ptbjobs.grid import load_grid
 from ptbjobs import local
 from ptbjobs.grid import Resources
@@ -139,13 +141,18 @@ def test_cancel_stops_a_running_run_and_retry_finishes_it(tmp_path, tiny_corpus)
 
 def test_a_cancelled_job_that_does_not_stop_is_killed_after_the_wait_and_retry_resumes_it(tmp_path, tiny_corpus,
                                                                                         monkeypatch):
-    monkeypatch.setenv("PTBJOBS_KILL_WAIT_S", "2")  # read by the supervisor that submit starts
+    monkeypatch.setenv("PTBJOBS_KILL_WAIT_S", "2")  # read by cancel, which gives the job that long
     grid, sweep, run_dir = submit_one_run(tmp_path, tiny_corpus, "lstm", 0.2, epochs=4)
     record = json.loads((sweep.path / "local" / "jobs" / "L1.json").read_text())
     os.kill(record["pid"], signal.SIGSTOP)  # a stuck worker: it cannot act on the cancel's SIGTERM
     cancelled_at = time.monotonic()
     assert launch.cancel(sweep) == [grid.runs[0].key]
     assert collect(sweep)["runs"][0]["state"] == states.RUNNING
+    marker = sweep.path / "local" / "jobs" / "L1.cancel"
+    first = marker.read_text()
+    monkeypatch.setenv("PTBJOBS_KILL_WAIT_S", "3600")
+    launch.cancel(sweep)  # cancelled again while it waits: neither restarts nor lengthens the wait
+    assert marker.read_text() == first
     status = wait_until(lambda: all_ended(sweep), timeout_s=60, every_s=0.05)
     assert time.monotonic() - cancelled_at >= 2
     assert status["runs"][0]["state"] == states.CANCELLED
@@ -200,6 +207,49 @@ def test_a_sweep_keeps_the_last_max_parallel_given_until_another_is_given(tmp_pa
     assert json.loads(settings.read_text())["max_parallel"] == 3 and executor.parallel_in_force == 3
     LocalExecutor(1).submit(sweep, ["d"], resources)
     assert local.parallel_in_force(sweep) == 1
+
+
+def test_after_a_narrower_limit_a_new_job_takes_no_slot_that_a_running_job_maps_to(tmp_path, monkeypatch):
+    monkeypatch.setattr(local, "ensure_supervisor", lambda sweep: None)  # queue only
+    sweep = Sweep(tmp_path / "sweep")
+    folder = sweep.path / "local"
+    LocalExecutor(4).submit(sweep, ["a", "b", "c", "d", "e"], Resources())
+    started: dict[str, int] = {}
+
+    def start_worker(sweep, folder, record, slot, settings):  # the worker is this process: alive
+        started[record["job_id"]] = slot
+        atomic_write_json(local._job_path(folder, record["job_id"]),
+                          {**record, "state": states.RUNNING, "pid": os.getpid(),
+                           "pid_start": local._process_start(os.getpid()), "slot": slot})
+
+    monkeypatch.setattr(local, "_start_worker", start_worker)
+    record = {n: json.loads(local._job_path(folder, f"L{n}").read_text()) for n in range(1, 6)}
+    assert [local._launch(sweep, folder, record[n]) for n in range(1, 6)] == [True] * 4 + [False]
+    assert started == {"L1": 0, "L2": 1, "L3": 2, "L4": 3}
+    LocalExecutor(2).apply_max_parallel(sweep)
+    for job_id in ("L1", "L2"):
+        local._write_end(folder, job_id, states.COMPLETED, 0, "")
+    assert local._launch(sweep, folder, record[5]) is False  # 2 still run: the new limit
+    local._write_end(folder, "L4", states.COMPLETED, 0, "")
+    # L3 runs in slot 2, which is slot 0 modulo the limit (with 2 GPUs, GPU 0): L5 takes slot 1
+    assert local._launch(sweep, folder, record[5]) is True and started["L5"] == 1
+    with pytest.raises(ConfigError, match="has no runs on the local executor"):
+        LocalExecutor(2).apply_max_parallel(Sweep(tmp_path / "never-local"))
+
+
+def test_a_bad_kill_wait_stops_cancel_before_it_cancels_anything(tmp_path, tiny_corpus, monkeypatch, capsys):
+    from ptbjobs.cli import main
+
+    monkeypatch.setattr(local, "ensure_supervisor", lambda sweep: None)  # queue only
+    grid_path = tmp_path / "one.toml"
+    grid_path.write_text(GRID.format(epochs=1).replace('cell = ["lstm", "gru"]', 'cell = ["lstm"]'))
+    sweep = Sweep(tmp_path / "sweep")
+    launch.submit(load_grid(grid_path), sweep, LocalExecutor(1), data_dir=tiny_corpus)
+    monkeypatch.setenv("PTBJOBS_KILL_WAIT_S", "soon")
+    assert main(["cancel", "--sweep-dir", str(sweep.path)]) == 2
+    assert capsys.readouterr().err.strip() == ("ptbjobs: error: PTBJOBS_KILL_WAIT_S: must be a number of seconds >= 0, "
+                                               "got 'soon' (unset it for the default of 120 s)")
+    assert [r["state"] for r in collect(sweep)["runs"]] == [states.PENDING, states.PENDING]
 
 
 def test_retry_resumes_at_the_sweeps_max_parallel_or_at_the_one_it_is_given(tmp_path, tiny_corpus, capsys):
