@@ -30,6 +30,11 @@ def flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+def no_flag(field: str) -> str:
+    """The flag that turns a boolean field off: --no-tie-weights."""
+    return "--no-" + field.replace("_", "-")
+
+
 def _help(text: str) -> str:
     """Help text with square brackets kept: typer's rich help would read them as markup."""
     return text.replace("[", "\\[")
@@ -58,7 +63,7 @@ def _train(config: Optional[Path], out: Optional[Path], data_dir: Optional[Path]
         if negated.startswith(NO_PREFIX) and value:
             name = negated[len(NO_PREFIX):]
             if given.get(name):
-                raise ConfigError(None, f"{flag(name)} and --no-{flag(name)[2:]} contradict each other", "give one of them")
+                raise ConfigError(None, f"{flag(name)} and {no_flag(name)} contradict each other", "give one of them")
             given[name] = False
     for name, value in given.items():
         try:
@@ -91,10 +96,10 @@ def _train_signature() -> inspect.Signature:
         if is_bool:
             # --x and --no-x are two options, the second named in the first's help and hidden: as a
             # pair they would take a column of their own, which at 80 columns truncates both
-            negative = "--no-" + flag(name)[2:]
+            negative = no_flag(name)
             help_text += f" [default: {'on; ' + negative + ' turns it off' if default else 'off; ' + negative + ' overrides a --config'}]"
             params.append(inspect.Parameter(NO_PREFIX + name, inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                                            default=typer.Option(False, "--no-" + flag(name)[2:], hidden=True)))
+                                            default=typer.Option(False, negative, hidden=True)))
         else:
             help_text += f" [default: {default}]"
         option = typer.Option(None, flag(name), help=_help(help_text),

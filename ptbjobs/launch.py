@@ -229,7 +229,9 @@ def retry(sweep: Sweep, executor: Executor | None = None, keys: list[str] | None
                 raise ConfigError(None, f"--run: no run {unknown[0]!r} in {sweep.path}", "see `ptbjobs status` for the keys")
         if not chosen:
             if max_parallel is not None:  # only a sweep that has run locally has a limit to change
-                _apply_max_parallel(sweep, get_executor("local", max_parallel))
+                from ptbjobs.local import LocalExecutor
+
+                LocalExecutor(max_parallel).apply_max_parallel(sweep)
             return {}
         resources = parse_grid(sweep.grid_path.read_text(), sweep.grid_path).resources
         by_executor: dict[str, list[str]] = {}

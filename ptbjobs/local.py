@@ -78,10 +78,10 @@ class LocalExecutor:
         flag is never ignored: the supervisor reads it at its next look, starting queued jobs in the
         new slots, or letting running ones finish before the next starts. Call with the sweep lock
         held."""
-        folder = _folder(sweep)
-        settings = read_json_if_any(folder / "settings.json")
         if self.max_parallel is None:
             return
+        folder = _folder(sweep)
+        settings = read_json_if_any(folder / "settings.json")
         if settings is None:
             raise ConfigError(None, f"--max-parallel: the sweep {sweep.path} has no runs on the local executor",
                               "on Slurm, set array_parallelism in the grid's [resources]")
@@ -218,7 +218,6 @@ def supervise(sweep: Sweep) -> None:
             return  # another supervisor got there first
         idle_since = time.monotonic()
         while True:
-            settings = read_json_if_any(folder / "settings.json") or {}
             records = _records(folder)
             running = [r for r in records if job_state(folder, r["job_id"]) == states.RUNNING]
             pending = sorted((r for r in records if job_state(folder, r["job_id"]) == states.PENDING),
