@@ -29,7 +29,8 @@ ZAREMBA_SMALL = {"valid_ppl": 120.7, "test_ppl": 114.5, "source": "Zaremba et al
 _NOT_A_VARIANT = RESUME_NEUTRAL_FIELDS | {"seed", "max_steps"}
 _SIZE_FIELDS = {"emb_size", "hidden_size", "num_layers"}
 # In a variant's label wherever it is on (a rate: with its value), even where every run has it
-_NAMED_WHEN_ON = {"tie_weights": "tied", "variational_dropout": "variational", "recurrent_dropout": "recurrent dropout"}
+_NAMED_WHEN_ON = {"tie_weights": "tied", "variational_dropout": "variational", "recurrent_dropout": "recurrent dropout",
+                  "word_dropout": "word dropout", "weight_decay": "weight decay"}
 
 
 @dataclass

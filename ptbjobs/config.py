@@ -63,6 +63,8 @@ class TrainConfig:
     recurrent_dropout: float = _opt(0.0, "dropout on each layer's previous hidden state as it enters the gates, "
                                          "one mask per sequence (Gal & Ghahramani), in [0, 1); trains step by "
                                          "step, without cuDNN's fused layer")
+    word_dropout: float = _opt(0.0, "drop whole words: each word type of each sequence has its embedding zeroed at "
+                                    "every occurrence with this probability (Gal & Ghahramani), in [0, 1)")
     tie_weights: bool = _opt(False, "share the input embedding with the softmax weights")
     init_scale: float = _opt(0.1, "every parameter starts uniform in [-init_scale, init_scale]")
     # --- data ---
@@ -77,6 +79,8 @@ class TrainConfig:
     decay_after: int = _opt(4, "epochs at the initial learning rate before the step schedule decays it")
     schedule: Schedule = _opt(Schedule.STEP, "learning-rate schedule: step or plateau")
     clip: float = _opt(5.0, "clip the global gradient norm to this (0 turns clipping off)")
+    weight_decay: float = _opt(0.0, "L2 penalty: SGD adds this times each weight to its gradient, after clipping "
+                                    "(PyTorch's SGD weight_decay, in the units of --loss-scale)")
     loss_scale: LossScale = _opt(LossScale.ZAREMBA, "zaremba (sum over steps, mean over batch) or token_mean")
     seed: int = _opt(1, "random seed of initialisation and dropout")
     # --- execution (may change between a run and its resumption) ---
@@ -105,7 +109,7 @@ class TrainConfig:
         for name in ("decay_after", "epoch_steps", "max_steps", "checkpoint_every_steps", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be 0 or more, got {getattr(self, name)}")
-        for name in ("dropout", "recurrent_dropout"):
+        for name in ("dropout", "recurrent_dropout", "word_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(name, f"must be in [0, 1), got {getattr(self, name)}")
         if not self.init_scale > 0:
@@ -114,7 +118,7 @@ class TrainConfig:
             raise ConfigError("lr", f"must be positive, got {self.lr}")
         if not 0.0 < self.lr_decay <= 1.0:
             raise ConfigError("lr_decay", f"must be in (0, 1], got {self.lr_decay}")
-        for name in ("clip", "checkpoint_every_min"):
+        for name in ("clip", "weight_decay", "checkpoint_every_min"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(name, f"must be 0 or more, got {getattr(self, name)}")
         if self.tie_weights and self.emb_size != self.hidden_size:
@@ -154,7 +158,7 @@ RESUME_NEUTRAL_FIELDS = frozenset({"device", "cuda_graph", "checkpoint_every_min
 # Fields added after sweeps had been run with ptbjobs. At its default such a field computes what
 # runs did before it existed, so there it stays out of a run's identity (`grid.config_hash`), and a
 # config saved without it reads as that default: upgrading ptbjobs leaves finished runs finished.
-LATER_FIELDS = frozenset({"recurrent_dropout"})
+LATER_FIELDS = frozenset({"recurrent_dropout", "word_dropout", "weight_decay"})
 
 _FIELD_TYPES: dict[str, type] = typing.get_type_hints(TrainConfig)
 FIELD_HELP: dict[str, str] = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}

@@ -7,7 +7,7 @@ state, adding the loss to the epoch's total) is one launch. A graph replays on f
 step reads its chunk, its hidden state and writes the loss total through buffers that never move:
 
     chunk (T, B) --copy--> inputs/targets --+
-    hidden state <--copy-- new hidden  <----+-- forward, backward, clip, p -= lr * grad
+    hidden state <--copy-- new hidden  <----+-- forward, backward, clip, p -= lr * (grad + wd * p)
     epoch_nll    <--add--- the chunk's summed NLL
 
 What changes between replays goes through those buffers; what a graph cannot change (the shapes,
@@ -53,6 +53,7 @@ class StaticStep:
         self.model = model
         self.params = list(model.parameters())
         self.clip = config.clip
+        self.weight_decay = config.weight_decay
         device = epoch_nll.device
         self.inputs = torch.zeros(config.bptt, config.batch_size, dtype=torch.long, device=device)  # (T, B)
         self.loss_divisor = config.loss_scale.divisor(self.inputs)
@@ -103,8 +104,11 @@ class StaticStep:
         if self.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
         with torch.no_grad():
-            # torch.optim.SGD's own update without momentum or weight decay, the same call it makes
-            torch._foreach_add_(self.params, [p.grad for p in self.params], alpha=-lr)
+            # torch.optim.SGD's own update without momentum, the same calls it makes
+            grads = [p.grad for p in self.params]
+            if self.weight_decay != 0.0:
+                grads = torch._foreach_add(grads, self.params, alpha=self.weight_decay)
+            torch._foreach_add_(self.params, grads, alpha=-lr)
             for buffer, value in zip(self.hidden, new_hidden):
                 buffer.copy_(value)
             self.epoch_nll += nll.detach().double()

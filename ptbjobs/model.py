@@ -11,6 +11,11 @@ Recurrent dropout (Gal & Ghahramani 2016) also masks each layer's previous hidde
 enters the gates, with one mask per sequence; the state carried on is not masked. cuDNN's layer has
 no place for that mask, so in training those layers run step by step from their own weights (the
 same equations as PyTorch's modules); in evaluation, where nothing is dropped, the modules run.
+
+Word dropout (Gal & Ghahramani's embedding dropout) drops word types rather than units: in each
+sequence (a column of the chunk) a dropped word has its whole embedding zeroed wherever it occurs,
+so the model cannot lean on any one word. It masks the lookup, not the embedding matrix, so a tied
+softmax still sees every word's weights.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class RNNLM(nn.Module):
         self.dropout = config.dropout
         self.variational = config.variational_dropout
         self.recurrent_dropout = config.recurrent_dropout
+        self.word_dropout = config.word_dropout
         self.embedding = nn.Embedding(vocab_size, config.emb_size)
         rnn = _CELL_MODULES[config.cell]
         self.fused = not config.variational_dropout and config.recurrent_dropout == 0.0
@@ -67,7 +73,10 @@ class RNNLM(nn.Module):
 
     def forward(self, inputs: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
         """inputs (T, B) word ids -> logits (T, B, V) and the hidden state after step T."""
-        x = self._drop(self.embedding(inputs))  # (T, B, E)
+        x = self.embedding(inputs)  # (T, B, E)
+        if self.training and self.word_dropout > 0.0:
+            x = x * word_mask(inputs, self.embedding.num_embeddings, self.word_dropout, x)
+        x = self._drop(x)
         if self.fused:
             x, state = self.rnn(x, tuple(hidden) if self.cell is CellType.LSTM else hidden[0])  # (T, B, H)
             new_state = list(state) if self.cell is CellType.LSTM else [state]
@@ -98,6 +107,14 @@ def sequence_mask(like: torch.Tensor, p: float) -> torch.Tensor:
     with probability 1 - p and scaled by 1 / (1 - p), for reuse at every step."""
     keep = 1.0 - p
     return like.new_empty(like.shape).bernoulli_(keep) / keep
+
+
+def word_mask(inputs: torch.Tensor, vocab_size: int, p: float, like: torch.Tensor) -> torch.Tensor:
+    """For word ids (T, B): a (T, B, 1) inverted-dropout factor in which each word type of each
+    column is kept with probability 1 - p (scaled by 1 / (1 - p)) or dropped at all its steps."""
+    keep = 1.0 - p
+    per_type = like.new_empty(inputs.size(1), vocab_size).bernoulli_(keep) / keep  # (B, V)
+    return per_type.gather(1, inputs.t()).t().unsqueeze(-1)
 
 
 def step_by_step(layer: nn.LSTM | nn.GRU, x: torch.Tensor, state: Hidden,

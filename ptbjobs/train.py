@@ -125,7 +125,8 @@ class Trainer:
             torch.cuda.set_device(self.device)  # streams and graphs made without a device land here
         torch.manual_seed(config.seed)
         self.model = RNNLM(config, self.vocab_size).to(self.device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, foreach=True)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                         foreach=True)
         self.train_data = batchify(corpus.train, config.batch_size).to(self.device)  # (N, B)
         self.valid_data = batchify(corpus.valid, config.eval_batch_size).to(self.device)
         self.test_data = batchify(corpus.test, config.eval_batch_size).to(self.device)

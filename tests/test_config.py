@@ -12,12 +12,15 @@ def test_defaults_are_zaremba_small():
     assert (c.batch_size, c.bptt, c.epochs, c.lr, c.lr_decay, c.decay_after, c.clip) == (20, 20, 13, 1.0, 0.5, 4, 5.0)
     assert (c.dropout, c.init_scale, c.loss_scale, c.schedule) == (0.0, 0.1, LossScale.ZAREMBA, Schedule.STEP)
     assert not c.tie_weights and not c.variational_dropout and c.recurrent_dropout == 0.0
+    assert (c.word_dropout, c.weight_decay) == (0.0, 0.0)
 
 
 @pytest.mark.parametrize("field, value, message", [
     ("dropout", 1.0, "must be in [0, 1)"),
     ("dropout", -0.1, "must be in [0, 1)"),
     ("recurrent_dropout", 1.0, "must be in [0, 1)"),
+    ("word_dropout", 1.0, "must be in [0, 1)"),
+    ("weight_decay", -1e-6, "must be 0 or more"),
     ("lr", 0.0, "must be positive"),
     ("lr_decay", 1.5, "must be in (0, 1]"),
     ("hidden_size", 0, "must be a positive integer"),

@@ -45,9 +45,11 @@ def test_the_tiny_corpus_ends_every_epoch_with_a_short_chunk(tiny_corpus, tiny_c
     {"cell": "gru", "lr": 0.5},
     {"variational_dropout": True, "tie_weights": True},
     {"variational_dropout": True, "tie_weights": True, "recurrent_dropout": 0.25},
+    {"variational_dropout": True, "tie_weights": True, "word_dropout": 0.2, "weight_decay": 1e-3},
     {"loss_scale": "token_mean", "lr": 5.0, "clip": 1.25},
     {"clip": 0.0, "dropout": 0.0},
-], ids=["lstm-dropout", "gru", "variational-tied", "recurrent", "token-mean", "no-clip-no-dropout"])
+], ids=["lstm-dropout", "gru", "variational-tied", "recurrent", "word-dropout-weight-decay", "token-mean",
+        "no-clip-no-dropout"])
 def test_the_static_step_run_eagerly_trains_bit_for_bit_like_the_plain_step(tmp_path, tiny_corpus, tiny_config, variant):
     config = tiny_config.replace(**variant)
     plain = fit(config, tiny_corpus, tmp_path / "plain", static=False)
@@ -173,7 +175,8 @@ def test_a_new_lr_is_captured_anew_and_a_restored_state_warms_up_again(tmp_path,
     {"cell": "gru", "lr": 0.5, "dropout": 0.0},
     {"variational_dropout": True, "tie_weights": True},
     {"variational_dropout": True, "tie_weights": True, "recurrent_dropout": 0.25},
-], ids=["lstm", "gru", "variational-tied-dropout", "recurrent-dropout"])
+    {"variational_dropout": True, "tie_weights": True, "word_dropout": 0.2, "weight_decay": 1e-3},
+], ids=["lstm", "gru", "variational-tied-dropout", "recurrent-dropout", "word-dropout-weight-decay"])
 def test_on_a_gpu_the_graph_trains_like_the_eager_loop(tmp_path, tiny_corpus, tiny_config, variant):
     config = tiny_config.replace(device="cuda", **variant)
     eager = fit(config.replace(cuda_graph=False), tiny_corpus, tmp_path / "eager", static=False)

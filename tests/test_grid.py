@@ -251,14 +251,15 @@ def test_a_field_added_later_leaves_the_hash_of_a_run_at_its_default_unchanged()
     from ptbjobs.config import LATER_FIELDS, TrainConfig
     from ptbjobs.grid import config_hash
 
-    assert "recurrent_dropout" in LATER_FIELDS
+    assert {"recurrent_dropout", "word_dropout", "weight_decay"} <= LATER_FIELDS
     config = TrainConfig(dropout=0.35)
     identity = {k: v for k, v in config.to_dict().items()
                 if k not in ("device", "cuda_graph", "checkpoint_every_min", "checkpoint_every_steps", *LATER_FIELDS)}
     import hashlib
     import json
     assert config_hash(config) == hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
-    assert config_hash(config.replace(recurrent_dropout=0.25)) != config_hash(config)
+    for later in ({"recurrent_dropout": 0.25}, {"word_dropout": 0.1}, {"weight_decay": 1e-6}):
+        assert config_hash(config.replace(**later)) != config_hash(config), later
 
 
 def test_a_changed_run_is_described_by_what_changed_not_by_a_field_its_manifest_predates():

@@ -159,3 +159,37 @@ def test_a_model_with_recurrent_dropout_is_random_in_training_and_exact_in_evalu
     model.recurrent_dropout = 0.0  # the same weights without the option: what evaluation must equal
     d, _ = model(inputs, hidden)
     torch.testing.assert_close(c, d)
+
+
+def test_word_dropout_drops_a_word_type_at_all_its_steps_in_a_sequence_and_nothing_in_evaluation():
+    torch.manual_seed(0)
+    config = TrainConfig(emb_size=8, hidden_size=8, word_dropout=0.5)
+    model = RNNLM(config, vocab_size=6)
+    seen = capture_inputs(model)
+    inputs = torch.randint(0, 6, (40, 16))  # each column repeats its words many times
+    model(inputs, model.init_hidden(16))
+    embedded = model.embedding(inputs).detach()
+    factor = seen["layer1"] / embedded  # (T, B, E): 0 where dropped, 1 / (1 - p) = 2 where kept
+    assert torch.all((factor == 0) | torch.isclose(factor, torch.tensor(2.0)))
+    assert torch.all(factor == factor[..., :1])  # a whole embedding, never single units
+    per_token = factor[..., 0]
+    dropped = kept = 0
+    for column in range(16):
+        for word in inputs[:, column].unique():
+            values = per_token[inputs[:, column] == word, column]
+            assert torch.all(values == values[0]), (column, word)  # one draw per word type and sequence
+            dropped, kept = dropped + int(values[0] == 0), kept + int(values[0] != 0)
+    assert dropped > 10 and kept > 10  # about half of the 16 x 6 word types of the chunk
+    model.eval()
+    model(inputs, model.init_hidden(16))
+    torch.testing.assert_close(seen["layer1"], embedded)
+
+
+def test_word_dropout_leaves_a_tied_softmax_every_word():
+    torch.manual_seed(0)
+    config = TrainConfig(emb_size=8, hidden_size=8, tie_weights=True, word_dropout=0.9)
+    model = RNNLM(config, vocab_size=6)
+    weights = model.embedding.weight.detach().clone()
+    logits, _ = model(torch.randint(0, 6, (5, 3)), model.init_hidden(3))
+    torch.testing.assert_close(model.decoder.weight.detach(), weights)  # the matrix itself is not masked
+    assert torch.all(logits.std(dim=-1) > 0)

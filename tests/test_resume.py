@@ -98,12 +98,12 @@ def test_a_crash_just_after_the_epoch_end_checkpoint_resumes_to_identical_result
     assert_same_run(reference_run, out)
 
 
-@pytest.mark.parametrize("recurrent", [0.0, 0.25], ids=["", "recurrent"])
+@pytest.mark.parametrize("extra", [{}, {"recurrent_dropout": 0.25}, {"word_dropout": 0.2, "weight_decay": 1e-3}],
+                         ids=["", "recurrent", "word-dropout-weight-decay"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_exact_resume_holds_for_variational_dropout_with_tied_weights(tmp_path, tiny_corpus, tiny_config, monkeypatch, cell,
-                                                                      recurrent):
-    config = tiny_config.replace(cell=cell, variational_dropout=True, tie_weights=True, dropout=0.3,
-                                 recurrent_dropout=recurrent)
+                                                                      extra):
+    config = tiny_config.replace(cell=cell, variational_dropout=True, tie_weights=True, dropout=0.3, **extra)
     reference = tmp_path / "reference"
     run_training(config, reference, tiny_corpus, handle_signals=False)
     out = tmp_path / "interrupted"

@@ -71,6 +71,19 @@ def test_the_token_mean_loss_with_scaled_lr_and_clip_makes_the_same_updates(tmp_
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_weight_decay_shrinks_each_weight_by_lr_times_decay_beyond_its_clipped_gradient_step(tmp_path, tiny_corpus):
+    corpus = load_corpus(tiny_corpus)
+    base = TrainConfig(emb_size=16, hidden_size=16, batch_size=4, bptt=5, device="cpu", clip=0.5, lr=0.7,
+                       checkpoint_every_min=0)
+    plain = Trainer(base, corpus, RunDir(tmp_path / "a"))
+    decayed = Trainer(base.replace(weight_decay=0.01), corpus, RunDir(tmp_path / "b"))
+    start = {name: p.detach().clone() for name, p in plain.model.named_parameters()}
+    plain.run_steps(1)
+    decayed.run_steps(1)  # the same initial weights and chunk, so the same clipped gradient
+    for (name, a), (_, b) in zip(plain.model.named_parameters(), decayed.model.named_parameters()):
+        torch.testing.assert_close(b - a, -0.7 * 0.01 * start[name], rtol=1e-3, atol=1e-7, msg=name)
+
+
 def test_training_lowers_the_perplexity_and_records_every_epoch(tmp_path, tiny_corpus, tiny_config):
     final = run_training(tiny_config.replace(dropout=0.0, epochs=4), tmp_path / "run", tiny_corpus, handle_signals=False)
     records = RunDir(tmp_path / "run").read_metrics()
