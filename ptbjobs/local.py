@@ -355,6 +355,9 @@ def work(sweep: Sweep, job_id: str) -> int:
                       f"requeued in place ({requeues} of {max_requeues})", flush=True)
                 continue
             state = states.CANCELLED if cancel_marker.exists() else states.TIMEOUT if timed_out else states.PREEMPTED
+            # the log's last line says why training stopped, as Slurm's own line does for its jobs; it
+            # comes before the end record, so whoever sees the job ended finds it in the log
+            print(f"ptbjobs job {job_id}: {state} ({exc.message}); `ptbjobs retry` resumes it", flush=True)
             _write_end(folder, job_id, state, exc.exit_code, exc.message)
             return exc.exit_code
         except DivergedError as exc:

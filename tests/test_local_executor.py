@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,6 +134,9 @@ def test_cancel_stops_a_running_run_and_retry_finishes_it(tmp_path, tiny_corpus)
     status = wait_until(lambda: all_ended(sweep))
     assert status["runs"][0]["state"] == states.CANCELLED
     assert RunDir(run_dir).read_state()["state"] == "INTERRUPTED"  # it saved its state on the way out
+    last_line = _log_text(run_dir, "L1").splitlines()[-1]
+    assert re.fullmatch(r"ptbjobs job L1: CANCELLED \(stopped by SIGTERM at step \d+, state saved\); `ptbjobs retry` resumes it",
+                        last_line), last_line
     launch.retry(sweep)
     assert "resuming from" in wait_until(lambda: _log_text(run_dir, "L2") if "resuming" in _log_text(run_dir, "L2") else None)
     launch.cancel(sweep)  # no need to train 30 epochs here
@@ -357,6 +361,7 @@ def test_after_its_last_requeue_a_timed_out_run_ends_timeout_and_retry_resumes_i
     assert status["runs"][0]["state"] == states.TIMEOUT
     log = _log_text(sweep.run_dir(key), "L1")
     assert log.count("requeued in place (1 of 1)") == 1 and log.count("requeued in place") == 1, log
+    assert log.splitlines()[-1].startswith("ptbjobs job L1: TIMEOUT (stopped by SIGUSR2 at step"), log
     assert RunDir(sweep.run_dir(key)).read_state()["state"] == "INTERRUPTED"  # saved, not killed
     assert launch.retry(sweep) == {key: "L2"}
     assert "resuming from" in wait_until(lambda: _log_text(sweep.run_dir(key), "L2") if "resuming" in _log_text(sweep.run_dir(key), "L2") else None)
