@@ -79,7 +79,7 @@ class TrainConfig:
     decay_after: int = _opt(4, "epochs at the initial learning rate before the step schedule decays it")
     schedule: Schedule = _opt(Schedule.STEP, "learning-rate schedule: step or plateau")
     clip: float = _opt(5.0, "clip the global gradient norm to this (0 turns clipping off)")
-    weight_decay: float = _opt(0.0, "L2 penalty: SGD adds this times each weight to its gradient, after clipping "
+    weight_decay: float = _opt(0.0, "L2 penalty: SGD adds this times each parameter to its gradient, after clipping "
                                     "(PyTorch's SGD weight_decay, in the units of --loss-scale)")
     loss_scale: LossScale = _opt(LossScale.ZAREMBA, "zaremba (sum over steps, mean over batch) or token_mean")
     seed: int = _opt(1, "random seed of initialisation and dropout")
