@@ -112,8 +112,7 @@ def sequence_mask(like: torch.Tensor, p: float) -> torch.Tensor:
 def word_mask(inputs: torch.Tensor, vocab_size: int, p: float, like: torch.Tensor) -> torch.Tensor:
     """For word ids (T, B): a (T, B, 1) inverted-dropout factor in which each word type of each
     column is kept with probability 1 - p (scaled by 1 / (1 - p)) or dropped at all its steps."""
-    keep = 1.0 - p
-    per_type = like.new_empty(inputs.size(1), vocab_size).bernoulli_(keep) / keep  # (B, V)
+    per_type = sequence_mask(like.new_empty(inputs.size(1), vocab_size), p)  # (B, V)
     return per_type.gather(1, inputs.t()).t().unsqueeze(-1)
 
 
