@@ -8,6 +8,7 @@ before it starts again, so the requeue tests are few and share their waits.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -120,6 +121,18 @@ def train_reference(config, out: Path, data: Path) -> None:
         torch.set_num_threads(threads)
 
 
+def epochs_lasting(config, seconds: float, work: Path, data: Path) -> int:
+    """How many epochs of `config` train for about `seconds` on this machine, as its own run
+    measures them (the trainer's elapsed time, one thread): sizes a run that must outlast its time
+    limit on a fast machine without needing many attempts on a slow one. (Timing the call instead
+    would count the first training's one-time costs.)"""
+    import dataclasses
+
+    train_reference(dataclasses.replace(config, epochs=10), work, data)
+    per_epoch = RunDir(work).read_metrics()[9]["elapsed_s"] / 10
+    return max(20, math.ceil(seconds / per_epoch))
+
+
 def first_checkpoint(run_dir: Path):
     return wait_until(lambda: list((run_dir / "checkpoints").glob("ckpt-*.pt")), timeout_s=120, every_s=0.1)
 
@@ -162,9 +175,13 @@ def test_a_grid_goes_out_as_one_array_and_gpu_requests_keep_to_the_two_fake_gpus
 def test_runs_requeued_by_usr2_and_by_their_time_limit_resume_and_end_as_if_uninterrupted(cluster, tmp_path, tiny_corpus):
     # A: a short run sent USR2 by hand (a preemption); B: a run longer than its one-minute limit
     short = load_grid(make_grid(tmp_path, "short", epochs=30, timeout_min=1, max_requeues=5))
-    # B needs several one-minute attempts. The spare requeues and the long wait are for a loaded
-    # machine: with both cores busy training beside the tests, six requeues took B to epoch 71 only
-    long = load_grid(make_grid(tmp_path, "long", epochs=110, cells=("gru",), timeout_min=1, max_requeues=15))
+    # B must still train when Slurm warns it. The USR2 is due 15 s before the limit, but slurmctld
+    # looks at time limits every 30 s, so it comes 15 to 45 s into an attempt: B is sized to 55 s
+    # of training here (a fixed 110 epochs took 24 s on a fast CPU and ended unwarned). Two attempts,
+    # or three; the spare requeues and the long wait are for a machine busy with other work.
+    gru = load_grid(make_grid(tmp_path, "calibrate", epochs=1, cells=("gru",))).runs[0].config
+    epochs_b = epochs_lasting(gru, 55, tmp_path / "calibrate", tiny_corpus)
+    long = load_grid(make_grid(tmp_path, "long", epochs=epochs_b, cells=("gru",), timeout_min=1, max_requeues=15))
     sweep_a, sweep_b = Sweep(tmp_path / "a"), Sweep(tmp_path / "b")
     launch.submit(short, sweep_a, SlurmExecutor(), data_dir=tiny_corpus)
     launch.submit(long, sweep_b, SlurmExecutor(), data_dir=tiny_corpus)
@@ -183,8 +200,8 @@ def test_runs_requeued_by_usr2_and_by_their_time_limit_resume_and_end_as_if_unin
     assert "Caught signal SIGUSR2" in text_a and "resuming from" in text_a
     assert "Caught signal SIGUSR2" in text_b and "resuming from" in text_b and "timed-out" in text_b
     assert_same_run(reference, sweep_a.run_dir(key_a))
-    epochs_b = [r["epoch"] for r in RunDir(sweep_b.run_dir(key_b)).read_metrics() if not r.get("final")]
-    assert epochs_b == list(range(1, 111))  # every epoch once, none lost or repeated across attempts
+    trained_b = [r["epoch"] for r in RunDir(sweep_b.run_dir(key_b)).read_metrics() if not r.get("final")]
+    assert trained_b == list(range(1, epochs_b + 1))  # every epoch once, none lost or repeated across attempts
 
 
 def test_cancel_stops_running_and_pending_tasks_and_retry_completes_them(cluster, tmp_path, tiny_corpus):
