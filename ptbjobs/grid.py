@@ -12,6 +12,7 @@
     lr = 0.5
     [[exclude]]                         # drop the points matching these axis values
     [[include]]                         # add a point: a value for every axis, plus any fields
+                                        # (a point of the grid with fields of its own is another run)
     [resources]                         # what each job asks the scheduler for
     [targets]                           # validation-perplexity goals the report marks
 
@@ -293,19 +294,22 @@ def _expand(where: _Locator, defaults: dict, axes: dict, overrides: list, exclud
             includes: list) -> list[RunSpec]:
     path = where.path
     points = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
-    points = [(p, {}) for p in points if not any(_matches(p, ex) for ex in excludes)]
-    seen = {_point_id(p) for p, _ in points}
+    points = [(p, {}, None) for p in points if not any(_matches(p, ex) for ex in excludes)]
+    seen = {_point_id(p) for p, _, _ in points}
     for index, (point, extra) in enumerate(includes):
-        if _point_id(point) in seen:
+        # a point of the grid again is refused; the same point with fields of its own is another run
+        # (e.g. one rate's runs again with weight decay), unless those fields change nothing
+        if not extra and _point_id(point) in seen:
             raise GridError(None, f"{where.place(where.header_line('include', index))}: include[{index}]: "
                             f"the point {_describe(point)} is already in the grid",
-                            "remove the [[include]] or [[exclude]] it first")
+                            "remove the [[include]] or [[exclude]] it first, or give it fields of its own")
         seen.add(_point_id(point))
-        points.append((point, extra))
+        points.append((point, extra, index))
     if not points:
         raise GridError(None, f"{path}: exclude: every point of the grid is excluded", "loosen the [[exclude]] entries")
-    runs = []
-    for point, extra in points:
+    runs: list[RunSpec] = []
+    run_of_config: dict[str, str] = {}
+    for point, extra, include_index in points:
         values = dict(defaults)
         values.update(point)
         for match, fields in overrides:
@@ -321,7 +325,14 @@ def _expand(where: _Locator, defaults: dict, axes: dict, overrides: list, exclud
                             f"{exc.field + ': ' if exc.field else ''}{exc.message}",
                             exc.hint or "fix the fields it takes from defaults and overrides") from None
         # an included point's own fields go into its key, as an axis would: it differs by them
-        runs.append(RunSpec(key=run_key(config, list(axes) + list(extra)), config=config, point=point))
+        run = RunSpec(key=run_key(config, list(axes) + list(extra)), config=config, point=point)
+        same = run_of_config.get(run.config_hash())
+        if same is not None and include_index is not None:
+            raise GridError(None, f"{where.place(where.header_line('include', include_index))}: "
+                            f"include[{include_index}]: gives the same run as {same} (its own fields change nothing)",
+                            "remove the [[include]], or give it a field that differs")
+        run_of_config.setdefault(run.config_hash(), run.key)
+        runs.append(run)
     _make_keys_unique(runs)
     return runs
 

@@ -80,6 +80,25 @@ def test_an_included_points_own_fields_show_in_its_key():
     assert [r.key for r in grid.runs] == ["lstm-d0.3-s1", "lstm-d0.35-s1-tieweightsT"]
 
 
+def test_a_point_of_the_grid_included_again_with_its_own_fields_is_another_run_with_the_points_overrides():
+    grid = parse('''
+name = "s"
+[axes]
+dropout = [0.0, 0.275]
+seed = [1, 2]
+[[overrides]]
+match = { dropout = 0.275 }
+epochs = 32
+[[include]]
+dropout = 0.275
+seed = 2
+weight_decay = 1e-5
+''')
+    assert [(r.key, r.config.epochs, r.config.weight_decay) for r in grid.runs][-2:] == [
+        ("lstm-d0.275-s2", 32, 0.0), ("lstm-d0.275-s2-weightdecay1e-05", 32, 1e-5)]
+    assert len({r.config_hash() for r in grid.runs}) == 5
+
+
 def test_any_training_field_can_be_an_axis_and_shows_in_the_key():
     grid = parse('name = "s"\n[axes]\nlr = [0.5, 1.0]\ntie_weights = [true]\n')
     assert [r.key for r in grid.runs] == ["lstm-d0-s1-lr0.5-tieweightsT", "lstm-d0-s1-lr1-tieweightsT"]
@@ -129,6 +148,10 @@ BAD = [
     ("include missing an axis", 'name = "s"\n[axes]\nseed = [1]\ncell = ["lstm"]\n[[include]]\nseed = 2\n',
      "grid.toml:5: include[0]: lacks a value for axis cell (an included point gives every axis a value)"),
     ("include duplicating a point", 'name = "s"\n[axes]\nseed = [1]\n[[include]]\nseed = 1\n', "grid.toml:4: include[0]: the point seed=1 is already in the grid"),
+    ("include whose own fields change nothing", 'name = "s"\n[axes]\nseed = [1]\n[defaults]\nlr = 0.5\n[[include]]\nseed = 1\nlr = 0.5\n',
+     "grid.toml:6: include[0]: gives the same run as lstm-d0-s1 (its own fields change nothing)"),
+    ("two includes alike", 'name = "s"\n[axes]\nseed = [1]\n[[include]]\nseed = 2\nlr = 0.5\n[[include]]\nseed = 2\nlr = 0.5\n',
+     "grid.toml:7: include[1]: gives the same run as lstm-d0-s2-lr0.5"),
     ("cross-field conflict", 'name = "s"\n[defaults]\ntie_weights = true\nemb_size = 100\n[axes]\nseed = [1]\n',
      "grid.toml:3: the run seed=1 gets an invalid config: tie_weights: needs emb_size == hidden_size, got 100 and 200 "
      "(set both sizes equal or drop tie_weights)"),
