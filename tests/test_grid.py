@@ -232,9 +232,10 @@ def test_the_study_grids_hold_every_variant_for_three_seeds():
     from ptbjobs.grid import load_grid
 
     study = load_grid(LAUNCH / "zaremba-small.toml")
-    points = {(r.config.cell.value, r.config.dropout) for r in study.runs}
-    assert points == {(cell, 0.0) for cell in ("lstm", "gru")} | \
-        {("lstm", p) for p in (0.275, 0.3, 0.35, 0.45)} | {("gru", p) for p in (0.325, 0.35, 0.375, 0.45)}
+    points = {(r.config.cell.value, r.config.dropout, r.config.weight_decay) for r in study.runs}
+    assert points == {(cell, 0.0, 0.0) for cell in ("lstm", "gru")} | \
+        {("lstm", p, 0.0) for p in (0.275, 0.3, 0.35, 0.45)} | {("gru", p, 0.0) for p in (0.325, 0.35, 0.45)} | \
+        {("lstm", 0.275, 1e-5), ("gru", 0.35, 2e-5)}  # weight decay: the same shrink per step at lr 1 and 0.5
     assert sorted({r.config.seed for r in study.runs}) == [1, 2, 3] and len(study.runs) == 3 * len(points)
     for run in study.runs:  # Zaremba's small schedule without dropout, longer ones with it
         config = run.config
@@ -242,12 +243,13 @@ def test_the_study_grids_hold_every_variant_for_three_seeds():
         schedule = (config.epochs, config.decay_after, round(1 / config.lr_decay, 6))
         if config.dropout == 0:
             assert schedule == (13, 2 if config.cell.value == "gru" else 4, 2.0)
-        elif config.dropout in (0.3, 0.325, 0.375):
+        elif config.dropout in (0.3, 0.325):
             assert schedule == (48, 10, 1.1)   # round 2's slower anneal
         else:
             assert schedule == (32, 10, 1.2)   # round 1's schedule
     beyond = load_grid(LAUNCH / "beyond.toml")
-    assert sorted({r.config.dropout for r in beyond.runs}) == [0.15, 0.25, 0.45, 0.6] and len(beyond.runs) == 12
+    assert sorted({(r.config.dropout, r.config.weight_decay) for r in beyond.runs}) == [
+        (0.25, 0.0), (0.25, 1e-5), (0.45, 0.0), (0.6, 0.0)] and len(beyond.runs) == 12
     assert all(r.config.tie_weights and r.config.variational_dropout for r in beyond.runs)
 
 
