@@ -303,7 +303,8 @@ def _expand(where: _Locator, defaults: dict, axes: dict, overrides: list, exclud
             raise GridError(None, f"{where.place(where.header_line('include', index))}: include[{index}]: "
                             f"the point {_describe(point)} is already in the grid",
                             "remove the [[include]] or [[exclude]] it first, or give it fields of its own")
-        seen.add(_point_id(point))
+        if not extra:
+            seen.add(_point_id(point))
         points.append((point, extra, index))
     if not points:
         raise GridError(None, f"{path}: exclude: every point of the grid is excluded", "loosen the [[exclude]] entries")

@@ -97,6 +97,9 @@ weight_decay = 1e-5
     assert [(r.key, r.config.epochs, r.config.weight_decay) for r in grid.runs][-2:] == [
         ("lstm-d0.275-s2", 32, 0.0), ("lstm-d0.275-s2-weightdecay1e-05", 32, 1e-5)]
     assert len({r.config_hash() for r in grid.runs}) == 5
+    # and a point first included with fields of its own may still be included bare
+    grid = parse('name = "s"\n[axes]\nseed = [1]\n[[include]]\nseed = 2\nlr = 0.5\n[[include]]\nseed = 2\n')
+    assert [r.key for r in grid.runs] == ["lstm-d0-s1", "lstm-d0-s2-lr0.5", "lstm-d0-s2"]
 
 
 def test_any_training_field_can_be_an_axis_and_shows_in_the_key():
