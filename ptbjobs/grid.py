@@ -295,17 +295,7 @@ def _expand(where: _Locator, defaults: dict, axes: dict, overrides: list, exclud
     path = where.path
     points = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
     points = [(p, {}, None) for p in points if not any(_matches(p, ex) for ex in excludes)]
-    seen = {_point_id(p) for p, _, _ in points}
-    for index, (point, extra) in enumerate(includes):
-        # a point of the grid again is refused; the same point with fields of its own is another run
-        # (e.g. one rate's runs again with weight decay), unless those fields change nothing
-        if not extra and _point_id(point) in seen:
-            raise GridError(None, f"{where.place(where.header_line('include', index))}: include[{index}]: "
-                            f"the point {_describe(point)} is already in the grid",
-                            "remove the [[include]] or [[exclude]] it first, or give it fields of its own")
-        if not extra:
-            seen.add(_point_id(point))
-        points.append((point, extra, index))
+    points += [(point, extra, index) for index, (point, extra) in enumerate(includes)]
     if not points:
         raise GridError(None, f"{path}: exclude: every point of the grid is excluded", "loosen the [[exclude]] entries")
     runs: list[RunSpec] = []
@@ -329,8 +319,13 @@ def _expand(where: _Locator, defaults: dict, axes: dict, overrides: list, exclud
         run = RunSpec(key=run_key(config, list(axes) + list(extra)), config=config, point=point)
         same = run_of_config.get(run.config_hash())
         if same is not None and include_index is not None:
-            raise GridError(None, f"{where.place(where.header_line('include', include_index))}: "
-                            f"include[{include_index}]: gives the same run as {same} (its own fields change nothing)",
+            # an included point that repeats a run is refused; the same point with fields of its
+            # own is another run (e.g. one rate's runs again with weight decay)
+            place = f"{where.place(where.header_line('include', include_index))}: include[{include_index}]"
+            if not extra:
+                raise GridError(None, f"{place}: the point {_describe(point)} is already in the grid",
+                                "remove the [[include]] or [[exclude]] it first, or give it fields of its own")
+            raise GridError(None, f"{place}: gives the same run as {same} (its own fields change nothing)",
                             "remove the [[include]], or give it a field that differs")
         run_of_config.setdefault(run.config_hash(), run.key)
         runs.append(run)
@@ -345,10 +340,6 @@ def _describe(point: dict) -> str:
 
 def _matches(point: dict, partial: dict) -> bool:
     return all(point.get(k) == v for k, v in partial.items())
-
-
-def _point_id(point: dict) -> str:
-    return json.dumps({k: getattr(v, "value", v) for k, v in point.items()}, sort_keys=True)
 
 
 def run_key(config: TrainConfig, axes: list[str]) -> str:
