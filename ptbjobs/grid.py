@@ -317,7 +317,8 @@ def _expand(where: _Locator, defaults: dict, axes: dict, overrides: list, exclud
                             exc.hint or "fix the fields it takes from defaults and overrides") from None
         # an included point's own fields go into its key, as an axis would: it differs by them
         run = RunSpec(key=run_key(config, list(axes) + list(extra)), config=config, point=point)
-        same = run_of_config.get(run.config_hash())
+        config_hash = run.config_hash()
+        same = run_of_config.get(config_hash)
         if same is not None and include_index is not None:
             # an included point that repeats a run is refused; the same point with fields of its
             # own is another run (e.g. one rate's runs again with weight decay)
@@ -327,7 +328,7 @@ def _expand(where: _Locator, defaults: dict, axes: dict, overrides: list, exclud
                                 "remove the [[include]] or [[exclude]] it first, or give it fields of its own")
             raise GridError(None, f"{place}: gives the same run as {same} (its own fields change nothing)",
                             "remove the [[include]], or give it a field that differs")
-        run_of_config.setdefault(run.config_hash(), run.key)
+        run_of_config.setdefault(config_hash, run.key)
         runs.append(run)
     _make_keys_unique(runs)
     return runs

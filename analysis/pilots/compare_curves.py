@@ -11,7 +11,6 @@ fine: every epoch present is drawn.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -22,11 +21,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from compare_table import read_metrics  # noqa: E402  (this folder, beside the script)
+
 
 def valid_curve(metrics: Path) -> tuple[list[int], list[float]]:
-    epochs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    epochs = [record for record in epochs if "epoch" in record and "valid_ppl" in record]
-    return [record["epoch"] for record in epochs], [record["valid_ppl"] for record in epochs]
+    epochs, _ = read_metrics(metrics)
+    return sorted(epochs), [epochs[epoch]["valid_ppl"] for epoch in sorted(epochs)]
 
 
 def main(argv: list[str]) -> int:
