@@ -64,7 +64,7 @@ def _writer(log: list[Path]):
 
 _RUN_COLUMNS = ["key", "cell", "dropout", "seed", "complete", "epochs_done", "final_train_ppl", "min_valid_ppl",
                 "min_valid_epoch", "test_ppl", "gpu_hours", "cpu_hours"]
-_SETTING_COLUMNS = {"dropout", "lr", "lr_decay", "init_scale", "clip"}
+_MEASURED_COLUMNS = {"final_train_ppl", "min_valid_ppl", "test_ppl", "gpu_hours", "cpu_hours"}
 
 
 def _pm(mean: float, std: float, digits: int = 1) -> str:
@@ -127,8 +127,8 @@ def _cell(value, column: str = "") -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "-"
-        # a setting in full (dropout 0.275, not 0.28); measurements to two decimals
-        return f"{value:g}" if value.is_integer() or column in _SETTING_COLUMNS else f"{value:.2f}"
+        # measurements to two decimals; a setting in full (dropout 0.275, not 0.28; weight decay 3e-05, not 0.00)
+        return f"{value:.2f}" if column in _MEASURED_COLUMNS and not value.is_integer() else f"{value:g}"
     return str(value)
 
 

@@ -120,6 +120,21 @@ def test_recurrent_dropout_is_named_with_its_rate_and_a_manifest_from_before_it_
                                       "LSTM, dropout 0.2, variational, recurrent dropout 0.25, tied"]
 
 
+def test_the_run_table_gives_a_small_weight_decay_in_full_and_measurements_to_two_decimals(tmp_path):
+    """Two decimals suit perplexities; a weight decay of 3e-05 printed that way reads as none."""
+    sweep = Sweep(tmp_path / "decay")
+    sweep.path.mkdir()
+    manifest = {"version": 1, "name": "decay", "runs": {}}
+    write_run(sweep, manifest, TrainConfig(dropout=0.25, seed=1), [120.0, 97.0], [112.0, 75.0], 92.0)
+    write_run(sweep, manifest, TrainConfig(dropout=0.25, seed=2, weight_decay=3e-5), [118.0, 95.126], [115.0, 80.0], 90.0)
+    sweep.write_manifest(manifest)
+    report.make_report(sweep, out=tmp_path / "out", per_run=True)
+    runs = (tmp_path / "out" / "results.md").read_text().split("## Runs")[1]
+    assert "| weight_decay |" in runs
+    assert "| lstm-d0.25-s2 | lstm | 0.25 | 3e-05 | 2 | True | 2 | 80 | 95.13 | 2 | 90 |" in runs
+    assert "| lstm-d0.25-s1 | lstm | 0.25 | 0 | 1 | True | 2 | 75 | 97 | 2 | 92 |" in runs
+
+
 def test_a_mean_at_the_target_does_not_meet_it(known_sweep):
     data = analysis.load_sweep(known_sweep)
     data.targets = type(data.targets)(valid_ppl_no_dropout=119.0, valid_ppl_dropout=100.0)
