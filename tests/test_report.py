@@ -181,6 +181,32 @@ def test_a_variant_figure_has_train_and_valid_means_a_band_the_target_and_a_log_
     matplotlib.pyplot.close(figure)
 
 
+def test_a_long_run_down_to_60_has_labelled_ticks_at_its_low_end_and_a_long_title_fits(tmp_path):
+    """A dropout run's curves go from about 300 to 60: its results (near 90) are read at the low end,
+    where ticks at 100, 150, ... would leave the axis bare; and a tied, weight-decayed variant of a
+    pilot sweep has a title longer than the figure is wide."""
+    sweep = Sweep(tmp_path / "pilot-beyond-weight-decay")
+    sweep.path.mkdir()
+    manifest = {"version": 1, "name": "pilot-beyond-weight-decay", "runs": {}}
+    config = TrainConfig(dropout=0.25, tie_weights=True, variational_dropout=True, weight_decay=3e-5)
+    write_run(sweep, manifest, config, [183.0, 120.0, 95.0, 88.6], [293.0, 130.0, 80.0, 63.5], 85.4)
+    sweep.write_manifest(manifest)
+    data = analysis.load_sweep(sweep)
+    label, runs = figures.variant_groups(data, include_incomplete=False)[0]
+    figure = figures.variant_figure(data, runs, label)
+    axis = figure.axes[0]
+    figure.canvas.draw()
+    low, high = axis.get_ylim()
+    labelled = [float(tick.get_text()) for tick in axis.get_yticklabels()
+                if tick.get_text() and low <= float(tick.get_text()) <= high]
+    assert [60.0, 70.0, 80.0, 90.0, 100.0] == [value for value in labelled if value <= 100]
+    assert 200.0 in labelled and 300.0 in labelled
+    title = axis.title.get_window_extent()
+    assert "weight decay 3e-05" in axis.get_title() and "\n" in axis.get_title()
+    assert figure.bbox.x0 <= title.x0 and title.x1 <= figure.bbox.x1
+    matplotlib.pyplot.close(figure)
+
+
 def test_the_overview_has_one_valid_curve_per_variant(known_sweep):
     data = analysis.load_sweep(known_sweep)
     figure = figures.overview_figure(data, figures.variant_groups(data, include_incomplete=False))
