@@ -18,15 +18,15 @@ from matplotlib.figure import Figure  # noqa: E402
 from ptbjobs.analysis import SweepData, target_for, variant_label  # noqa: E402
 
 DPI = 150
-TITLE_WIDTH = 60  # characters a line: a longer title (tied, weight decay and a long sweep name) wraps
+TITLE_WIDTH = 66  # characters that fit on one line of the title; a longer one (a long variant and sweep name) wraps
 
 
 def _log_axis(axis) -> None:
     """Log scale with plain numbers on the ticks (80, 100, 200, not 8 x 10^1) and whole epochs.
     Over more than a decade: ticks at 1, 2 and 5 times powers of ten. Over a factor of 2.5 to 10
-    (a dropout run from 300 down to 60, say): 60, 70, 80, 90, 100, 150, 200, 300, since evenly
-    spaced ones (100, 150, ...) would leave the low end bare, where the results are read. Over a
-    narrower range (all curves between 110 and 190): evenly spaced round numbers."""
+    (a dropout run from 300 down to 60, say): 60, 70, 80, 90, 100, 150, 200, 250, 300, since
+    evenly spaced ones (100, 150, ...) would leave the low end bare, where the results are read.
+    Over a narrower range (all curves between 110 and 190): evenly spaced round numbers."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -35,7 +35,7 @@ def _log_axis(axis) -> None:
     if high / low > 10:
         axis.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     elif high / low > 2.5:
-        axis.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)))
+        axis.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)))
     else:
         axis.yaxis.set_major_locator(FixedLocator(MaxNLocator(nbins=6).tick_values(low, high)))
     axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
@@ -86,7 +86,7 @@ def _finish(figure: Figure, axis, ylabel: str, title: str) -> Figure:
     _log_axis(axis)
     axis.set_xlabel("epoch")
     axis.set_ylabel(ylabel)
-    axis.set_title(textwrap.fill(title, TITLE_WIDTH))
+    axis.set_title(textwrap.fill(title, TITLE_WIDTH, break_on_hyphens=False))  # a sweep name stays whole
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
