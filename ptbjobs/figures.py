@@ -37,7 +37,10 @@ def _log_axis(axis) -> None:
     elif high / low > 2.5:
         axis.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)))
     else:
-        axis.yaxis.set_major_locator(FixedLocator(MaxNLocator(nbins=6).tick_values(low, high)))
+        # steps of 10 or 20, up to 12: 90, 100, ... 190 for curves from 88 to 183, so the low end,
+        # where the results are read, has its label
+        ticks = MaxNLocator(nbins=12, steps=[1, 2, 5, 10]).tick_values(low, high)
+        axis.yaxis.set_major_locator(FixedLocator(ticks))
     axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     axis.yaxis.set_minor_formatter(NullFormatter())
     axis.set_ylim(low, high)
@@ -82,11 +85,22 @@ def overview_figure(data: SweepData, groups: list[tuple[str, pd.DataFrame]]) -> 
                    f"Validation perplexity of every variant: {data.name}, PTB")
 
 
+def _wrapped(title: str) -> str:
+    """The title on one line if it fits, else broken after its last colon (what is drawn, then the
+    sweep), else between words; never inside a sweep name such as pilot-beyond-weight-decay."""
+    if len(title) <= TITLE_WIDTH:
+        return title
+    head, colon, tail = title.rpartition(": ")
+    if colon and len(head) < TITLE_WIDTH and len(tail) <= TITLE_WIDTH:
+        return f"{head}:\n{tail}"
+    return textwrap.fill(title, TITLE_WIDTH, break_on_hyphens=False)
+
+
 def _finish(figure: Figure, axis, ylabel: str, title: str) -> Figure:
     _log_axis(axis)
     axis.set_xlabel("epoch")
     axis.set_ylabel(ylabel)
-    axis.set_title(textwrap.fill(title, TITLE_WIDTH, break_on_hyphens=False))  # a sweep name stays whole
+    axis.set_title(_wrapped(title))
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()

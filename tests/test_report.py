@@ -202,9 +202,19 @@ def test_a_long_run_down_to_60_has_labelled_ticks_at_its_low_end_and_a_long_titl
     assert [60.0, 70.0, 80.0, 90.0, 100.0] == [value for value in labelled if value <= 100]
     assert 200.0 in labelled and 300.0 in labelled
     title = axis.title.get_window_extent()
-    assert "weight decay 3e-05" in axis.get_title() and "\n" in axis.get_title()
+    assert axis.get_title() == "LSTM, dropout 0.25, variational, tied, weight decay 3e-05:\npilot-beyond-weight-decay, PTB"
     assert figure.bbox.x0 <= title.x0 and title.x1 <= figure.bbox.x1
     matplotlib.pyplot.close(figure)
+    # the overview's valid curve alone spans 183 to 88.6: less than 2.5 times, evenly spaced ticks
+    overview = figures.overview_figure(data, figures.variant_groups(data, include_incomplete=False))
+    axis = overview.axes[0]
+    overview.canvas.draw()
+    low, high = axis.get_ylim()
+    labelled = [float(tick.get_text()) for tick in axis.get_yticklabels()
+                if tick.get_text() and low <= float(tick.get_text()) <= high]
+    assert labelled[:2] == [90.0, 100.0] and len(labelled) >= 5
+    assert axis.get_title() == "Validation perplexity of every variant:\npilot-beyond-weight-decay, PTB"
+    matplotlib.pyplot.close(overview)
 
 
 def test_the_overview_has_one_valid_curve_per_variant(known_sweep):
