@@ -181,6 +181,13 @@ def test_a_variant_figure_has_train_and_valid_means_a_band_the_target_and_a_log_
     matplotlib.pyplot.close(figure)
 
 
+def labelled_y_ticks(axis) -> list[float]:
+    """The y tick labels drawn inside the axis limits, as numbers (the figure must have been drawn)."""
+    low, high = axis.get_ylim()
+    return [float(tick.get_text()) for tick in axis.get_yticklabels()
+            if tick.get_text() and low <= float(tick.get_text()) <= high]
+
+
 def test_a_long_run_down_to_60_has_labelled_ticks_at_its_low_end_and_a_long_title_fits(tmp_path):
     """A dropout run's curves go from about 300 to 60: its results (near 90) are read at the low end,
     where ticks at 100, 150, ... would leave the axis bare; and a tied, weight-decayed variant of a
@@ -196,9 +203,7 @@ def test_a_long_run_down_to_60_has_labelled_ticks_at_its_low_end_and_a_long_titl
     figure = figures.variant_figure(data, runs, label)
     axis = figure.axes[0]
     figure.canvas.draw()
-    low, high = axis.get_ylim()
-    labelled = [float(tick.get_text()) for tick in axis.get_yticklabels()
-                if tick.get_text() and low <= float(tick.get_text()) <= high]
+    labelled = labelled_y_ticks(axis)
     assert [60.0, 70.0, 80.0, 90.0, 100.0] == [value for value in labelled if value <= 100]
     assert 200.0 in labelled and 300.0 in labelled
     title = axis.title.get_window_extent()
@@ -209,9 +214,7 @@ def test_a_long_run_down_to_60_has_labelled_ticks_at_its_low_end_and_a_long_titl
     overview = figures.overview_figure(data, figures.variant_groups(data, include_incomplete=False))
     axis = overview.axes[0]
     overview.canvas.draw()
-    low, high = axis.get_ylim()
-    labelled = [float(tick.get_text()) for tick in axis.get_yticklabels()
-                if tick.get_text() and low <= float(tick.get_text()) <= high]
+    labelled = labelled_y_ticks(axis)
     assert labelled[:2] == [90.0, 100.0] and len(labelled) >= 5
     assert axis.get_title() == "Validation perplexity of every variant:\npilot-beyond-weight-decay, PTB"
     matplotlib.pyplot.close(overview)
