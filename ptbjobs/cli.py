@@ -176,13 +176,16 @@ def submit(
     wait: bool = typer.Option(False, "--wait", help="show live status until every run has ended; exit 1 if any did not complete"),
     force: bool = typer.Option(False, "--force", help="restart runs whose config changed (their old folders are set aside)"),
     yes: bool = typer.Option(False, "--yes", help="allow a grid of more than 10,000 runs"),
+    only: Optional[list[str]] = typer.Option(None, "--only", help=_help("submit only the runs with this setting, KEY=VALUE (repeatable: a key given twice matches either value) [default: every run]")),
 ) -> None:
     """Submit every run of a grid that is not done or in progress; returns at once."""
     from ptbjobs import launch
-    from ptbjobs.grid import load_grid
+    from ptbjobs.grid import load_grid, select_runs
     from ptbjobs.sweep import Sweep
 
     parsed = load_grid(grid, allow_large=yes)
+    if only:
+        parsed = select_runs(parsed, only)
     sweep = Sweep(sweep_dir or Path("runs") / parsed.name)
     if sweep.path.exists() and not sweep.path.is_dir():
         raise ConfigError(None, f"--sweep-dir {sweep.path} is a file, not a folder", "give a folder path")

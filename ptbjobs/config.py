@@ -143,7 +143,7 @@ class TrainConfig:
         kwargs = {}
         for key, value in values.items():
             if key not in _FIELD_TYPES:
-                raise ConfigError(key, "unknown key", _suggest(key, _FIELD_TYPES))
+                raise ConfigError(key, "unknown key", suggest_key(key, _FIELD_TYPES))
             kwargs[key] = coerce(key, value)
         return cls(**kwargs)
 
@@ -244,7 +244,7 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, enum.Enum) else value
 
 
-def _suggest(key: str, known: Mapping[str, Any]) -> str:
+def suggest_key(key: str, known: Mapping[str, Any]) -> str:
     close = difflib.get_close_matches(key, list(known), n=1)
     if close:
         return f"did you mean {close[0]!r}?"

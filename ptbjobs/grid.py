@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptbjobs.config import FIELD_DEFAULTS, LATER_FIELDS, RESUME_NEUTRAL_FIELDS, TrainConfig, coerce
+from ptbjobs.config import FIELD_DEFAULTS, LATER_FIELDS, RESUME_NEUTRAL_FIELDS, TrainConfig, coerce, suggest_key
 from ptbjobs.errors import ConfigError
 
 TOP_LEVEL_KEYS = ("name", "data_dir", "defaults", "axes", "overrides", "include", "exclude", "resources", "targets")
@@ -332,6 +332,37 @@ def _expand(where: _Locator, defaults: dict, axes: dict, overrides: list, exclud
         runs.append(run)
     _make_keys_unique(runs)
     return runs
+
+
+def select_runs(grid: Grid, only: list[str]) -> Grid:
+    """The grid cut to the runs whose settings match every `KEY=VALUE` of `only`; a key given more
+    than once matches any of its values (`seed=2`, `seed=3`). A pilot then runs part of a grid
+    without a hand-cut copy of it, and the sweep keeps the text of the whole grid."""
+    wanted: dict[str, list[Any]] = {}
+    for item in only:
+        key, equals, raw = (part.strip() for part in item.partition("="))
+        if not equals or not key or not raw:
+            raise ConfigError(None, f"--only {item!r}: not KEY=VALUE", "e.g. --only seed=2 --only cell=gru")
+        if key not in FIELD_DEFAULTS:
+            raise ConfigError(None, f"--only {item}: {key!r} is not a training setting", suggest_key(key, FIELD_DEFAULTS))
+        try:
+            wanted.setdefault(key, []).append(coerce(key, raw))
+        except ConfigError as exc:
+            raise ConfigError(None, f"--only {item}: {key} {exc.message}", exc.hint) from None
+    runs = [spec for spec in grid.runs
+            if all(any(_same_setting(getattr(spec.config, key), value) for value in values)
+                   for key, values in wanted.items())]
+    if not runs:
+        raise ConfigError(None, f"--only: no run of {grid.path} has {' and '.join(only)}",
+                          "ptbjobs submit --dry-run without --only lists the grid's runs")
+    return dataclasses.replace(grid, runs=runs)
+
+
+def _same_setting(have: Any, want: Any) -> bool:
+    # 0.8333 typed by hand is the grid's 0.8333333333333334 (1 / 1.2)
+    if isinstance(have, float) and isinstance(want, float):
+        return math.isclose(have, want, rel_tol=1e-4, abs_tol=1e-12)
+    return have == want
 
 
 def _describe(point: dict) -> str:

@@ -312,3 +312,14 @@ def test_a_grid_data_dir_that_lacks_the_files_names_the_grid_key(tmp_path, monke
     assert str(caught.value).startswith(f"grid.toml: data_dir = '{tmp_path / 'none'}': missing data file ")
     assert str(caught.value).endswith("(fix data_dir in the grid, or give --data-dir)")
     assert check_data(grid, tiny_corpus) == tiny_corpus.resolve()  # --data-dir overrides it
+
+
+def test_select_runs_keeps_the_runs_matching_every_key_and_any_value_of_a_repeated_one(tmp_path):
+    from ptbjobs.grid import load_grid, select_runs
+
+    grid = load_grid(LAUNCH / "zaremba-small.toml")
+    picked = select_runs(grid, ["cell=lstm", "dropout=0.275", "weight_decay=3e-5", "seed=2", "seed=3"])
+    assert [r.key for r in picked.runs] == ["lstm-d0.275-s2-weightdecay3e-05", "lstm-d0.275-s3-weightdecay3e-05"]
+    assert picked.text == grid.text and len(grid.runs) > len(picked.runs)  # the grid itself is left whole
+    # a float typed as printed matches the grid's value: 1/1.2 written out in full there
+    assert {r.config.lr_decay for r in select_runs(grid, ["lr_decay=0.8333"]).runs} == {0.8333333333333334}

@@ -147,3 +147,41 @@ def test_force_sets_the_old_run_aside_and_starts_the_changed_config_afresh(tmp_p
     entry = sweep.read_manifest()["runs"]["lstm-d0-s1"]
     assert entry["config"]["epochs"] == 2 and [j["job_id"] for j in entry["jobs"]] == ["L3"]
     assert len(list((sweep.path / "_superseded").iterdir())) == 2
+
+
+def test_only_submits_the_runs_with_those_settings_and_the_sweep_keeps_the_whole_grid(
+        tmp_path, grid_file, tiny_corpus, monkeypatch):
+    import ptbjobs.local as local
+    from ptbjobs.sweep import Sweep
+
+    grid_file.write_text(GRID.replace("seed = [1]", "seed = [1, 2, 3]"))
+    monkeypatch.setattr(local, "ensure_supervisor", lambda sweep: None)  # queue only, run nothing
+    sweep = Sweep(tmp_path / "sweep")
+    submit = ["submit", "--grid", str(grid_file), "--sweep-dir", str(sweep.path), "--data-dir", str(tiny_corpus),
+              "--executor", "local"]
+    result = runner.invoke(app, submit + ["--only", "cell=gru", "--only", "seed=2", "--only", "seed=3"])
+    assert result.exit_code == 0, result.output
+    assert "submitted 2 of 2 runs" in result.output
+    assert sorted(sweep.read_manifest()["runs"]) == ["gru-d0-s2", "gru-d0-s3"]
+    assert (sweep.path / "grid.toml").read_text() == grid_file.read_text()
+
+    result = runner.invoke(app, submit)  # the rest of the grid later, as one sweep
+    assert result.exit_code == 0, result.output
+    assert "submitted 4 of 6 runs" in result.output
+    assert len(sweep.read_manifest()["runs"]) == 6
+
+
+@pytest.mark.parametrize("only, message", [
+    ("seed", "--only 'seed': not KEY=VALUE (e.g. --only seed=2 --only cell=gru)"),
+    ("sead=2", "--only sead=2: 'sead' is not a training setting (did you mean 'seed'?)"),
+    ("seed=two", "--only seed=two: seed must be an integer, got 'two'"),
+    ("cell=rnn", "--only cell=rnn: cell must be one of lstm, gru; got 'rnn'"),
+    ("seed=7", "--only: no run of {grid} has seed=7 (ptbjobs submit --dry-run without --only lists the grid's runs)"),
+])
+def test_a_bad_only_exits_2_with_one_line_and_writes_nothing(tmp_path, grid_file, tiny_corpus, capsys, only, message):
+    sweep_dir = tmp_path / "sweep"
+    code = main(["submit", "--grid", str(grid_file), "--sweep-dir", str(sweep_dir), "--data-dir", str(tiny_corpus),
+                 "--only", only])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "ptbjobs: error: " + message.format(grid=grid_file)
+    assert not sweep_dir.exists()
