@@ -184,6 +184,7 @@ def submit(
     from ptbjobs.sweep import Sweep
 
     parsed = load_grid(grid, allow_large=yes)
+    in_grid = len(parsed.runs)
     if only:
         parsed = select_runs(parsed, only)
     sweep = Sweep(sweep_dir or Path("runs") / parsed.name)
@@ -194,7 +195,8 @@ def submit(
     console = _console()
     starting = sum(1 for p in planned if p.action in (launch.SUBMIT, launch.RESUME, launch.RESTART))
     verb = "would submit" if dry_run else "submitted"
-    console.print(f"{verb} {starting} of {len(planned)} runs -> {sweep.path} ({_executor_note(chosen)})")
+    selected = f" (--only: {len(planned)} of the grid's {in_grid})" if only else ""
+    console.print(f"{verb} {starting} of {len(planned)} runs{selected} -> {sweep.path} ({_executor_note(chosen)})")
     console.print(_plan_table(planned) if dry_run or len(planned) <= PLAN_ROWS_SHOWN else _plan_summary(planned))
     if wait and not dry_run:
         raise typer.Exit(_watch(sweep, until_done=True))

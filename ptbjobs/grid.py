@@ -338,31 +338,42 @@ def select_runs(grid: Grid, only: list[str]) -> Grid:
     """The grid cut to the runs whose settings match every `KEY=VALUE` of `only`; a key given more
     than once matches any of its values (`seed=2`, `seed=3`). A pilot then runs part of a grid
     without a hand-cut copy of it, and the sweep keeps the text of the whole grid."""
-    wanted: dict[str, list[Any]] = {}
+    allowed: dict[str, set[Any]] = {}
     for item in only:
         key, equals, raw = (part.strip() for part in item.partition("="))
+        key = key.replace("-", "_")  # as the flag of `ptbjobs train` spells it: tie-weights
         if not equals or not key or not raw:
-            raise ConfigError(None, f"--only {item!r}: not KEY=VALUE", "e.g. --only seed=2 --only cell=gru")
+            raise ConfigError(None, f"--only {item}: not KEY=VALUE", "e.g. --only seed=2 --only cell=gru")
         if key not in FIELD_DEFAULTS:
             raise ConfigError(None, f"--only {item}: {key!r} is not a training setting", suggest_key(key, FIELD_DEFAULTS))
         try:
-            wanted.setdefault(key, []).append(coerce(key, raw))
+            wanted = coerce(key, raw)
         except ConfigError as exc:
             raise ConfigError(None, f"--only {item}: {key} {exc.message}", exc.hint) from None
-    runs = [spec for spec in grid.runs
-            if all(any(_same_setting(getattr(spec.config, key), value) for value in values)
-                   for key, values in wanted.items())]
+        present = {getattr(spec.config, key) for spec in grid.runs}
+        matched = _matching_values(present, wanted)
+        if not matched:
+            listed = ", ".join(str(_plain_value(v)) for v in sorted(present, key=_plain_value))
+            raise ConfigError(None, f"--only {item}: no run of {grid.path} has that {key}", f"its runs have {listed}")
+        allowed.setdefault(key, set()).update(matched)
+    runs = [spec for spec in grid.runs if all(getattr(spec.config, key) in values for key, values in allowed.items())]
     if not runs:
-        raise ConfigError(None, f"--only: no run of {grid.path} has {' and '.join(only)}",
+        raise ConfigError(None, f"--only: no run of {grid.path} has all of {' '.join(only)}",
                           "ptbjobs submit --dry-run without --only lists the grid's runs")
     return dataclasses.replace(grid, runs=runs)
 
 
-def _same_setting(have: Any, want: Any) -> bool:
-    # 0.8333 typed by hand is the grid's 0.8333333333333334 (1 / 1.2)
-    if isinstance(have, float) and isinstance(want, float):
-        return math.isclose(have, want, rel_tol=1e-4, abs_tol=1e-12)
-    return have == want
+def _matching_values(present: set[Any], wanted: Any) -> set[Any]:
+    """The grid's values of one setting that `wanted` names: itself, or for a number typed short,
+    the values it rounds from (0.8333 for the grid's 1 / 1.2), unless that is ambiguous."""
+    if wanted in present or not isinstance(wanted, float):
+        return {wanted} & present
+    close = {value for value in present if math.isclose(value, wanted, rel_tol=1e-4)}
+    return close if len(close) == 1 else set()
+
+
+def _plain_value(value: Any) -> Any:
+    return getattr(value, "value", value)
 
 
 def _describe(point: dict) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ptbjobs.config import CellType
+from ptbjobs.config import CellType, ConfigError
 from ptbjobs.grid import GridError, parse_grid
 
 GOOD = '''
@@ -323,3 +323,21 @@ def test_select_runs_keeps_the_runs_matching_every_key_and_any_value_of_a_repeat
     assert picked.text == grid.text and len(grid.runs) > len(picked.runs)  # the grid itself is left whole
     # a float typed as printed matches the grid's value: 1/1.2 written out in full there
     assert {r.config.lr_decay for r in select_runs(grid, ["lr_decay=0.8333"]).runs} == {0.8333333333333334}
+    # a flag's spelling, any case of a word, spaces: all as in a grid
+    assert len(select_runs(grid, [" tie-weights = no ", "cell=GRU"]).runs) == len(select_runs(grid, ["cell=gru"]).runs)
+
+
+def test_select_runs_says_which_value_or_combination_no_run_has(tmp_path):
+    from ptbjobs.grid import load_grid, select_runs
+
+    grid = load_grid(LAUNCH / "zaremba-small.toml")
+    with pytest.raises(ConfigError, match=r"^--only seed=4: no run of .*zaremba-small.toml has that seed \(its runs have 1, 2, 3\)$"):
+        select_runs(grid, ["seed=2", "seed=4"])
+    with pytest.raises(ConfigError, match=r"^--only: no run of .* has all of cell=gru dropout=0.275 \("):
+        select_runs(grid, ["cell=gru", "dropout=0.275"])
+    path = tmp_path / "near.toml"  # two values within the tolerance of a short one: it names neither
+    path.write_text('name = "near"\n[axes]\ndropout = [0.1234567, 0.1234568]\nseed = [1]\n')
+    near = load_grid(path)
+    assert [r.config.dropout for r in select_runs(near, ["dropout=0.1234567"]).runs] == [0.1234567]
+    with pytest.raises(ConfigError, match="has that dropout"):
+        select_runs(near, ["dropout=0.12346"])

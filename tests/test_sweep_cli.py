@@ -161,7 +161,7 @@ def test_only_submits_the_runs_with_those_settings_and_the_sweep_keeps_the_whole
               "--executor", "local"]
     result = runner.invoke(app, submit + ["--only", "cell=gru", "--only", "seed=2", "--only", "seed=3"])
     assert result.exit_code == 0, result.output
-    assert "submitted 2 of 2 runs" in result.output
+    assert "submitted 2 of 2 runs (--only: 2 of the grid's 6)" in result.output
     assert sorted(sweep.read_manifest()["runs"]) == ["gru-d0-s2", "gru-d0-s3"]
     assert (sweep.path / "grid.toml").read_text() == grid_file.read_text()
 
@@ -172,11 +172,12 @@ def test_only_submits_the_runs_with_those_settings_and_the_sweep_keeps_the_whole
 
 
 @pytest.mark.parametrize("only, message", [
-    ("seed", "--only 'seed': not KEY=VALUE (e.g. --only seed=2 --only cell=gru)"),
+    ("seed", "--only seed: not KEY=VALUE (e.g. --only seed=2 --only cell=gru)"),
     ("sead=2", "--only sead=2: 'sead' is not a training setting (did you mean 'seed'?)"),
     ("seed=two", "--only seed=two: seed must be an integer, got 'two'"),
     ("cell=rnn", "--only cell=rnn: cell must be one of lstm, gru; got 'rnn'"),
-    ("seed=7", "--only: no run of {grid} has seed=7 (ptbjobs submit --dry-run without --only lists the grid's runs)"),
+    ("seed=7", "--only seed=7: no run of {grid} has that seed (its runs have 1)"),
+    ("dropout=0.5", "--only dropout=0.5: no run of {grid} has that dropout (its runs have 0.0)"),
 ])
 def test_a_bad_only_exits_2_with_one_line_and_writes_nothing(tmp_path, grid_file, tiny_corpus, capsys, only, message):
     sweep_dir = tmp_path / "sweep"
