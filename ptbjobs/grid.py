@@ -353,7 +353,8 @@ def select_runs(grid: Grid, only: list[str]) -> Grid:
         present = {getattr(spec.config, key) for spec in grid.runs}
         matched = _matching_values(present, wanted)
         if not matched:
-            listed = ", ".join(str(_plain_value(v)) for v in sorted(present, key=_plain_value))
+            plain = sorted(getattr(value, "value", value) for value in present)  # as _describe writes a value
+            listed = ", ".join(str(value) for value in plain)
             raise ConfigError(None, f"--only {item}: no run of {grid.path} has that {key}", f"its runs have {listed}")
         allowed.setdefault(key, set()).update(matched)
     runs = [spec for spec in grid.runs if all(getattr(spec.config, key) in values for key, values in allowed.items())]
@@ -370,10 +371,6 @@ def _matching_values(present: set[Any], wanted: Any) -> set[Any]:
         return {wanted} & present
     close = {value for value in present if math.isclose(value, wanted, rel_tol=1e-4)}
     return close if len(close) == 1 else set()
-
-
-def _plain_value(value: Any) -> Any:
-    return getattr(value, "value", value)
 
 
 def _describe(point: dict) -> str:
