@@ -1,0 +1,182 @@
+"""The study's answer: for each variant, the config that meets its goal, over its three seeds, from
+wherever those seeds ran, as one table and one figure.
+
+`ptbjobs report` reads one sweep folder. The study's answer spans several: the no-dropout variants
+are round 1's runs on a GPU (kept in run-folders.tar.gz), the dropout variants with weight decay
+ran on CPU (their metrics files in ../pilots/, some from machines whose run folders are gone). So
+this reads the runs' own metrics files, named below, and computes the same figures the report does:
+each run's best validation perplexity and its test perplexity at that epoch, their mean and sample
+standard deviation over seeds, and the valid curve's mean with the seeds' min-max band.
+
+    python analysis/study/final.py [OUT]        # default OUT: analysis/study/final
+
+It writes OUT/results.md and OUT/valid-per-epoch.png and .svg.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ptbjobs.atomic import atomic_write_bytes  # noqa: E402
+from ptbjobs.figures import DPI, _log_axis  # noqa: E402  (the report's axis, so the figures read alike)
+
+HERE = Path(__file__).resolve().parent
+ARCHIVE = HERE / "run-folders.tar.gz"
+PILOTS = HERE.parent / "pilots"
+GPU = "one H200, round 1, 24 runs at once"
+EPYC = "2-core AMD EPYC CPU"
+XEON = "2-core Intel Xeon CPU"
+
+
+@dataclass(frozen=True)
+class Seed:
+    seed: int
+    metrics: str  # "archive:<member>" (inside run-folders.tar.gz) or a file name in ../pilots/
+    machine: str
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    config: str
+    required: float | None  # the study's limit (valid <), None for "beyond"
+    goal: float  # our own goal (valid <=)
+    seeds: tuple[Seed, ...]
+
+
+def _round1(run: str) -> tuple[Seed, ...]:
+    return tuple(Seed(s, f"archive:runs/zaremba-small/{run}-s{s}/metrics.jsonl", GPU) for s in (1, 2, 3))
+
+
+def _pilot(stem: str, machines: tuple[str, str, str]) -> tuple[Seed, ...]:
+    # seed 1 of each CPU config is the pilot run that chose it; seeds 2 and 3 ran later, as "-s2", "-s3"
+    names = (f"{stem}-metrics.jsonl", f"{stem}-s2-metrics.jsonl", f"{stem}-s3-metrics.jsonl")
+    return tuple(Seed(s, name, machine) for s, name, machine in zip((1, 2, 3), names, machines))
+
+
+# Each variant's config as in launch/zaremba-small.toml and launch/beyond.toml (2 x 200, bptt 20,
+# batch 20, every run's own seed); the dropout ones are round 2's weight-decay points.
+VARIANTS = (
+    Variant("LSTM, no dropout", "lr 1, halved each epoch from epoch 5; 13 epochs", 125, 119.5,
+            _round1("lstm-d0")),
+    Variant("GRU, no dropout", "lr 0.5, halved each epoch from epoch 3; 13 epochs", 125, 120,
+            _round1("gru-d0")),
+    Variant("LSTM, dropout", "dropout 0.275, weight decay 3e-5; lr 1 held 10 epochs, then /1.2; 32 epochs",
+            100, 96, _pilot("cpu-lstm-d0.275-wd3e-5", (EPYC, EPYC, EPYC))),
+    Variant("GRU, dropout", "dropout 0.35, weight decay 2e-5; lr 0.5 held 10 epochs, then /1.2; 32 epochs",
+            100, 99, _pilot("cpu-gru-d0.35-wd2e-5", (XEON, EPYC, EPYC))),
+    Variant("beyond: LSTM, tied + variational dropout",
+            "variational dropout 0.25, tied, weight decay 3e-5; lr 1 held 10 epochs, then /1.2; 32 epochs",
+            None, 90, _pilot("cpu-tied-var0.25-wd3e-5", (EPYC, EPYC, EPYC))),
+)
+
+
+def read_metrics(source: str, archive: tarfile.TarFile) -> tuple[list[dict], dict]:
+    """(epoch records in order, the final record) of one run; a run without its final record is an error."""
+    try:
+        if source.startswith("archive:"):
+            text = archive.extractfile(source.removeprefix("archive:")).read().decode()
+        else:
+            text = (PILOTS / source).read_text()
+    except (KeyError, FileNotFoundError):
+        raise SystemExit(f"{source}: no such metrics file; each variant's seeds are listed in VARIANTS") from None
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    # by epoch, the last record winning: a resumed run repeats the epochs after its checkpoint
+    by_epoch = {r["epoch"]: r for r in records if "valid_ppl" in r and "epoch" in r}
+    epochs = [by_epoch[epoch] for epoch in sorted(by_epoch)]
+    final = next((r for r in records if r.get("final")), None)
+    if final is None:
+        raise SystemExit(f"{source}: the run has not finished (no final record); the answer needs finished runs")
+    return epochs, final
+
+
+def _pm(values: list[float]) -> str:
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def results(runs: dict[str, list[tuple[Seed, list[dict], dict]]]) -> str:
+    lines = ["# The study's answer: each variant's config that meets its goal, three seeds each", "",
+             "Validation perplexity is each run's best epoch; test perplexity is measured once, with the "
+             "weights of that epoch. Mean ± sample std over the seeds. Written by `python "
+             "analysis/study/final.py` from the runs' own metrics files.", "",
+             "| variant | config | valid | test | required | our goal | seeds: valid | where it ran |",
+             "|---|---|---:|---:|---|---|---|---|"]
+    for variant in VARIANTS:
+        seeds = runs[variant.label]
+        valid = [final["best_valid_ppl"] for _, _, final in seeds]
+        test = [final["test_ppl"] for _, _, final in seeds]
+        mean = statistics.mean(valid)
+        required = "-" if variant.required is None else (
+            f"< {variant.required:g}: {'met' if mean < variant.required else 'missed'}")
+        margin = variant.goal - mean
+        goal = f"<= {variant.goal:g}: " + (f"met by {margin:.2f}" if margin >= 0 else f"**missed by {-margin:.2f}**")
+        per_seed = ", ".join(f"{v:.2f}" for v in valid)
+        machines = "; ".join(f"seed{'s' if len(group) > 1 else ''} {', '.join(group)}: {machine}"
+                             for machine, group in _grouped(seeds))
+        lines.append(f"| {variant.label} | {variant.config} | {_pm(valid)} | {_pm(test)} | {required} | {goal} "
+                     f"| {per_seed} | {machines} |")
+    return "\n".join(lines) + "\n"
+
+
+def _grouped(seeds: list[tuple[Seed, list[dict], dict]]) -> list[tuple[str, list[str]]]:
+    groups: dict[str, list[str]] = {}
+    for seed, _, _ in seeds:
+        groups.setdefault(seed.machine, []).append(str(seed.seed))
+    return list(groups.items())
+
+
+def figure(runs: dict[str, list[tuple[Seed, list[dict], dict]]]):
+    """Two panels, as the schedules differ: the 13-epoch no-dropout runs, and the 32-epoch dropout
+    ones. Each variant: mean valid curve over its seeds, their min-max band, its goal dashed."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    panels = ((axes[0], [v for v in VARIANTS if v.required == 125], "without dropout"),
+              (axes[1], [v for v in VARIANTS if v.required != 125], "with dropout and weight decay"))
+    for axis, variants, title in panels:
+        for variant, color in zip(variants, ("tab:blue", "tab:orange", "tab:green")):
+            curves = [[r["valid_ppl"] for r in epochs] for _, epochs, _ in runs[variant.label]]
+            length = min(len(c) for c in curves)
+            epochs = list(range(1, length + 1))
+            columns = [[c[i] for c in curves] for i in range(length)]
+            axis.plot(epochs, [statistics.mean(v) for v in columns], color=color, marker="o", markersize=3,
+                      label=f"{variant.label} (mean of {len(curves)} seeds)")
+            axis.fill_between(epochs, [min(v) for v in columns], [max(v) for v in columns], color=color, alpha=0.2)
+            axis.axhline(variant.goal, color=color, linestyle="--", linewidth=1, label=f"goal <= {variant.goal:g}")
+        _log_axis(axis)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("validation perplexity (log scale)")
+        axis.set_title(f"Zaremba-small on PTB, {title}")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[0]) if argv else HERE / "final"
+    with tarfile.open(ARCHIVE) as archive:
+        runs = {v.label: [(seed, *read_metrics(seed.metrics, archive)) for seed in v.seeds] for v in VARIANTS}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "results.md", results(runs).encode())
+    fig = figure(runs)
+    for fmt in ("png", "svg"):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, dpi=DPI)
+        atomic_write_bytes(out / f"valid-per-epoch.{fmt}", buffer.getvalue())
+    print((out / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
