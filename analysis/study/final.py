@@ -35,9 +35,12 @@ from ptbjobs.figures import DPI, _log_axis  # noqa: E402  (the report's axis, so
 HERE = Path(__file__).resolve().parent
 ARCHIVE = HERE / "run-folders.tar.gz"
 PILOTS = HERE.parent / "pilots"
-GPU = "one H200, round 1, 24 runs at once"
-EPYC = "2-core AMD EPYC CPU"
-XEON = "2-core Intel Xeon CPU"
+GPU = "one H200, 2026-11-27 (round 1, 24 runs at once)"
+EPYC_DEC4 = "2-core AMD EPYC CPU, 2026-12-04"
+EPYC_DEC5 = "2-core AMD EPYC CPU, 2026-12-05"
+XEON = "2-core Intel Xeon CPU, 2026-11-28"
+# (where and when each seed ran; ../pilots/README.md has each CPU run's commit, hours and speed,
+# README.md here round 1's)
 
 
 @dataclass(frozen=True)
@@ -74,12 +77,12 @@ VARIANTS = (
     Variant("GRU, no dropout", "lr 0.5, halved each epoch from epoch 3; 13 epochs", 125, 120,
             _round1("gru-d0")),
     Variant("LSTM, dropout", "dropout 0.275, weight decay 3e-5; lr 1 held 10 epochs, then /1.2; 32 epochs",
-            100, 96, _pilot("cpu-lstm-d0.275-wd3e-5", (EPYC, EPYC, EPYC))),
+            100, 96, _pilot("cpu-lstm-d0.275-wd3e-5", (EPYC_DEC5,) * 3)),
     Variant("GRU, dropout", "dropout 0.35, weight decay 2e-5; lr 0.5 held 10 epochs, then /1.2; 32 epochs",
-            100, 99, _pilot("cpu-gru-d0.35-wd2e-5", (XEON, EPYC, EPYC))),
+            100, 99, _pilot("cpu-gru-d0.35-wd2e-5", (XEON, EPYC_DEC5, EPYC_DEC5))),
     Variant("beyond: LSTM, tied + variational dropout",
             "variational dropout 0.25, tied, weight decay 3e-5; lr 1 held 10 epochs, then /1.2; 32 epochs",
-            None, 90, _pilot("cpu-tied-var0.25-wd3e-5", (EPYC, EPYC, EPYC))),
+            None, 90, _pilot("cpu-tied-var0.25-wd3e-5", (EPYC_DEC4, EPYC_DEC5, EPYC_DEC5))),
 )
 
 
@@ -109,10 +112,12 @@ def _pm(values: list[float]) -> str:
 def results(runs: dict[str, list[tuple[Seed, list[dict], dict]]]) -> str:
     lines = ["# The study's answer: each variant's config that meets its goal, three seeds each", "",
              "Validation perplexity is each run's best epoch; test perplexity is measured once, with the "
-             "weights of that epoch. Mean ± sample std over the seeds. Written by `python "
-             "analysis/study/final.py` from the runs' own metrics files.", "",
-             "| variant | config | valid | test | required | our goal | seeds: valid | where it ran |",
-             "|---|---|---:|---:|---|---|---|---|"]
+             "weights of that epoch. Mean ± sample std over the seeds. Run time: each run's own training "
+             "and evaluation time, added up over the seeds (runs that shared a device each count their "
+             "own, as in `ptbjobs report`). Written by `python analysis/study/final.py` from the runs' "
+             "own metrics files.", "",
+             "| variant | config | valid | test | required | our goal | seeds: valid | where it ran | run time |",
+             "|---|---|---:|---:|---|---|---|---|---:|"]
     for variant in VARIANTS:
         seeds = runs[variant.label]
         valid = [final["best_valid_ppl"] for _, _, final in seeds]
@@ -126,8 +131,14 @@ def results(runs: dict[str, list[tuple[Seed, list[dict], dict]]]) -> str:
         machines = "; ".join(f"seed{'s' if len(group) > 1 else ''} {', '.join(group)}: {machine}"
                              for machine, group in _grouped(seeds))
         lines.append(f"| {variant.label} | {variant.config} | {_pm(valid)} | {_pm(test)} | {required} | {goal} "
-                     f"| {per_seed} | {machines} |")
+                     f"| {per_seed} | {machines} | {_run_time(seeds)} |")
     return "\n".join(lines) + "\n"
+
+
+def _run_time(seeds: list[tuple[Seed, list[dict], dict]]) -> str:
+    hours = sum(final["elapsed_s"] for _, _, final in seeds) / 3600
+    devices = {"GPU" if final["device"].startswith("cuda") else "CPU" for _, _, final in seeds}
+    return f"{hours:.2f} {'/'.join(sorted(devices))}-h"
 
 
 def _grouped(seeds: list[tuple[Seed, list[dict], dict]]) -> list[tuple[str, list[str]]]:
