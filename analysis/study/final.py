@@ -10,11 +10,13 @@ standard deviation over seeds, and the valid curve's mean with the seeds' min-ma
 
     python analysis/study/final.py [OUT]        # default OUT: analysis/study/final
 
-It writes OUT/results.md and OUT/valid-per-epoch.png and .svg.
+It writes OUT/results.md (the table), OUT/runs.csv (each run's figures, where it ran and its
+metrics file) and OUT/valid-per-epoch.png and .svg.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import statistics
@@ -148,6 +150,27 @@ def _grouped(seeds: list[tuple[Seed, list[dict], dict]]) -> list[tuple[str, list
     return list(groups.items())
 
 
+def runs_csv(runs: dict[str, list[tuple[Seed, list[dict], dict]]]) -> str:
+    """One row per run: what the table's means are made of."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["variant", "config", "seed", "best_valid_ppl", "best_epoch", "test_ppl", "epochs",
+                     "device", "run_hours", "where", "metrics"])
+    for variant in VARIANTS:
+        for seed, _, final in runs[variant.label]:
+            writer.writerow([variant.label, variant.config, seed.seed, f"{final['best_valid_ppl']:.4f}",
+                             final["best_epoch"], f"{final['test_ppl']:.4f}", final["epochs"], final["device"],
+                             f"{final['elapsed_s'] / 3600:.4f}", seed.machine, _repo_path(seed.metrics)])
+    return buffer.getvalue()
+
+
+def _repo_path(source: str) -> str:
+    """Where a metrics file is, from the repository's root."""
+    if source.startswith("archive:"):
+        return f"analysis/study/{ARCHIVE.name}: {source.removeprefix('archive:')}"
+    return f"analysis/pilots/{source}"
+
+
 def figure(runs: dict[str, list[tuple[Seed, list[dict], dict]]]):
     """Two panels, as the schedules differ: the 13-epoch no-dropout runs, and the 32-epoch dropout
     ones. Each variant: mean valid curve over its seeds, their min-max band, its goal dashed."""
@@ -180,6 +203,7 @@ def main(argv: list[str]) -> int:
         runs = {v.label: [(seed, *read_metrics(seed.metrics, archive)) for seed in v.seeds] for v in VARIANTS}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "results.md", results(runs).encode())
+    atomic_write_bytes(out / "runs.csv", runs_csv(runs).encode())
     fig = figure(runs)
     for fmt in ("png", "svg"):
         buffer = io.BytesIO()
