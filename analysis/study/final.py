@@ -59,6 +59,7 @@ class Variant:
     required: float | None  # the study's limit (valid <), None for "beyond"
     goal: float  # our own goal (valid <=)
     seeds: tuple[Seed, ...]
+    with_dropout: bool = True  # the figure's panel: the two schedules differ (13 and 32 epochs)
 
 
 def _round1(run: str) -> tuple[Seed, ...]:
@@ -75,9 +76,9 @@ def _pilot(stem: str, machines: tuple[str, str, str]) -> tuple[Seed, ...]:
 # batch 20, every run's own seed); the dropout ones are round 2's weight-decay points.
 VARIANTS = (
     Variant("LSTM, no dropout", "lr 1, halved each epoch from epoch 5; 13 epochs", 125, 119.5,
-            _round1("lstm-d0")),
+            _round1("lstm-d0"), with_dropout=False),
     Variant("GRU, no dropout", "lr 0.5, halved each epoch from epoch 3; 13 epochs", 125, 120,
-            _round1("gru-d0")),
+            _round1("gru-d0"), with_dropout=False),
     Variant("LSTM, dropout", "dropout 0.275, weight decay 3e-5; lr 1 held 10 epochs, then /1.2; 32 epochs",
             100, 96, _pilot("cpu-lstm-d0.275-wd3e-5", (EPYC_DEC5,) * 3)),
     Variant("GRU, dropout", "dropout 0.35, weight decay 2e-5; lr 0.5 held 10 epochs, then /1.2; 32 epochs",
@@ -88,8 +89,9 @@ VARIANTS = (
 )
 
 
-def read_metrics(source: str, archive: tarfile.TarFile) -> tuple[list[dict], dict]:
-    """(epoch records in order, the final record) of one run; a run without its final record is an error."""
+def read_metrics(source: str, archive: tarfile.TarFile) -> tuple[dict[int, dict], dict]:
+    """(epoch records by epoch, the final record) of one run. A run without its final record, or
+    cut short by max_steps ("truncated"), is an error: the report would not count it either."""
     try:
         if source.startswith("archive:"):
             text = archive.extractfile(source.removeprefix("archive:")).read().decode()
@@ -98,12 +100,10 @@ def read_metrics(source: str, archive: tarfile.TarFile) -> tuple[list[dict], dic
     except (KeyError, FileNotFoundError):
         raise SystemExit(f"{source}: no such metrics file; each variant's seeds are listed in VARIANTS") from None
     records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    # by epoch, the last record winning: a resumed run repeats the epochs after its checkpoint
-    by_epoch = {r["epoch"]: r for r in records if "valid_ppl" in r and "epoch" in r}
-    epochs = [by_epoch[epoch] for epoch in sorted(by_epoch)]
+    epochs = {r["epoch"]: r for r in records if "valid_ppl" in r and "epoch" in r}
     final = next((r for r in records if r.get("final")), None)
-    if final is None:
-        raise SystemExit(f"{source}: the run has not finished (no final record); the answer needs finished runs")
+    if final is None or final.get("truncated"):
+        raise SystemExit(f"{source}: the run did not finish all its epochs; the answer needs finished runs")
     return epochs, final
 
 
@@ -111,7 +111,7 @@ def _pm(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def results(runs: dict[str, list[tuple[Seed, list[dict], dict]]]) -> str:
+def results(runs: dict[str, list[tuple[Seed, dict[int, dict], dict]]]) -> str:
     lines = ["# The study's answer: each variant's config that meets its goal, three seeds each", "",
              "Validation perplexity is each run's best epoch; test perplexity is measured once, with the "
              "weights of that epoch. Mean ± sample std over the seeds. Run time: each run's own training "
@@ -137,20 +137,20 @@ def results(runs: dict[str, list[tuple[Seed, list[dict], dict]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run_time(seeds: list[tuple[Seed, list[dict], dict]]) -> str:
+def _run_time(seeds: list[tuple[Seed, dict[int, dict], dict]]) -> str:
     hours = sum(final["elapsed_s"] for _, _, final in seeds) / 3600
     devices = {"GPU" if final["device"].startswith("cuda") else "CPU" for _, _, final in seeds}
     return f"{hours:.2f} {'/'.join(sorted(devices))}-h"
 
 
-def _grouped(seeds: list[tuple[Seed, list[dict], dict]]) -> list[tuple[str, list[str]]]:
+def _grouped(seeds: list[tuple[Seed, dict[int, dict], dict]]) -> list[tuple[str, list[str]]]:
     groups: dict[str, list[str]] = {}
     for seed, _, _ in seeds:
         groups.setdefault(seed.machine, []).append(str(seed.seed))
     return list(groups.items())
 
 
-def runs_csv(runs: dict[str, list[tuple[Seed, list[dict], dict]]]) -> str:
+def runs_csv(runs: dict[str, list[tuple[Seed, dict[int, dict], dict]]]) -> str:
     """One row per run: what the table's means are made of."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -171,21 +171,21 @@ def _repo_path(source: str) -> str:
     return f"analysis/pilots/{source}"
 
 
-def figure(runs: dict[str, list[tuple[Seed, list[dict], dict]]]):
+def figure(runs: dict[str, list[tuple[Seed, dict[int, dict], dict]]]):
     """Two panels, as the schedules differ: the 13-epoch no-dropout runs, and the 32-epoch dropout
     ones. Each variant: mean valid curve over its seeds, their min-max band, its goal dashed."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
-    panels = ((axes[0], [v for v in VARIANTS if v.required == 125], "without dropout"),
-              (axes[1], [v for v in VARIANTS if v.required != 125], "with dropout and weight decay"))
+    panels = ((axes[0], [v for v in VARIANTS if not v.with_dropout], "without dropout"),
+              (axes[1], [v for v in VARIANTS if v.with_dropout], "with dropout and weight decay"))
     for axis, variants, title in panels:
-        for variant, color in zip(variants, ("tab:blue", "tab:orange", "tab:green")):
-            curves = [[r["valid_ppl"] for r in epochs] for _, epochs, _ in runs[variant.label]]
-            length = min(len(c) for c in curves)
-            epochs = list(range(1, length + 1))
-            columns = [[c[i] for c in curves] for i in range(length)]
-            axis.plot(epochs, [statistics.mean(v) for v in columns], color=color, marker="o", markersize=3,
-                      label=f"{variant.label} (mean of {len(curves)} seeds)")
-            axis.fill_between(epochs, [min(v) for v in columns], [max(v) for v in columns], color=color, alpha=0.2)
+        for variant in variants:
+            curves = [epochs for _, epochs, _ in runs[variant.label]]
+            shared = sorted(set.intersection(*(set(curve) for curve in curves)))  # epochs every seed has
+            columns = [[curve[epoch]["valid_ppl"] for curve in curves] for epoch in shared]
+            (line,) = axis.plot(shared, [statistics.mean(v) for v in columns], marker="o", markersize=3,
+                                label=f"{variant.label} (mean of {len(curves)} seeds)")
+            color = line.get_color()
+            axis.fill_between(shared, [min(v) for v in columns], [max(v) for v in columns], color=color, alpha=0.2)
             axis.axhline(variant.goal, color=color, linestyle="--", linewidth=1, label=f"goal <= {variant.goal:g}")
         _log_axis(axis)
         axis.set_xlabel("epoch")
