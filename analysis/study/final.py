@@ -32,7 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ptbjobs.atomic import atomic_write_bytes  # noqa: E402
-from ptbjobs.figures import DPI, _log_axis  # noqa: E402  (the report's axis, so the figures read alike)
+from ptbjobs.figures import _log_axis, save  # noqa: E402  (the report's axis and writer: figures alike)
 
 HERE = Path(__file__).resolve().parent
 ARCHIVE = HERE / "run-folders.tar.gz"
@@ -204,11 +204,7 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "results.md", results(runs).encode())
     atomic_write_bytes(out / "runs.csv", runs_csv(runs).encode())
-    fig = figure(runs)
-    for fmt in ("png", "svg"):
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format=fmt, dpi=DPI)
-        atomic_write_bytes(out / f"valid-per-epoch.{fmt}", buffer.getvalue())
+    save(figure(runs), out, "valid-per-epoch", atomic_write_bytes)
     print((out / "results.md").read_text())
     return 0
 
