@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ptbjobs.synthetic import make_sweep
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from synthetic import make_sweep  # noqa: E402 - the tests' builder of synthetic sweep folders
 
 
 def timed(command: list[str], repeat: int) -> float:

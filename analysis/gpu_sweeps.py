@@ -28,8 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # for ptbjobs, without installing the package
 
-from ptbjobs.grid import load_grid  # noqa: E402
-from ptbjobs.states import is_finished  # noqa: E402
+from ptbjobs.sweep.grid import load_grid  # noqa: E402
+from ptbjobs.core.states import is_finished  # noqa: E402
 
 
 def ptbjobs(*args: str, capture: bool = True) -> str:

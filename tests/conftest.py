@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ptbjobs.config import TrainConfig
-from ptbjobs.datafiles import default_data_dir
-from ptbjobs.download import ARCHIVE_MEMBER_PREFIX
+from ptbjobs.train.config import TrainConfig
+from ptbjobs.train.ptb_download import ARCHIVE_MEMBER_PREFIX
+from ptbjobs.train.ptb_files import default_data_dir
 
 SPLITS = ("train", "valid", "test")
 

@@ -31,8 +31,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ptbjobs.atomic import atomic_write_bytes  # noqa: E402
-from ptbjobs.figures import _log_axis, save  # noqa: E402  (the report's axis and writer: figures alike)
+from ptbjobs.core.atomic import atomic_write_bytes  # noqa: E402
+from ptbjobs.analysis.figures import _log_axis, save  # noqa: E402  (the report's axis and writer: figures alike)
 
 HERE = Path(__file__).resolve().parent
 ARCHIVE = HERE / "run-folders.tar.gz"

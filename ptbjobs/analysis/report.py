@@ -1,0 +1,164 @@
+"""`ptbjobs report`: the results table (terminal, Markdown, CSV, LaTeX, JSON) and the convergence
+figures of a sweep, written into its folder (or --out), each file replaced atomically."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ptbjobs.analysis import figures
+from ptbjobs.analysis import tables as analysis
+from ptbjobs.core.atomic import atomic_write_bytes
+from ptbjobs.core.errors import ConfigError, PtbjobsError
+from ptbjobs.sweep.folder import Sweep
+
+PARAMETER_NOTE = ("parameters as PyTorch counts them: two bias vectors per gate in each recurrent layer "
+                  "(an LSTM layer of 200 on 200 inputs: 321,600; a single-bias count gives 320,800)")
+
+
+@dataclass
+class Report:
+    table: pd.DataFrame
+    per_run: pd.DataFrame
+    incomplete: list[str]
+    references: pd.DataFrame | None
+    files: list[Path] = field(default_factory=list)
+
+
+def make_report(sweep: Sweep, out: Path | None = None, include_incomplete: bool = False,
+                per_run: bool = False, references: Path | None = None) -> Report:
+    if out is not None and out.exists() and not out.is_dir():
+        raise ConfigError(None, f"--out {out} is a file, not a folder", "give a folder path")
+    data = analysis.load_sweep(sweep)
+    table = analysis.results_table(data, include_incomplete)
+    if table.empty:
+        raise PtbjobsError(f"no run of {sweep.path} has completed yet",
+                           "wait for a run to finish, or add --include-incomplete")
+    refs = analysis.load_references(references) if references else None
+    report = Report(table, data.runs, analysis.incomplete_runs(data), refs)
+    folder = out or sweep.path
+    (folder / "figures").mkdir(parents=True, exist_ok=True)
+    write = _writer(report.files)
+    write(folder / "results.md", markdown(report, data, per_run, include_incomplete).encode())
+    write(folder / "results.csv", table.to_csv(index=False).encode())
+    write(folder / "results.tex", latex(report).encode())
+    write(folder / "results.json", (json.dumps({
+        "sweep": data.name, "variants": analysis.to_json_records(table),
+        "runs": analysis.to_json_records(data.runs[_RUN_COLUMNS]), "incomplete": report.incomplete,
+        "references": analysis.to_json_records(refs) if refs is not None else None,
+        "parameter_count": PARAMETER_NOTE}, indent=1) + "\n").encode())
+    groups = figures.variant_groups(data, include_incomplete)
+    for label, runs in groups:
+        figures.save(figures.variant_figure(data, runs, label), folder / "figures", figures.slug(label), write)
+    figures.save(figures.overview_figure(data, groups), folder / "figures", "overview", write)
+    return report
+
+
+def _writer(log: list[Path]):
+    def write(path: Path, payload: bytes) -> None:
+        atomic_write_bytes(path, payload)
+        log.append(path)
+    return write
+
+
+_RUN_COLUMNS = ["key", "cell", "dropout", "seed", "complete", "epochs_done", "final_train_ppl", "min_valid_ppl",
+                "min_valid_epoch", "test_ppl", "gpu_hours", "cpu_hours"]
+_MEASURED_COLUMNS = {"final_train_ppl", "min_valid_ppl", "test_ppl", "gpu_hours", "cpu_hours"}
+
+
+def _pm(mean: float, std: float, digits: int = 1) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _compute(row: pd.Series) -> str:
+    parts = [f"{row['gpu_hours']:.2f} GPU-h"] if row["gpu_hours"] > 0 else []
+    if row["cpu_hours"] > 0 or not parts:
+        parts.append(f"{row['cpu_hours']:.2f} CPU-h")
+    return " + ".join(parts)
+
+
+def display_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """The variant table as text cells, shared by the terminal, Markdown and LaTeX renderings."""
+    header = ["variant", "seeds", "final train ppl", "min valid ppl", "test ppl", "epoch of min",
+              "target (valid)", "met", "compute", "parameters"]
+    rows = []
+    for _, row in report.table.iterrows():
+        # with --include-incomplete, unfinished runs count in train/valid but have no test yet
+        seeds = str(row["seeds"]) if row["finished"] == row["seeds"] else f"{row['seeds']} ({row['finished']} finished)"
+        rows.append([row["variant"], seeds, _pm(row["final_train_ppl_mean"], row["final_train_ppl_std"]),
+                     _pm(row["min_valid_ppl_mean"], row["min_valid_ppl_std"]),
+                     _pm(row["test_ppl_mean"], row["test_ppl_std"]), row["min_valid_epoch"],
+                     f"< {row['target_valid_ppl']:g}", "yes" if row["target_met"] else "no", _compute(row),
+                     f"{row['parameters']:,}"])
+        if row["reference"]:  # the published number for this very model, on the row below it
+            reference = analysis.ZAREMBA_SMALL
+            rows.append([f"{reference['source']} (published)", "-", "-", f"{reference['valid_ppl']}",
+                         f"{reference['test_ppl']}", "-", "-", "-", "-", "-"])
+    return header, rows
+
+
+def markdown(report: Report, data: analysis.SweepData, per_run: bool, include_incomplete: bool = False) -> str:
+    header, rows = display_rows(report)
+    lines = [f"# Results: sweep {data.name}", "",
+             "Mean ± std over seeds (sample std). Test perplexity is each run's, measured once with the weights "
+             "of its best validation epoch. Target met when the mean min valid perplexity is below the target. "
+             "Compute: the seeds' training and evaluation time on their device, added up (runs that shared "
+             "one GPU each count their own time).", "",
+             _md_table(header, rows), "", f"Parameter count: {PARAMETER_NOTE}."]
+    if report.incomplete:
+        counted = "counted in the table (--include-incomplete)" if include_incomplete else "not in the table"
+        lines += ["", f"Incomplete runs, {counted}: {', '.join(report.incomplete)}."]
+    if report.references is not None:
+        lines += ["", "## Published results (2 x 200 models on PTB)", "",
+                  _md_table(list(report.references.columns), report.references.astype(str).values.tolist())]
+    if per_run:
+        # what sets the variants apart beyond cell and dropout (tied weights, a schedule) after dropout
+        columns = _RUN_COLUMNS[:3] + [f for f in data.variant_fields[2:] if f in report.per_run] + _RUN_COLUMNS[3:]
+        runs = report.per_run[columns]
+        lines += ["", "## Runs", "", _md_table(columns, [[_cell(v, name) for name, v in zip(columns, r)]
+                                                         for r in runs.values.tolist()])]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value, column: str = "") -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        # measurements to two decimals; a setting in full (dropout 0.275, not 0.28; weight decay 3e-05, not 0.00)
+        return f"{value:.2f}" if column in _MEASURED_COLUMNS and not value.is_integer() else f"{value:g}"
+    return str(value)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def latex(report: Report) -> str:
+    header, rows = display_rows(report)
+    escape = lambda text: (text.replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%")
+                           .replace("_", "\\_").replace("#", "\\#").replace("±", "$\\pm$").replace("<", "$<$"))
+    lines = ["\\begin{tabular}{l" + "r" * (len(header) - 1) + "}", "\\toprule",
+             " & ".join(escape(h) for h in header) + " \\\\", "\\midrule"]
+    lines += [" & ".join(escape(c) for c in row) + " \\\\" for row in rows]
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "% needs \\usepackage{booktabs}\n" + "\n".join(lines) + "\n"
+
+
+def terminal_table(report: Report):
+    from rich.table import Table
+
+    header, rows = display_rows(report)
+    table = Table(title="results", title_justify="left")
+    for name in header:
+        table.add_column(name, justify="left" if name == "variant" else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table

@@ -1,0 +1,163 @@
+"""The commands about a sweep: submit, status, cancel, retry, logs, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ptbjobs.cli.common import DATA_DIR_HELP, SWEEP_DIR_HELP, app, console
+from ptbjobs.cli.config_flags import escape_help
+
+PLAN_ROWS_SHOWN = 50  # a bigger plan is summarised: a row per run says little at 1,000 runs
+REFERENCES_FILE = Path(__file__).resolve().parents[2] / "analysis" / "references.csv"
+
+
+@app.command()
+def submit(
+    grid: Path = typer.Option(..., "--grid", help="the grid file (TOML)"),
+    sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=escape_help("sweep folder [default: runs/NAME]")),
+    executor: str = typer.Option("auto", "--executor", help="auto (the sweep's own, else Slurm if sbatch is on PATH, else local), local or slurm"),
+    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", min=1, help=escape_help("local executor: runs at once, kept by the sweep [default: the sweep's, else runs_per_gpu per GPU, else cores / cpus_per_task (2 if unset)]")),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, submit nothing"),
+    wait: bool = typer.Option(False, "--wait", help="show live status until every run has ended; exit 1 if any did not complete"),
+    force: bool = typer.Option(False, "--force", help="restart runs whose config changed (their old folders are set aside)"),
+    yes: bool = typer.Option(False, "--yes", help="allow a grid of more than 10,000 runs"),
+    only: Optional[list[str]] = typer.Option(None, "--only", help=escape_help("submit only the runs with this setting, KEY=VALUE (repeatable: a key given twice matches either value) [default: every run]")),
+) -> None:
+    """Submit every run of a grid that is not done or in progress; returns at once."""
+    from ptbjobs.launch.status import watch
+    from ptbjobs.launch.submit import submit_grid
+
+    done = submit_grid(grid, sweep_dir, executor, max_parallel, data_dir, dry_run=dry_run, force=force,
+                       allow_large=yes, only=only)
+    out = console()
+    verb = "would submit" if dry_run else "submitted"
+    selected = f" (--only: {len(done.planned)} of the grid's {done.grid_runs})" if only else ""
+    parallel = done.executor.parallel_in_force
+    where = f"{done.executor.name}, {parallel} at once" if parallel else done.executor.name
+    out.print(f"{verb} {done.starting} of {len(done.planned)} runs{selected} -> {done.sweep.path} ({where})")
+    out.print(_plan_table(done.planned) if dry_run or len(done.planned) <= PLAN_ROWS_SHOWN else _plan_summary(done.planned))
+    if wait and not dry_run:
+        raise typer.Exit(watch(done.sweep, console(), until_done=True))
+
+
+def _plan_summary(planned) -> str:
+    from collections import Counter
+
+    counts = Counter(p.action for p in planned)
+    return "plan: " + ", ".join(f"{n} {action}" for action, n in counts.most_common()) + \
+        "  (ptbjobs submit --dry-run lists them; ptbjobs status shows each run)"
+
+
+def _plan_table(planned):
+    from rich.table import Table
+
+    table = Table()
+    for column in ("run", "state before", "action"):
+        table.add_column(column)
+    for item in planned:
+        table.add_row(item.spec.key, item.state, item.action)
+    return table
+
+
+@app.command()
+def status(
+    sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=SWEEP_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="print JSON (schema: see the README)"),
+    watch: bool = typer.Option(False, "--watch", help="refresh every 2 s until Ctrl-C"),
+) -> None:
+    """One row per run: state, epoch, perplexities, elapsed time and ETA."""
+    from ptbjobs.launch import status as sweep_status
+    from ptbjobs.sweep.folder import find_sweep
+
+    sweep = find_sweep(sweep_dir)
+    if watch:
+        raise typer.Exit(sweep_status.watch(sweep, console(), until_done=False))
+    collected = sweep_status.collect(sweep)
+    if as_json:
+        print(json.dumps(collected))
+        return
+    out = console()
+    out.print(sweep_status.render_table(collected), end="", no_wrap=True, overflow="ignore", crop=False)
+    out.print(sweep_status.summary_line(collected))
+
+
+@app.command()
+def cancel(
+    run: list[str] = typer.Option([], "--run", help=escape_help("run key (repeatable) [default: every queued or running run]")),
+    sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=SWEEP_DIR_HELP),
+) -> None:
+    """Cancel queued or running jobs; a running one saves its state first."""
+    from ptbjobs.launch.cancel import cancel as cancel_runs
+    from ptbjobs.sweep.folder import find_sweep
+
+    cancelled = cancel_runs(find_sweep(sweep_dir), run or None)
+    print(f"cancelled {len(cancelled)} run(s)" + (f": {', '.join(cancelled)}" if cancelled else ""))
+
+
+@app.command()
+def retry(
+    run: list[str] = typer.Option([], "--run", help=escape_help("run key (repeatable) [default: every run that can be retried]")),
+    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", min=1, help=escape_help("local executor: runs at once, kept by the sweep [default: the sweep's]")),
+    sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=SWEEP_DIR_HELP),
+) -> None:
+    """Resubmit runs that FAILED, TIMEOUT, CANCELLED, ...; they resume from their checkpoints."""
+    from ptbjobs.launch.submit import retry as retry_runs
+    from ptbjobs.sweep.folder import find_sweep
+
+    retried = retry_runs(find_sweep(sweep_dir), keys=run or None, max_parallel=max_parallel)
+    if not retried.submitted:
+        print("nothing to retry: no run has failed, timed out or been cancelled")
+    for key, job_id in retried.submitted.items():
+        print(f"{key}: resubmitted as job {job_id}")
+    if retried.local_parallel:
+        print(f"local executor: {retried.local_parallel} at once")
+
+
+@app.command()
+def logs(
+    run: str = typer.Argument(..., help="run key (see `ptbjobs status`)"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep printing the latest attempt's log as it grows"),
+    sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=SWEEP_DIR_HELP),
+) -> None:
+    """The run's output, every attempt in order."""
+    from ptbjobs.launch import logs as run_logs
+    from ptbjobs.sweep.folder import find_sweep
+
+    sweep = find_sweep(sweep_dir)
+    attempts = run_logs.attempt_logs(sweep, run)
+    for attempt in attempts:
+        print(f"==> attempt {attempt.job_id} ({attempt.executor}): {attempt.path}")
+        print(attempt.path.read_text() if attempt.path.exists() else "(no output yet)", end="")
+    latest = run_logs.latest_attempt_paths(attempts)
+    if follow and latest:
+        for chunk in run_logs.follow(latest[0], lambda: run_logs.run_is_active(sweep, run)):
+            print(chunk, end="", flush=True)
+
+
+@app.command()
+def report(
+    sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=SWEEP_DIR_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help=escape_help("folder for results.* and figures/ [default: the sweep folder]")),
+    include_incomplete: bool = typer.Option(False, "--include-incomplete", help="count runs that have not finished"),
+    per_run: bool = typer.Option(False, "--per-run", help="add a table of every run to results.md"),
+    references: bool = typer.Option(False, "--references", help="add published 2 x 200 results (analysis/references.csv)"),
+    references_file: Optional[Path] = typer.Option(None, "--references-file", help="another CSV of references (implies --references)"),
+) -> None:
+    """The results table and convergence figures of a sweep: results.md/.csv/.tex/.json, figures/."""
+    from ptbjobs.analysis.report import make_report, terminal_table
+    from ptbjobs.sweep.folder import find_sweep
+
+    chosen = references_file or (REFERENCES_FILE if references else None)
+    made = make_report(find_sweep(sweep_dir), out, include_incomplete, per_run, chosen)
+    shown = console()
+    shown.print(terminal_table(made))
+    if made.incomplete:
+        counted = "included" if include_incomplete else "left out (--include-incomplete to count them)"
+        shown.print(f"incomplete runs, {counted}: {', '.join(made.incomplete)}")
+    for path in made.files:
+        print(path)

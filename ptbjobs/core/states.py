@@ -1,0 +1,80 @@
+"""The one vocabulary of states, and how a run's state follows from its job and its own folder.
+
+Slurm's names are used where they apply, so a user reads the same words as in `sacct`. ptbjobs's
+own states (NOT_SUBMITTED, DIVERGED, LOST, INTERRUPTED) are ones no scheduler reports. A run folder's
+state.json holds one of FOLDER_STATES; a job (local or Slurm) is in one of the others.
+"""
+
+from __future__ import annotations
+
+# A job still in the scheduler's hands
+PENDING = "PENDING"
+RUNNING = "RUNNING"
+REQUEUED = "REQUEUED"
+ACTIVE = frozenset({PENDING, RUNNING, REQUEUED, "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
+                    "REQUEUE_HOLD", "REQUEUE_FED", "SPECIAL_EXIT", "STOPPED", "RESV_DEL_HOLD", "SIGNALING",
+                    "STAGE_OUT"})  # held or stopped jobs are still Slurm's: resubmitting would double them
+
+# Ended
+COMPLETED = "COMPLETED"
+FAILED = "FAILED"
+CANCELLED = "CANCELLED"
+TIMEOUT = "TIMEOUT"
+PREEMPTED = "PREEMPTED"
+NODE_FAIL = "NODE_FAIL"
+OUT_OF_MEMORY = "OUT_OF_MEMORY"
+BOOT_FAIL = "BOOT_FAIL"
+DEADLINE = "DEADLINE"
+
+# ptbjobs's own
+NOT_SUBMITTED = "NOT_SUBMITTED"
+DIVERGED = "DIVERGED"  # the loss went NaN: resubmitting would replay it, so retry skips it
+LOST = "LOST"  # the scheduler no longer knows the job and the run folder never said it ended
+UNKNOWN = "UNKNOWN"
+INTERRUPTED = "INTERRUPTED"  # a run folder's: stopped on request (a signal) after saving its state
+
+OWN_STATES = frozenset({NOT_SUBMITTED, DIVERGED, LOST, UNKNOWN, INTERRUPTED})
+# What a run folder's state.json says: written by the training process itself. FAILED there means
+# an error stopped it; it resumes from its last checkpoint.
+FOLDER_STATES = frozenset({RUNNING, COMPLETED, DIVERGED, FAILED, INTERRUPTED})
+# Ended without finishing: `retry` (and a new submit) resume these from their checkpoints
+RETRYABLE = frozenset({FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, OUT_OF_MEMORY, BOOT_FAIL, DEADLINE, LOST})
+
+
+def normalise_slurm_state(raw: str) -> str:
+    """sacct prints e.g. "CANCELLED by 1000" or "OUT_OF_ME+": keep the state word, whole."""
+    word = raw.strip().split(" ")[0].rstrip("+")
+    for full in (OUT_OF_MEMORY, NODE_FAIL, COMPLETED, CANCELLED, PREEMPTED, REQUEUED, DEADLINE, BOOT_FAIL):
+        if word and full.startswith(word) and len(word) >= 8:
+            return full
+    return word or UNKNOWN
+
+
+def run_state(job_state: str | None, folder_state: str | None) -> str:
+    """The one state shown for a run.
+
+    job_state: what the executor says of the run's latest job (None: never submitted).
+    folder_state: what the run's own state.json says (RUNNING, COMPLETED, DIVERGED, ...), or None.
+    The run folder wins where it knows better: a job that ended "COMPLETED" for the scheduler may
+    hold a run that diverged, and a run that finished is COMPLETED whatever happened to the job.
+    """
+    if folder_state == COMPLETED:
+        return COMPLETED
+    if folder_state == DIVERGED:
+        return DIVERGED
+    if job_state is None:
+        return NOT_SUBMITTED
+    if job_state == COMPLETED:
+        # the job ended cleanly but the run did not finish (e.g. interrupted and not requeued)
+        return FAILED
+    return job_state
+
+
+def is_active(state: str) -> bool:
+    return state in ACTIVE
+
+
+def is_finished(state: str) -> bool:
+    """Nothing more will happen to the run without a new submit. UNKNOWN is not finished: the
+    scheduler did not answer, and the job may well still be running."""
+    return not is_active(state) and state not in (NOT_SUBMITTED, UNKNOWN)

@@ -1,0 +1,66 @@
+"""The one interface every executor implements, and what it answers when asked about jobs.
+
+An executor turns run keys into jobs and answers for those jobs afterwards. It keeps whatever it
+needs in its own subfolder of the sweep (`local/`, `slurm/`), so that any later process (a `status`
+in another terminal, a `retry` a week on) can ask it again with nothing but the sweep folder.
+Job ids are the executor's own ("L12" locally, "123_4" on Slurm); the manifest records them.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from ptbjobs.core.errors import PtbjobsError
+from ptbjobs.sweep.folder import Sweep
+from ptbjobs.sweep.grid import Resources
+
+
+@dataclass
+class JobStates:
+    """An executor's answer about a set of jobs."""
+
+    states: dict[str, str]  # job id -> state (core.states); every id asked about is present
+    note: str | None = None  # a line for the user beside the states (e.g. "states from squeue")
+    stale: str | None = None  # set when these are the last known states, not live ones: why
+
+
+class PartialSubmission(PtbjobsError):
+    """The scheduler refused a submission after accepting part of it (sbatch refused an array
+    after earlier ones): `submitted` holds the runs that did go out, which the caller must still
+    record, since they will run."""
+
+    def __init__(self, message: str, submitted: dict[str, str], hint: str | None = None):
+        super().__init__(message, hint)
+        self.submitted = submitted
+
+
+class Executor(abc.ABC):
+    name: ClassVar[str]  # what the manifest records for each job ("local", "slurm")
+    # the limit on runs at once that this executor set for the sweep in this command (the local
+    # executor's --max-parallel); None where it has none, or set none
+    parallel_in_force: int | None = None
+
+    @abc.abstractmethod
+    def submit(self, sweep: Sweep, keys: list[str], resources: Resources) -> dict[str, str]:
+        """Start a job for each run key (the run folders' spec.json written already); returns
+        key -> job id. Call with the sweep lock held. Returns as soon as the jobs are queued.
+        Raises PartialSubmission when some jobs went out and then the rest could not."""
+
+    @abc.abstractmethod
+    def query(self, sweep: Sweep, job_ids: list[str]) -> JobStates:
+        """The state of each job, in one question to the scheduler at most."""
+
+    @abc.abstractmethod
+    def cancel(self, sweep: Sweep, job_ids: list[str]) -> None:
+        """Cancel the jobs; a running one is asked to save its state and stop."""
+
+    @abc.abstractmethod
+    def log_paths(self, sweep: Sweep, key: str, job_ids: list[str]) -> list[Path]:
+        """The log files of a run's attempts (the given jobs), oldest first."""
+
+    def apply_max_parallel(self, sweep: Sweep) -> None:
+        """Give the sweep this executor's limit on runs at once, when a command starts nothing.
+        Only the local executor has such a limit (on Slurm it is array_parallelism)."""

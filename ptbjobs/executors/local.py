@@ -1,0 +1,227 @@
+"""The local executor: the embedded default when there is no cluster.
+
+Jobs run as background processes that outlive the CLI. One supervisor process per sweep starts
+queued jobs in order, at most `max_parallel` at once (one per GPU where there are GPUs); each job
+is a worker process of its own (its own session, so neither the CLI's end nor the supervisor's
+touches it). Every fact lives in files, each with one writer, so any later process can read it:
+
+    <sweep>/local/
+      settings.json          max_parallel in force, and the one last given by --max-parallel
+      supervisor.lock        flock'ed by the live supervisor
+      jobs/<id>.json         written by submit (PENDING), then by the supervisor (RUNNING, pid, slot)
+      jobs/<id>.end.json     written once when the job ends (state, exit code): by the worker, or
+                             by the supervisor when it had to kill a cancelled job
+      jobs/<id>.cancel       written once by the first `ptbjobs cancel` of the job: when, and how
+                             long the job may take to stop
+
+A RUNNING job whose process is gone without an end file was killed or crashed: it reads FAILED.
+A cancelled job that is still running when its wait is over (PTBJOBS_KILL_WAIT_S of the cancel
+command, 120 s by default) is killed by the supervisor, as Slurm does after its KillWait: a run
+saves and stops within seconds of a SIGTERM unless its process is stuck (a hung read of a network
+filesystem, a stopped process).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ptbjobs.core import states
+from ptbjobs.core.atomic import atomic_write_json, read_json_if_any, try_exclusive_lock
+from ptbjobs.core.errors import ConfigError
+from ptbjobs.executors.base import Executor, JobStates
+from ptbjobs.sweep.folder import Sweep
+from ptbjobs.sweep.grid import Resources
+
+# A run acts on SIGTERM at its next training step, so an evaluation under way finishes first: well
+# under a minute for this model on 2 CPU threads.
+DEFAULT_KILL_WAIT_S = 120.0
+
+
+class LocalExecutor(Executor):
+    name = "local"
+
+    def __init__(self, max_parallel: int | None = None):
+        self.max_parallel = max_parallel  # --max-parallel of this command, if given
+
+    def submit(self, sweep: Sweep, keys: list[str], resources: Resources) -> dict[str, str]:
+        """Queue one job per run key; returns key -> job id. Call with the sweep lock held.
+        A sweep keeps the last --max-parallel given to it: a later submit or retry without the
+        flag (resuming a timed-out run, adding runs) must not fall back to the default."""
+        folder = local_folder(sweep)
+        (folder / "jobs").mkdir(parents=True, exist_ok=True)
+        given = self.max_parallel or (read_json_if_any(folder / "settings.json") or {}).get("max_parallel_given")
+        self._write_settings(folder, given, given or default_parallelism(resources), resources.to_dict())
+        number = _last_job_number(folder)
+        ids = {}
+        for key in keys:
+            number += 1
+            job_id = f"L{number}"
+            atomic_write_json(job_path(folder, job_id), {"job_id": job_id, "number": number, "run": key,
+                                                   "state": states.PENDING, "submitted": time.time()})
+            ids[key] = job_id
+        ensure_supervisor(sweep)
+        return ids
+
+    def apply_max_parallel(self, sweep: Sweep) -> None:
+        """Give the sweep the --max-parallel of a submit or retry that started nothing, so that the
+        flag is never ignored: the supervisor reads it at its next look, starting queued jobs in the
+        new slots, or letting running ones finish before the next starts. Call with the sweep lock
+        held."""
+        if self.max_parallel is None:
+            return
+        folder = local_folder(sweep)
+        settings = read_json_if_any(folder / "settings.json")
+        if settings is None:
+            raise ConfigError(None, f"--max-parallel: the sweep {sweep.path} has no runs on the local executor",
+                              "on Slurm, set array_parallelism in the grid's [resources]")
+        self._write_settings(folder, self.max_parallel, self.max_parallel, settings["resources"])
+
+    def _write_settings(self, folder: Path, given: int | None, parallel: int, resources: dict[str, Any]) -> None:
+        atomic_write_json(folder / "settings.json", {"max_parallel": parallel, "max_parallel_given": given,
+                                                     "resources": resources})
+        self.parallel_in_force = parallel
+
+    def query(self, sweep: Sweep, job_ids: list[str]) -> JobStates:
+        folder = local_folder(sweep)
+        return JobStates({job_id: job_state(folder, job_id) for job_id in job_ids})
+
+    def cancel(self, sweep: Sweep, job_ids: list[str]) -> None:
+        folder = local_folder(sweep)
+        wait = kill_wait_s()  # a bad value stops the command before anything is cancelled
+        for job_id in job_ids:
+            state = job_state(folder, job_id)
+            if not states.is_active(state):
+                continue
+            marker = folder / "jobs" / f"{job_id}.cancel"
+            if not marker.exists():  # a second cancel neither restarts nor changes the wait
+                atomic_write_json(marker, {"asked": time.time(), "kill_wait_s": wait})
+            record = read_json_if_any(job_path(folder, job_id)) or {}
+            if state == states.RUNNING and is_alive(record):
+                os.kill(record["pid"], signal.SIGTERM)  # the trainer saves its state and stops
+            elif state == states.PENDING:
+                write_end(folder, job_id, states.CANCELLED, None, "cancelled before it started")
+
+    def log_paths(self, sweep: Sweep, key: str, job_ids: list[str]) -> list[Path]:
+        return [sweep.run_dir(key) / "logs" / f"{job_id}.log" for job_id in job_ids]
+
+
+def kill_wait_s() -> float:
+    """How long a cancelled job may take to stop before it is killed: $PTBJOBS_KILL_WAIT_S, else 120 s."""
+    given = os.environ.get("PTBJOBS_KILL_WAIT_S")
+    if given is None:
+        return DEFAULT_KILL_WAIT_S
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ConfigError(None, f"PTBJOBS_KILL_WAIT_S: must be a number of seconds >= 0, got {given!r}",
+                          "unset it for the default of 120 s")
+    return seconds
+
+
+def parallel_in_force(sweep: Sweep) -> int | None:
+    """The sweep's current limit on runs at once, or None if nothing was ever submitted locally."""
+    return (read_json_if_any(local_folder(sweep) / "settings.json") or {}).get("max_parallel")
+
+
+def default_parallelism(resources: Resources) -> int:
+    """`runs_per_gpu` runs per visible GPU; else as many runs as there are cores for them (2 each
+    by default)."""
+    gpus = visible_gpus()
+    if gpus:
+        return len(gpus) * resources.runs_per_gpu
+    per_run = resources.cpus_per_task or 2
+    return max(1, (os.cpu_count() or 1) // per_run)
+
+
+def visible_gpus() -> list[str]:
+    """GPU indices a job may use, without importing torch (which would slow every command)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
+
+
+# ---- job state, read back by any process ----
+
+def job_state(folder: Path, job_id: str) -> str:
+    end = read_json_if_any(folder / "jobs" / f"{job_id}.end.json")
+    if end:
+        return end["state"]
+    record = read_json_if_any(job_path(folder, job_id))
+    if record is None:
+        return states.UNKNOWN
+    if record["state"] == states.RUNNING and not is_alive(record):
+        end = read_json_if_any(folder / "jobs" / f"{job_id}.end.json")  # it may have ended just now
+        if end:
+            return end["state"]
+        if (folder / "jobs" / f"{job_id}.cancel").exists():
+            return states.CANCELLED  # killed by the cancel before it could save and say so
+        return states.FAILED  # killed or crashed before it could say so
+    return record["state"]
+
+
+def is_alive(record: dict[str, Any]) -> bool:
+    """Is the job's process still the one we started? (A pid alone can be reused.)"""
+    pid = record.get("pid")
+    if not pid:
+        return False
+    start = process_start(pid)
+    return start is not None and start == record.get("pid_start")
+
+
+def process_start(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] == "Z":  # a zombie has ended
+        return None
+    return int(fields[19])  # starttime, in clock ticks since boot
+
+
+# ---- the supervisor process (local_supervisor.py) ----
+
+def ensure_supervisor(sweep: Sweep) -> None:
+    """Start the sweep's supervisor unless one is running (it holds supervisor.lock)."""
+    folder = local_folder(sweep)
+    with open(folder / "supervisor.lock", "a") as handle:
+        if not try_exclusive_lock(handle):
+            return  # a live supervisor will see the new jobs
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    with open(folder / "supervisor.log", "a") as log:
+        subprocess.Popen([sys.executable, "-m", "ptbjobs.executors.local_supervisor", "supervise", str(sweep.path)],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+
+
+# ---- files ----
+
+def local_folder(sweep: Sweep) -> Path:
+    return sweep.path / "local"
+
+
+def job_path(folder: Path, job_id: str) -> Path:
+    return folder / "jobs" / f"{job_id}.json"
+
+
+def _last_job_number(folder: Path) -> int:
+    numbers = [int(p.stem[1:]) for p in (folder / "jobs").glob("L*.json") if p.stem[1:].isdigit()]
+    return max(numbers, default=0)
+
+
+def write_end(folder: Path, job_id: str, state: str, exit_code: int | None, message: str) -> None:
+    atomic_write_json(folder / "jobs" / f"{job_id}.end.json",
+                {"state": state, "exit_code": exit_code, "message": message, "ended": time.time()})

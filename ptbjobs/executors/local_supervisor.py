@@ -1,0 +1,230 @@
+"""The local executor's two background processes (`python -m ptbjobs.executors.local_supervisor`):
+
+    supervise SWEEP         one per sweep: starts queued jobs in order in free slots, and kills a
+                            cancelled job that ignores its SIGTERM past its wait; leaves when idle
+    work SWEEP JOB_ID       one per job: trains the job's run, keeping the grid's time limit, and
+                            writes how the job ended
+
+The files they share with the executor are described in local.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ptbjobs.core import states
+from ptbjobs.core.atomic import atomic_write_json, read_json_if_any, try_exclusive_lock
+from ptbjobs.core.errors import DivergedError
+from ptbjobs.executors.local import (
+    DEFAULT_KILL_WAIT_S,
+    is_alive,
+    job_path,
+    job_state,
+    local_folder,
+    process_start,
+    visible_gpus,
+    write_end,
+)
+from ptbjobs.sweep.folder import Sweep
+from ptbjobs.train.signals import TrainingInterrupted, defer_stop_signals
+
+POLL_S = 0.5
+IDLE_EXIT_S = 5.0  # the supervisor leaves once nothing has been queued or running for this long
+
+
+def supervise(sweep: Sweep) -> None:
+    folder = local_folder(sweep)
+    with open(folder / "supervisor.lock", "a") as lock:
+        if not try_exclusive_lock(lock):
+            return  # another supervisor got there first
+        idle_since = time.monotonic()
+        while True:
+            records = _records(folder)
+            running = [r for r in records if job_state(folder, r["job_id"]) == states.RUNNING]
+            pending = sorted((r for r in records if job_state(folder, r["job_id"]) == states.PENDING),
+                             key=lambda r: r["number"])
+            for record in pending:
+                if not _launch(sweep, folder, record):
+                    break  # no free slot
+            for record in running:
+                _kill_if_cancel_ignored(sweep, folder, record)
+            if running or pending:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > IDLE_EXIT_S:
+                # leave only under the sweep lock, after a last look: a submit (which holds that lock
+                # while it queues jobs and checks for a supervisor) then either came before and is
+                # seen here, or comes after and finds no supervisor and starts one
+                with sweep.locked():
+                    if not any(job_state(folder, r["job_id"]) == states.PENDING for r in _records(folder)):
+                        return
+            time.sleep(POLL_S)
+
+
+def _kill_if_cancel_ignored(sweep: Sweep, folder: Path, record: dict[str, Any]) -> None:
+    """SIGKILL a running job (its whole process group) that has not stopped within the wait its
+    cancel gave it. Its run keeps its last checkpoint, and `retry` resumes from it."""
+    job_id = record["job_id"]
+    marker = folder / "jobs" / f"{job_id}.cancel"
+    cancel = read_json_if_any(marker)
+    if cancel is None:  # none, or an empty marker from an older ptbjobs: its mtime says when
+        try:
+            cancel = {"asked": marker.stat().st_mtime, "kill_wait_s": DEFAULT_KILL_WAIT_S}
+        except FileNotFoundError:
+            return
+    if time.time() - cancel["asked"] < cancel["kill_wait_s"] or not is_alive(record):
+        return
+    try:
+        os.killpg(record["pid"], signal.SIGKILL)  # a worker leads its own session (start_new_session)
+    except ProcessLookupError:
+        return  # it ended just now
+    for _ in range(100):  # SIGKILL takes effect at once, except on a process in uninterruptible sleep
+        if not is_alive(record):
+            break
+        time.sleep(0.05)
+    else:
+        return  # still there: it reads RUNNING, and the next look kills it again
+    if read_json_if_any(folder / "jobs" / f"{job_id}.end.json") is None:
+        message = f"killed: still running {cancel['kill_wait_s']:g} s after the cancel"
+        with open(sweep.run_dir(record["run"]) / "logs" / f"{job_id}.log", "a") as log:  # for `ptbjobs logs`
+            log.write(f"ptbjobs job {job_id}: {message}\n")
+        write_end(folder, job_id, states.CANCELLED, -signal.SIGKILL, message)
+
+
+def _records(folder: Path) -> list[dict[str, Any]]:
+    paths = [p for p in (folder / "jobs").glob("L*.json") if p.stem[1:].isdigit()]
+    return [r for r in map(read_json_if_any, paths) if r and "number" in r]
+
+
+def _launch(sweep: Sweep, folder: Path, record: dict[str, Any]) -> bool:
+    """Start a queued job in a free slot; False if there is none. Under the sweep lock from the
+    look at the limit and the job to the RUNNING record, so that `cancel` (which holds it too) sees
+    either a PENDING job it can cancel in place or a RUNNING one it signals, and a new limit
+    (apply_max_parallel, which holds it too) holds for every start after it is written."""
+    with sweep.locked():
+        settings = read_json_if_any(folder / "settings.json") or {}
+        limit = settings.get("max_parallel", 1)
+        running = [r for r in _records(folder) if job_state(folder, r["job_id"]) == states.RUNNING]
+        # after a narrower limit, running jobs may hold slots at or above it: a slot counts as
+        # taken modulo the limit, so that slot % GPUs does not put two runs on one GPU, another idle
+        taken = {r.get("slot", 0) % limit for r in running}
+        free = [slot for slot in range(limit) if slot not in taken]
+        if len(running) >= limit or not free:
+            return False
+        if (folder / "jobs" / f"{record['job_id']}.cancel").exists() or job_state(folder, record["job_id"]) != states.PENDING:
+            return True
+        _start_worker(sweep, folder, record, free[0], settings)
+        return True
+
+
+def _start_worker(sweep: Sweep, folder: Path, record: dict[str, Any], slot: int, settings: dict[str, Any]) -> None:
+    job_id = record["job_id"]
+    run_dir = sweep.run_dir(record["run"])
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    gpus = visible_gpus()
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    threads = settings.get("resources", {}).get("cpus_per_task") or max(1, (os.cpu_count() or 1) // settings.get("max_parallel", 1))
+    env["OMP_NUM_THREADS"] = str(threads)
+    with open(run_dir / "logs" / f"{job_id}.log", "a") as log:
+        process = subprocess.Popen([sys.executable, "-m", "ptbjobs.executors.local_supervisor", "work", str(sweep.path), job_id],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   env=env, start_new_session=True)
+    start = None
+    for _ in range(100):  # /proc/<pid>/stat appears as soon as the process exists
+        start = process_start(process.pid)
+        if start is not None:
+            break
+        time.sleep(0.01)
+    atomic_write_json(job_path(folder, job_id), {**record, "state": states.RUNNING, "pid": process.pid,
+                                           "pid_start": start, "slot": slot, "started": time.time()})
+
+
+# ---- the worker ----
+
+def work(sweep: Sweep, job_id: str) -> int:
+    """Run one job in this process; record how it ended. Returns the exit code.
+
+    The grid's time limit (`timeout_min`) is kept as on Slurm: when it is reached the trainer saves
+    its state and the job resumes from it at once, in the same slot, up to `max_requeues` times;
+    after the last one the job ends TIMEOUT and `ptbjobs retry` resumes it."""
+    defer_stop_signals()  # before torch is imported: a time limit or a cancel may come while it loads
+    from ptbjobs.executors.job import run_job
+
+    folder = local_folder(sweep)
+    record = read_json_if_any(job_path(folder, job_id))
+    settings = read_json_if_any(folder / "settings.json") or {}
+    print(f"ptbjobs job {job_id}: run {record['run']} on {os.uname().nodename}, pid {os.getpid()}", flush=True)
+    cancel_marker = folder / "jobs" / f"{job_id}.cancel"
+    resources = settings.get("resources", {})
+    timeout_min = resources.get("timeout_min") or 0
+    max_requeues = resources.get("max_requeues") or 0
+    requeues = 0
+    while True:
+        limit = _TimeLimit(timeout_min) if timeout_min else None
+        try:
+            run_job(sweep.run_dir(record["run"]))
+        except TrainingInterrupted as exc:
+            timed_out = limit is not None and limit.reached.is_set() and not cancel_marker.exists()
+            if timed_out and requeues < max_requeues:
+                requeues += 1
+                print(f"ptbjobs job {job_id}: time limit of {timeout_min} min reached ({exc.message}); "
+                      f"requeued in place ({requeues} of {max_requeues})", flush=True)
+                continue
+            state = states.CANCELLED if cancel_marker.exists() else states.TIMEOUT if timed_out else states.PREEMPTED
+            # the log's last line says why training stopped, as Slurm's own line does for its jobs; it
+            # comes before the end record, so whoever sees the job ended finds it in the log
+            print(f"ptbjobs job {job_id}: {state} ({exc.message}); `ptbjobs retry` resumes it", flush=True)
+            write_end(folder, job_id, state, exc.exit_code, exc.message)
+            return exc.exit_code
+        except DivergedError as exc:
+            write_end(folder, job_id, states.FAILED, exc.exit_code, exc.message)
+            print(f"ptbjobs: {exc}", flush=True)
+            return exc.exit_code
+        except BaseException as exc:  # noqa: BLE001 - every failure must be recorded, then shown in the log
+            traceback.print_exc()
+            write_end(folder, job_id, states.FAILED, 1, f"{type(exc).__name__}: {exc}")
+            return 1
+        finally:
+            if limit is not None:
+                limit.stop()
+        write_end(folder, job_id, states.COMPLETED, 0, "")
+        return 0
+
+
+class _TimeLimit:
+    """After `minutes`, asks this process's trainer to save and stop, as Slurm does before its
+    limit: one SIGUSR2 (remembered if it comes before training, which then stops before a step)."""
+
+    def __init__(self, minutes: float):
+        self.reached = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(60 * minutes,), daemon=True)
+        self._thread.start()
+
+    def _watch(self, seconds: float) -> None:
+        if not self._stopped.wait(seconds):
+            self.reached.set()
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
+
+
+if __name__ == "__main__":
+    command, sweep_path = sys.argv[1], Path(sys.argv[2])
+    if command == "supervise":
+        supervise(Sweep(sweep_path))
+    elif command == "work":
+        sys.exit(work(Sweep(sweep_path), sys.argv[3]))

@@ -1,0 +1,176 @@
+"""The Slurm executor: a sweep's runs as Slurm job arrays, through submitit.
+
+    <sweep>/slurm/
+      <job id>/            submitit's folder per job: the pickled call, <job id>_0_log.out
+      cancelled.json       array tasks `ptbjobs cancel` cancelled (a pending task cancelled before
+                           it started leaves no trace in sacct)
+      last_states.json     what Slurm last said of every job: shown when the controller is down
+
+Runs with equal resources (all the runs of one submit) go out as one job array per MaxArraySize
+tasks, a task per run, or per pack of `runs_per_gpu` runs. Each task is a `CheckpointableRun` (slurm_tasks.py): on USR2 (Slurm's warning before the time limit, or a
+preemption where the cluster sends it) the trainer saves its exact state at the next step boundary,
+then submitit requeues the task, which resumes from that state, up to `max_requeues` time limits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+from ptbjobs.core import states
+from ptbjobs.core.atomic import atomic_write_json, read_json_if_any
+from ptbjobs.core.errors import PtbjobsError
+from ptbjobs.executors import slurm_commands
+from ptbjobs.executors.base import Executor, JobStates, PartialSubmission
+from ptbjobs.sweep.folder import Sweep
+from ptbjobs.sweep.grid import Resources
+
+# USR2 is asked for this long before the time limit (submitit's default). slurmctld looks at time
+# limits every 30 s and sends the warning at the first look within delay + 30 s of the end, so it
+# comes up to 30 s earlier than asked. A short limit gets a quarter of it: with one minute, USR2
+# comes 15 to 45 s in, never before the run has started, and always a look (30 s) before the kill.
+SIGNAL_DELAY_S = 90
+
+
+def sbatch_parameters(resources: Resources, job_name: str, array_size_limit: int) -> dict[str, Any]:
+    """The grid's [resources] as submitit's SlurmExecutor parameters."""
+    timeout_s = resources.timeout_min * 60
+    params: dict[str, Any] = {
+        "job_name": job_name,
+        "time": int(resources.timeout_min),  # integer minutes: submitit mis-reads "HH:MM:SS" strings
+        "signal_delay_s": min(SIGNAL_DELAY_S, max(10, timeout_s // 4)),
+        "array_parallelism": resources.array_parallelism or array_size_limit,
+        "wckey": "",
+        "stderr_to_stdout": True,
+    }
+    for name in ("partition", "account", "qos", "constraint"):
+        if getattr(resources, name):
+            params[name] = getattr(resources, name)
+    if resources.gpus_per_node:
+        params["gpus_per_node"] = resources.gpus_per_node
+    if resources.cpus_per_task:
+        params["cpus_per_task"] = resources.cpus_per_task
+    if resources.mem_gb:
+        params["mem"] = f"{max(1, round(resources.mem_gb * 1024))}M"
+    extra = {}
+    for option in resources.extra_sbatch:
+        name, _, value = option.lstrip("-").partition("=")
+        extra[name] = value if value else True
+    if extra:
+        params["additional_parameters"] = extra
+    return params
+
+
+class SlurmExecutor(Executor):
+    name = "slurm"
+
+    def submit(self, sweep: Sweep, keys: list[str], resources: Resources) -> dict[str, str]:
+        """One job array per MaxArraySize runs; returns run key -> job id ("123_4"). Returns as soon
+        as sbatch has accepted them."""
+        import submitit  # here, not at the top: status and cancel need none of it
+
+        from ptbjobs.executors.slurm_tasks import CheckpointableRun, PackedRuns
+
+        limit = slurm_commands.max_array_size()
+        executor = submitit.SlurmExecutor(folder=_folder(sweep) / "%j", max_num_timeout=resources.max_requeues)
+        try:
+            executor.update_parameters(**sbatch_parameters(resources, f"ptbjobs-{sweep.path.name}", limit))
+        except ValueError as exc:
+            raise PtbjobsError(f"[resources]: submitit refused them: {str(exc).splitlines()[0]}") from None
+        # with runs_per_gpu, each task trains a pack of runs side by side
+        size = resources.runs_per_gpu
+        packs = [keys[i:i + size] for i in range(0, len(keys), size)]
+        ids: dict[str, str] = {}
+        for start in range(0, len(packs), limit):
+            chunk = packs[start:start + limit]
+            try:
+                # submitit prints sbatch's stderr itself before raising: the error below says it once
+                with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+                    jobs = [executor.submit(CheckpointableRun(), self._dir(sweep, pack[0])) if size == 1 else
+                            executor.submit(PackedRuns(), [self._dir(sweep, key) for key in pack]) for pack in chunk]
+            except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError, OSError,
+                    RuntimeError) as exc:
+                done = f" ({len(ids)} runs were submitted before it)" if ids else ""
+                raise PartialSubmission(f"sbatch failed: {_first_meaningful_line(exc)}{done}", ids,
+                                        "check the [resources] against `sinfo`, and that the controller is up") from None
+            ids.update({key: job.job_id for pack, job in zip(chunk, jobs) for key in pack})
+        return ids
+
+    @staticmethod
+    def _dir(sweep: Sweep, key: str) -> str:
+        return str(sweep.run_dir(key).resolve())
+
+    def query(self, sweep: Sweep, job_ids: list[str]) -> JobStates:
+        """Every job's state in one sacct call (plus one squeue call for jobs sacct does not list
+        yet); the last known states, marked stale, when Slurm does not answer."""
+        if not job_ids:
+            return JobStates({})
+        folder = _folder(sweep)
+        try:
+            report = slurm_commands.job_states(job_ids)
+        except slurm_commands.SlurmUnavailable as exc:
+            last = read_json_if_any(folder / "last_states.json") or {}
+            failure = f"Slurm did not answer ({exc.message})"
+            return JobStates({j: last.get(j, states.UNKNOWN) for j in job_ids},
+                             note=f"{failure}: showing the last known states", stale=failure)
+        found = report.states
+        cancelled = set(read_json_if_any(folder / "cancelled.json") or [])
+        result = {}
+        for job_id in job_ids:
+            state = found.get(job_id)
+            if job_id in cancelled and state in (None, states.PENDING):
+                # a pending array task cancelled before it started has no record of its own, and
+                # accounting may still list it in its array's stale "PENDING" range
+                state = states.CANCELLED
+            result[job_id] = state or states.LOST
+        _remember(folder / "last_states.json", result)
+        return JobStates(result, note=report.note)
+
+    def cancel(self, sweep: Sweep, job_ids: list[str]) -> None:
+        """scancel each job or array task; a running one gets SIGTERM and saves its state first."""
+        folder = _folder(sweep)
+        cancelled = set(read_json_if_any(folder / "cancelled.json") or []) | set(job_ids)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            # written before scancel: a task scancel stops before it starts leaves no other trace
+            atomic_write_json(folder / "cancelled.json", sorted(cancelled))
+        except OSError as exc:
+            raise PtbjobsError(f"cannot write {folder / 'cancelled.json'}: {exc.strerror}",
+                               "cancel from an account that can write the sweep folder") from None
+        slurm_commands.scancel(job_ids)
+
+    def log_paths(self, sweep: Sweep, key: str, job_ids: list[str]) -> list[Path]:
+        # per attempt: a packed run's own log in its folder (when it has one), then the task's log
+        # (the run's lines for a task of one run; for a pack, how the pack ended, and submitit's)
+        paths = []
+        for job_id in job_ids:
+            own = sweep.run_dir(key) / "logs" / f"{job_id}.log"
+            paths += ([own] if own.exists() else []) + [_folder(sweep) / job_id / f"{job_id}_0_log.out"]
+        return paths
+
+
+def _folder(sweep: Sweep) -> Path:
+    return sweep.path / "slurm"
+
+
+def _remember(path: Path, found: dict[str, str]) -> None:
+    """Merge into the last known states (a sweep's jobs may be asked about a few at a time)."""
+    known = read_json_if_any(path) or {}
+    if all(known.get(k) == v for k, v in found.items()):
+        return  # nothing new: status stays read-only in the steady state
+    known.update(found)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {**known, "_time": time.time()})
+    except OSError:
+        pass  # a cache: a sweep folder someone else owns can still be looked at
+
+
+def _first_meaningful_line(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        if "error" in line.lower():
+            return line.strip()
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,193 @@
+"""Talking to Slurm's command-line tools: sacct, squeue, scontrol, scancel.
+
+Everything that crosses the process boundary to Slurm (other than sbatch, which submitit runs) is
+here, as small functions whose parsing is unit-tested on outputs recorded from a real cluster.
+
+Job ids are Slurm's: "123" for a single job, "123_4" for task 4 of array 123. Asking about an
+array's id returns all its tasks, so a sweep of 1,000 runs in one array costs one short query.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from ptbjobs.core import states
+from ptbjobs.core.errors import PtbjobsError
+
+QUERY_TIMEOUT_S = 30
+DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's own default
+
+
+class SlurmUnavailable(PtbjobsError):
+    """A Slurm command failed or did not answer (controller down, accounting off, not installed)."""
+
+
+def have_slurm() -> bool:
+    return shutil.which("sbatch") is not None
+
+
+def _run(command: list[str]) -> str:
+    """Run a Slurm command and return its stdout; SlurmUnavailable with its own words if it fails."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+    except FileNotFoundError:
+        raise SlurmUnavailable(f"{command[0]} not found", "is Slurm installed and on PATH?") from None
+    except subprocess.TimeoutExpired:
+        raise SlurmUnavailable(f"{command[0]} did not answer within {QUERY_TIMEOUT_S} s",
+                               "is the Slurm controller up? (scontrol ping)") from None
+    if done.returncode != 0:
+        said = (done.stderr.strip() or done.stdout.strip() or f"exit code {done.returncode}").splitlines()[0]
+        raise SlurmUnavailable(f"{command[0]} failed: {said}")
+    return done.stdout
+
+
+# ---- job ids ----
+
+def base_id(job_id: str) -> str:
+    """"123_4" -> "123": the id to ask sacct/squeue about (all the array's tasks at once)."""
+    return job_id.split("_", 1)[0]
+
+
+_ARRAY_RANGE = re.compile(r"^(\d+)_\[([0-9,\-%]+)\]$")
+
+
+def expand_job_ids(listed: str) -> list[str]:
+    """The job ids one line of sacct/squeue stands for: a pending array's tasks are listed as one
+    line, "123_[5-9,12%4]" (the %4 is the array's parallelism limit)."""
+    match = _ARRAY_RANGE.match(listed)
+    if not match:
+        return [listed]
+    array, spec = match.group(1), match.group(2).split("%", 1)[0]
+    ids = []
+    for part in spec.split(","):
+        if "-" in part:
+            first, last = part.split("-", 1)
+            ids += [f"{array}_{i}" for i in range(int(first), int(last) + 1)]
+        elif part:
+            ids.append(f"{array}_{part}")
+    return ids
+
+
+# ---- states ----
+
+def parse_sacct(text: str) -> dict[str, str]:
+    """`sacct -X -n -P -o JobID,State` output -> job id -> state word (CANCELLED, not
+    "CANCELLED by 0"). Steps ("123.batch") are skipped; -X leaves none, but be safe."""
+    own: dict[str, str] = {}
+    from_ranges: dict[str, str] = {}
+    for line in text.splitlines():
+        if "|" not in line:
+            continue
+        listed, raw_state = line.split("|", 1)
+        listed = listed.strip()
+        if not listed or "." in listed:
+            continue
+        state = states.normalise_slurm_state(raw_state)
+        ids = expand_job_ids(listed)
+        if ids == [listed]:
+            own[listed] = state
+        else:
+            from_ranges.update(dict.fromkeys(ids, state))
+    # A pending array's line ("123_[2-5]") can outlive the start of some of its tasks in sacct:
+    # a task's own line is newer news than the range it was once part of.
+    return {**from_ranges, **own}
+
+
+def parse_squeue(text: str) -> dict[str, str]:
+    """`squeue -h -o %i|%T` output (with -r, one line per array task) -> job id -> state."""
+    return parse_sacct(text)
+
+
+def sacct_states(job_ids: list[str]) -> dict[str, str]:
+    """The state of every job and array task of `job_ids`' jobs, from accounting (one query).
+    sacct lists a requeued job once, as its latest attempt."""
+    if not job_ids:
+        return {}
+    arrays = sorted({base_id(j) for j in job_ids}, key=_numeric_first)
+    # with --jobs, sacct's window covers the jobs whenever they ran (its default is since midnight)
+    out = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-S", "1970-01-01T00:00:00", "-j", ",".join(arrays)])
+    return parse_sacct(out)
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, str]:
+    """States of the jobs the controller still holds (queued, running, or ended within its
+    MinJobAge, a few minutes). Jobs it has forgotten are absent."""
+    if not job_ids:
+        return {}
+    arrays = sorted({base_id(j) for j in job_ids}, key=_numeric_first)
+    try:
+        out = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(arrays)])
+    except SlurmUnavailable as exc:
+        # asked about one job only, squeue fails when the controller has forgotten it (with
+        # several it lists those it knows): an answer, not an outage
+        if "Invalid job id specified" in exc.message:
+            return {}
+        raise
+    return parse_squeue(out)
+
+
+def _numeric_first(job_id: str) -> tuple[int, str]:
+    return (int(job_id), "") if job_id.isdigit() else (0, job_id)
+
+
+@dataclass
+class StateReport:
+    """What Slurm said of a set of jobs, and a note for the user when it was not from sacct."""
+
+    states: dict[str, str]
+    note: str | None = None  # why not sacct, when it is not
+
+
+def job_states(job_ids: list[str]) -> StateReport:
+    """The state of each of `job_ids` that Slurm knows: sacct, filled in by squeue for jobs
+    accounting does not list yet (it lags the controller by a moment); squeue alone, with a note,
+    where accounting does not answer. Raises SlurmUnavailable when neither answers."""
+    try:
+        found = sacct_states(job_ids)
+    except SlurmUnavailable as exc:
+        return StateReport(_for_tasks(squeue_states(job_ids), job_ids),
+                           f"accounting unavailable ({exc.message}): states from squeue, "
+                           "which forgets ended jobs after a few minutes")
+    found = _for_tasks(found, job_ids)
+    missing = [j for j in job_ids if j not in found]
+    if missing:
+        try:
+            found.update({j: s for j, s in squeue_states(missing).items() if j not in found})
+        except SlurmUnavailable:
+            pass  # the controller is slow or down: accounting's answer stands
+    return StateReport(found)
+
+
+def _for_tasks(found: dict[str, str], job_ids: list[str]) -> dict[str, str]:
+    """An array whose tasks never started (all cancelled while pending, say) has one record under
+    the array's own id, which stands for each of those tasks."""
+    found = dict(found)
+    for job_id in job_ids:
+        if job_id not in found and base_id(job_id) in found:
+            found[job_id] = found[base_id(job_id)]
+    return found
+
+
+# ---- cluster facts and actions ----
+
+def parse_config_value(text: str, name: str) -> str | None:
+    """One value of `scontrol show config` ("MaxArraySize            = 1001")."""
+    match = re.search(rf"^{re.escape(name)}\s*=\s*(\S+)", text, re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def max_array_size() -> int:
+    """The cluster's MaxArraySize: array indices run from 0 to MaxArraySize - 1."""
+    value = parse_config_value(_run(["scontrol", "show", "config"]), "MaxArraySize")
+    return int(value) if value and value.isdigit() and int(value) > 0 else DEFAULT_MAX_ARRAY_SIZE
+
+
+def scancel(job_ids: list[str], signal: str | None = None) -> None:
+    """Cancel the jobs or array tasks (or, with `signal`, only send it to them)."""
+    if not job_ids:
+        return
+    command = ["scancel"] + ([f"--signal={signal}"] if signal else []) + list(job_ids)
+    _run(command)

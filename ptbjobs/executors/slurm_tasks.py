@@ -1,0 +1,136 @@
+"""What one Slurm array task runs: a run folder (or, with `runs_per_gpu`, a pack of them), trained
+to the end or to its next requeue.
+
+Kept apart from the executor so that submitting, asking and cancelling never import submitit's job
+machinery, and so that the pickled call names a small importable class.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+
+class CheckpointableRun(submitit.helpers.Checkpointable):
+    """What a Slurm task runs: one run folder, trained to the end or to the next requeue."""
+
+    def __call__(self, run_dir: str) -> dict[str, Any]:
+        from ptbjobs.executors.job import run_job
+        from ptbjobs.train.signals import TrainingInterrupted
+
+        _use_allocated_cpus()
+        try:
+            return run_job(Path(run_dir))
+        except TrainingInterrupted as exc:
+            if signal.SIGUSR2 in exc.signals and signal.SIGTERM not in exc.signals:
+                # (TERM as well means a cancel, or Slurm's own requeue on preemption: no requeue of ours.)
+                # The runner caught USR2 and saved the state at a step boundary (the trainer's weights
+                # are never half-updated in the checkpoint): now requeue.
+                _requeue_through_submitit()
+            raise
+
+    # submitit's Checkpointable.checkpoint returns the same call with the same run folder: the
+    # state lives in the folder's checkpoints, so nothing else needs pickling.
+
+
+def _requeue_through_submitit() -> None:
+    """Hand USR2 to submitit's own handler (the runner put it back when training stopped): it
+    counts the time limit, pickles `checkpoint()`'s call, runs `scontrol requeue` and exits."""
+    handler = signal.getsignal(signal.SIGUSR2)
+    if callable(handler):
+        handler(signal.SIGUSR2, None)
+
+
+class PackedRuns(submitit.helpers.Checkpointable):
+    """Several runs in one task (`runs_per_gpu`): one process per run, sharing the task's GPU and
+    splitting its CPUs. Each run keeps its own folder, checkpoints and log (logs/<job id>.log in
+    the run folder). USR2 and TERM are passed on to every run; after USR2 (and no TERM) the task
+    is requeued once all have saved, and on its next start the finished runs return at once."""
+
+    def __call__(self, run_dirs: list[str]) -> dict[str, int]:
+        from ptbjobs.train.signals import RESUMABLE_EXIT_CODES
+
+        job_id = _slurm_job_id()
+        threads = max(1, _allocated_cpus() // len(run_dirs))
+        gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
+        children: dict[str, subprocess.Popen] = {}
+        received: list[int] = []
+
+        def pass_on(signum: int, frame: Any) -> None:
+            received.append(signum)
+            for child in children.values():
+                if child.poll() is None:
+                    child.send_signal(signum)
+
+        # before the first child: a signal that comes while they start is passed on to those
+        # started, and replayed to those started after it
+        previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGUSR2, signal.SIGTERM)}
+        try:
+            for index, run_dir in enumerate(run_dirs):
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+                if len(gpus) > 1:  # several GPUs in the task: the runs take turns, not all on the first
+                    env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+                children[run_dir] = _start_child(run_dir, job_id, env)
+                for signum in received:
+                    children[run_dir].send_signal(signum)
+            codes = _wait_all(children, job_id)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        print("ptbjobs: pack ended: " + ", ".join(f"{Path(d).name} exit {c}" for d, c in codes.items()), flush=True)
+        stopped = [d for d, c in codes.items() if c in RESUMABLE_EXIT_CODES]
+        if stopped and signal.SIGUSR2 in received and signal.SIGTERM not in received:
+            _requeue_through_submitit()
+        failed = [Path(d).name for d, c in codes.items() if c != 0]
+        if failed:
+            raise RuntimeError(f"runs not finished: {', '.join(failed)} (see their logs/{job_id}.log)")
+        return codes
+
+
+def _start_child(run_dir: str, job_id: str, env: dict[str, str]) -> subprocess.Popen:
+    log_path = Path(run_dir) / "logs" / f"{job_id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        return subprocess.Popen([sys.executable, "-m", "ptbjobs.executors.job", run_dir], env=env,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait_all(children: dict[str, subprocess.Popen], job_id: str) -> dict[str, int]:
+    """Wait for every run, writing each one's exit code as it ends (`<run>/logs/<job id>.exit`):
+    status shows a run that failed as FAILED while its pack-mates go on training."""
+    from ptbjobs.core.atomic import atomic_write_bytes
+
+    codes: dict[str, int] = {}
+    while len(codes) < len(children):
+        for run_dir, child in children.items():
+            if run_dir not in codes and child.poll() is not None:
+                codes[run_dir] = child.returncode
+                atomic_write_bytes(Path(run_dir) / "logs" / f"{job_id}.exit", f"{child.returncode}\n".encode())
+        time.sleep(0.5)
+    return {run_dir: codes[run_dir] for run_dir in children}
+
+
+def _slurm_job_id() -> str:
+    """"123_4" for an array task, "125" for a job; "local" outside Slurm (tests)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID", "local")
+
+
+def _allocated_cpus() -> int:
+    """The CPUs Slurm gave the task: --cpus-per-task if asked for, else what the process may run on."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return int(cpus) if cpus.isdigit() and int(cpus) > 0 else len(os.sched_getaffinity(0))
+
+
+def _use_allocated_cpus() -> None:
+    """One torch thread per CPU Slurm gave the task, not one per CPU of the node."""
+    import torch
+
+    torch.set_num_threads(_allocated_cpus())

@@ -1,0 +1,32 @@
+"""`ptbjobs cancel`: stop queued or running jobs; a running run saves its state first."""
+
+from __future__ import annotations
+
+from ptbjobs.core import states
+from ptbjobs.core.errors import ConfigError
+from ptbjobs.launch.executor_choice import get_executor
+from ptbjobs.launch.run_states import run_states
+from ptbjobs.sweep.folder import Sweep, latest_job
+
+
+def cancel(sweep: Sweep, keys: list[str] | None = None) -> list[str]:
+    """Cancel the queued or running jobs of the given runs (all runs if none given)."""
+    with sweep.locked():
+        manifest = sweep.read_manifest()
+        if keys:
+            unknown = [k for k in keys if k not in manifest["runs"]]
+            if unknown:
+                raise ConfigError(None, f"--run: no run {unknown[0]!r} in {sweep.path}", "see `ptbjobs status` for the keys")
+        current = run_states(sweep, manifest, live=True)
+        chosen = [k for k, s in current.items() if states.is_active(s) and (not keys or k in keys)]
+        # a job may train several runs (runs_per_gpu): cancelling it stops all of them
+        job_ids = {latest_job(manifest["runs"][k])["job_id"] for k in chosen}
+        chosen = [k for k, s in current.items() if states.is_active(s) and latest_job(manifest["runs"][k])["job_id"] in job_ids]
+        by_executor: dict[str, list[str]] = {}
+        for key in chosen:
+            job = latest_job(manifest["runs"][key])
+            if job["job_id"] not in by_executor.get(job["executor"], []):
+                by_executor.setdefault(job["executor"], []).append(job["job_id"])
+        for name, ids in by_executor.items():
+            get_executor(name, submitting=False).cancel(sweep, ids)
+    return chosen

@@ -1,0 +1,53 @@
+"""Each run's state: what its latest job's executor says, merged with what its own folder says.
+One question per executor, however many runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ptbjobs.core import states
+from ptbjobs.core.errors import PtbjobsError
+from ptbjobs.launch.executor_choice import get_executor
+from ptbjobs.sweep.folder import Sweep, latest_job
+from ptbjobs.train.run_dir import RunDir
+from ptbjobs.train.signals import RESUMABLE_EXIT_CODES
+
+
+def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None = None,
+               live: bool = False) -> dict[str, str]:
+    """Each run's state: its latest job as its executor sees it, merged with its own folder.
+    What an executor says of its answer (e.g. "Slurm did not answer: last known states") is
+    appended to `notes`. With `live`, last-known states are refused: a command about to submit or
+    cancel must not act on them (it could start a second copy of a run that is still going)."""
+    by_executor: dict[str, list[str]] = {}
+    for entry in manifest["runs"].values():
+        job = latest_job(entry)
+        if job:
+            by_executor.setdefault(job["executor"], []).append(job["job_id"])
+    job_states: dict[str, str] = {}
+    for name, ids in by_executor.items():
+        answer = get_executor(name, submitting=False).query(sweep, ids)
+        job_states.update(answer.states)
+        if live and answer.stale:
+            raise PtbjobsError(answer.stale,
+                               "nothing was submitted or cancelled; try again when Slurm answers (scontrol ping)")
+        if notes is not None and answer.note:
+            notes.append(answer.note)
+    result = {}
+    for key, entry in manifest["runs"].items():
+        job = latest_job(entry)
+        folder = RunDir(sweep.run_dir(key)).read_state() or {}
+        state = states.run_state(job_states.get(job["job_id"]) if job else None, folder.get("state"))
+        if states.is_active(state) and _failed_in_pack(sweep, key, job["job_id"]):
+            state = states.FAILED  # its pack-mates train on, holding the job: it will not
+        result[key] = state
+    return result
+
+
+def _failed_in_pack(sweep: Sweep, key: str, job_id: str) -> bool:
+    """A run packed with others (runs_per_gpu) records its exit code when its process ends."""
+    try:
+        code = int((sweep.run_dir(key) / "logs" / f"{job_id}.exit").read_text())
+    except (OSError, ValueError):
+        return False
+    return code != 0 and code not in RESUMABLE_EXIT_CODES

@@ -1,0 +1,179 @@
+"""`ptbjobs status`: every run of a sweep in one table, from the run folders and one executor
+query. Nothing here imports torch, so it answers in a fraction of a second even for 1,000 runs.
+
+The `--json` schema (version 1) is one object:
+    {"version": 1, "sweep": name, "dir": path, "time": unix time,
+     "summary": {state: count, ...},
+     "notes": [what the executor said of its answer, e.g. that Slurm did not answer],
+     "runs": [{"key", "cell", "dropout", "seed", "executor", "job_id", "attempts", "state",
+               "epoch", "epochs", "train_ppl", "valid_ppl", "best_valid_ppl", "test_ppl",
+               "elapsed_s", "eta_s"}, ...]}
+Numbers the run has not produced yet are null.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from typing import Any
+
+from ptbjobs.core import states
+from ptbjobs.launch.run_states import run_states
+from ptbjobs.sweep.folder import Sweep, latest_job
+from ptbjobs.train.run_dir import PROGRESS_FILE, RunDir
+
+STATUS_SCHEMA_VERSION = 1
+
+
+def collect(sweep: Sweep) -> dict[str, Any]:
+    manifest = sweep.read_manifest()
+    notes: list[str] = []
+    current = run_states(sweep, manifest, notes)
+    now = time.time()
+    rows = [_row(sweep, key, entry, current[key], now) for key, entry in manifest["runs"].items()]
+    return {"version": STATUS_SCHEMA_VERSION, "sweep": manifest.get("name", sweep.path.name),
+            "dir": str(sweep.path), "time": now, "summary": dict(Counter(r["state"] for r in rows)), "notes": notes, "runs": rows}
+
+
+def _row(sweep: Sweep, key: str, entry: dict[str, Any], state: str, now: float) -> dict[str, Any]:
+    config = entry["config"]
+    run = RunDir(sweep.run_dir(key))
+    epochs_done, last, best_valid, final = _metrics_summary(run)
+    job = latest_job(entry)
+    progress = _read_progress(run) if state == states.RUNNING else None
+    elapsed = final["elapsed_s"] if final else last["elapsed_s"] if last else None
+    if progress:
+        elapsed = progress["elapsed_s"] + max(0.0, now - progress["time"])
+    return {
+        "key": key, "cell": config["cell"], "dropout": config["dropout"], "seed": config["seed"],
+        "executor": job["executor"] if job else None, "job_id": job["job_id"] if job else None,
+        "attempts": len(entry.get("jobs", [])), "state": state,
+        "epoch": epochs_done, "epochs": config["epochs"],
+        "train_ppl": last["train_ppl"] if last else None, "valid_ppl": last["valid_ppl"] if last else None,
+        "best_valid_ppl": best_valid,
+        "test_ppl": final["test_ppl"] if final else None,
+        "elapsed_s": elapsed, "eta_s": _eta(config, epochs_done, last, progress) if state == states.RUNNING else None,
+    }
+
+
+_VALID_PPL = re.compile(r'"valid_ppl": ([0-9.eE+-]+)')
+
+
+def _metrics_summary(run: RunDir) -> tuple[int, dict | None, float | None, dict | None]:
+    """(epochs done, last epoch record, best valid ppl, final record) without parsing every line:
+    status reads this for every run of a sweep, and a JSON parse per epoch line adds up."""
+    try:
+        text = run.metrics_path.read_text()
+    except FileNotFoundError:
+        return 0, None, None, None
+    lines = text.splitlines()
+    final = json.loads(lines[-1]) if lines and '"final"' in lines[-1] else None
+    epoch_lines = lines[:-1] if final else lines
+    last = json.loads(epoch_lines[-1]) if epoch_lines else None
+    best = min((float(v) for v in _VALID_PPL.findall("\n".join(epoch_lines))), default=None)
+    return len(epoch_lines), last, best, final
+
+
+def _read_progress(run: RunDir) -> dict[str, Any] | None:
+    try:
+        return json.loads((run.path / PROGRESS_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _eta(config: dict[str, Any], epochs_done: int, last: dict[str, Any] | None, progress: dict[str, Any] | None) -> float | None:
+    """Remaining epochs times the time an epoch takes (measured so far)."""
+    if progress is None or not progress.get("tokens_per_s"):
+        return None
+    tokens_per_epoch = progress["chunks"] * config["bptt"] * config["batch_size"]
+    epoch_s = tokens_per_epoch / progress["tokens_per_s"]
+    if last:
+        epoch_s = last["elapsed_s"] / epochs_done  # evaluation included
+    left = config["epochs"] - epochs_done - progress["chunk"] / max(progress["chunks"], 1)
+    return max(0.0, left) * epoch_s
+
+
+# ---- rendering ----
+
+STATE_STYLES = {states.COMPLETED: "green", states.RUNNING: "cyan", states.PENDING: "yellow",
+                states.REQUEUED: "yellow", states.NOT_SUBMITTED: "dim italic", states.DIVERGED: "bold magenta",
+                states.LOST: "bold magenta", states.UNKNOWN: "dim italic"}
+
+
+COLUMNS = [("run", "<"), ("cell", "<"), ("dropout", ">"), ("seed", ">"), ("job", "<"), ("state", "<"),
+           ("epoch", ">"), ("train", ">"), ("valid", ">"), ("best valid", ">"), ("test", ">"),
+           ("elapsed", ">"), ("ETA", ">"), ("tries", ">")]
+
+
+def render_table(status: dict[str, Any]):
+    """The table as one rich Text with aligned columns. (A rich Table measures every cell and
+    takes seconds for 1,000 runs; this takes milliseconds.)"""
+    from rich.text import Text
+
+    cells = [[r["key"], r["cell"], f"{r['dropout']:g}", str(r["seed"]), r["job_id"] or "-", r["state"],
+              f"{r['epoch']}/{r['epochs']}", _num(r["train_ppl"]), _num(r["valid_ppl"]), _num(r["best_valid_ppl"]),
+              _num(r["test_ppl"]), _dur(r["elapsed_s"]), _dur(r["eta_s"]), str(r["attempts"])] for r in status["runs"]]
+    widths = [max([len(name)] + [len(row[i]) for row in cells]) for i, (name, _) in enumerate(COLUMNS)]
+    text = Text()
+    text.append(f"sweep {status['sweep']}  ({status['dir']})\n", style="bold")
+    header = "  ".join(_align(name, width, align) for (name, align), width in zip(COLUMNS, widths))
+    text.append(header + "\n", style="bold")
+    text.append("─" * len(header) + "\n", style="dim")
+    for row in cells:
+        for i, ((_, align), width, value) in enumerate(zip(COLUMNS, widths, row)):
+            if i:
+                text.append("  ")
+            style = _state_style(value) if i == 5 else ""
+            text.append(_align(value, width, align), style=style)
+        text.append("\n")
+    return text
+
+
+def _align(value: str, width: int, align: str) -> str:
+    return value.rjust(width) if align == ">" else value.ljust(width)
+
+
+def _state_style(state: str) -> str:
+    return STATE_STYLES.get(state, "red" if state in states.RETRYABLE else "")
+
+
+def summary_line(status: dict[str, Any]) -> str:
+    counts = status["summary"]
+    order = sorted(counts, key=lambda s: (s != states.COMPLETED, s != states.RUNNING, s))
+    ended = sum(n for s, n in counts.items() if states.is_finished(s))
+    line = f"{len(status['runs'])} runs: " + ", ".join(f"{counts[s]} {s}" for s in order) + f"  ({ended} ended)"
+    return "\n".join([line] + [f"note: {note}" for note in status.get("notes", [])])
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _dur(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def watch(sweep: Sweep, console, until_done: bool, every_s: float = 2.0) -> int:
+    """The live status table on `console` (rich), refreshed every `every_s`, until Ctrl-C or, with
+    `until_done`, until every run has ended: then 0 if all completed, 1 if any did not."""
+    from rich.console import Group
+    from rich.live import Live
+
+    def view():
+        collected = collect(sweep)
+        return collected, Group(render_table(collected), summary_line(collected))
+
+    collected, renderable = view()
+    with Live(renderable, refresh_per_second=1, console=console) as live:
+        while not until_done or not all(states.is_finished(r["state"]) for r in collected["runs"]):
+            time.sleep(every_s)
+            collected, renderable = view()
+            live.update(renderable)
+    return 0 if all(r["state"] == states.COMPLETED for r in collected["runs"]) else 1
+

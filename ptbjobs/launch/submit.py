@@ -1,0 +1,230 @@
+"""`ptbjobs submit` and `ptbjobs retry`: plan a grid against its sweep and start what needs it.
+One executor query per command.
+
+Submitting is idempotent: a run that completed is skipped, one queued or running is left alone,
+one that failed, was cancelled or timed out is resumed from its checkpoint, and a run whose config
+changed under the same key is refused unless forced (its old folder is then set aside, not deleted).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ptbjobs.core import states
+from ptbjobs.core.errors import ConfigError, DataError, PtbjobsError
+from ptbjobs.executors.base import Executor, PartialSubmission
+from ptbjobs.executors.job import write_spec
+from ptbjobs.executors.local import parallel_in_force
+from ptbjobs.launch.executor_choice import get_executor
+from ptbjobs.launch.run_states import run_states
+from ptbjobs.sweep.folder import Sweep, latest_job
+from ptbjobs.sweep.grid import Grid, Resources, RunSpec, load_grid, parse_grid
+from ptbjobs.sweep.select import select_runs
+from ptbjobs.train.config import saved_config
+from ptbjobs.train.ptb_files import SPLITS, missing_data_hint, resolve_data_dir, split_filename
+
+SUBMIT, RESUME, SKIP_COMPLETED, SKIP_ACTIVE, SKIP_DIVERGED, SKIP_UNKNOWN, RESTART = (
+    "submit", "resume", "skip: completed", "skip: queued or running", "skip: diverged",
+    "skip: state unknown", "restart (forced)")
+
+
+STARTING = (SUBMIT, RESUME, RESTART)  # the actions that start a job
+
+
+@dataclass
+class PlannedRun:
+    spec: RunSpec
+    state: str  # before this submit
+    action: str
+
+
+@dataclass
+class Submission:
+    """What `submit_grid` did: the plan, and where it went."""
+
+    sweep: Sweep
+    executor: Executor
+    planned: list[PlannedRun]
+    grid_runs: int  # runs in the whole grid, before --only chose some
+
+    @property
+    def starting(self) -> int:
+        return sum(1 for p in self.planned if p.action in STARTING)
+
+
+def submit_grid(grid_path: Path, sweep_dir: Path | None = None, executor: str = "auto",
+                max_parallel: int | None = None, data_dir: Path | None = None, dry_run: bool = False,
+                force: bool = False, allow_large: bool = False, only: list[str] | None = None) -> Submission:
+    """`ptbjobs submit`: the grid file (cut to the runs of `only`, KEY=VALUE items) submitted to
+    its sweep folder (runs/NAME unless given) through the executor named."""
+    grid = load_grid(grid_path, allow_large=allow_large)
+    grid_runs = len(grid.runs)
+    if only:
+        grid = select_runs(grid, only)
+    sweep = Sweep(sweep_dir or Path("runs") / grid.name)
+    if sweep.path.exists() and not sweep.path.is_dir():
+        raise ConfigError(None, f"--sweep-dir {sweep.path} is a file, not a folder", "give a folder path")
+    chosen = get_executor(executor, max_parallel, sweep=sweep)
+    planned = submit(grid, sweep, chosen, data_dir=data_dir, force=force, dry_run=dry_run)
+    return Submission(sweep, chosen, planned, grid_runs)
+
+
+def plan(grid: Grid, sweep: Sweep, force: bool = False) -> list[PlannedRun]:
+    manifest = sweep.read_manifest()
+    current = run_states(sweep, manifest, live=True)
+    planned, conflicts = [], []
+    for spec in grid.runs:
+        entry = manifest["runs"].get(spec.key)
+        state = current.get(spec.key, states.NOT_SUBMITTED)
+        if entry and entry["config_hash"] != spec.config_hash():
+            if not force:
+                conflicts.append(_describe_change(spec, entry))
+                continue
+            if states.is_active(state):
+                raise PtbjobsError(f"run {spec.key} changed config but is {state}",
+                                   f"cancel it first: ptbjobs cancel --run {spec.key}")
+            planned.append(PlannedRun(spec, state, RESTART))
+            continue
+        planned.append(PlannedRun(spec, state, _action(state)))
+    if conflicts:
+        raise ConfigError(None, f"{grid.path}: {len(conflicts)} run(s) already exist with another config: {conflicts[0]}"
+                          + (f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""),
+                          "rename the sweep, or add --force to set the old runs aside and start them afresh")
+    return planned
+
+
+def _action(state: str) -> str:
+    if state == states.NOT_SUBMITTED:
+        return SUBMIT
+    if state == states.COMPLETED:
+        return SKIP_COMPLETED
+    if state == states.DIVERGED:
+        return SKIP_DIVERGED
+    if states.is_active(state):
+        return SKIP_ACTIVE
+    if state == states.UNKNOWN:
+        return SKIP_UNKNOWN  # it may still be running: never start a second copy on a guess
+    return RESUME
+
+
+def _describe_change(spec: RunSpec, entry: dict[str, Any]) -> str:
+    old, new = saved_config(entry["config"]), spec.config.to_dict()
+    changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
+    return f"{spec.key} ({', '.join(changed[:3])})"
+
+
+def check_data(grid: Grid, data_dir: Path | None) -> Path:
+    """The data folder every job will read, checked now rather than in every job: --data-dir, else
+    the grid's data_dir, else $PTBJOBS_DATA, else the per-user cache."""
+    from_grid = data_dir is None and grid.data_dir is not None
+    folder = resolve_data_dir(data_dir or grid.data_dir).resolve()
+    for split in SPLITS:
+        if not (folder / split_filename(split)).is_file():
+            if from_grid:  # $PTBJOBS_DATA would not help here: the grid's key comes first
+                raise DataError(f"{grid.path}: data_dir = {grid.data_dir!r}: missing data file {folder / split_filename(split)}",
+                                "fix data_dir in the grid, or give --data-dir")
+            raise DataError(f"missing data file {folder / split_filename(split)}", missing_data_hint(folder))
+    return folder
+
+
+def submit(grid: Grid, sweep: Sweep, executor: Executor, data_dir: Path | None = None, force: bool = False,
+           dry_run: bool = False) -> list[PlannedRun]:
+    """Plan the grid against the sweep and submit what needs it; returns the plan."""
+    data = check_data(grid, data_dir)
+    if dry_run:
+        return plan(grid, sweep, force) if sweep.exists() else [PlannedRun(s, states.NOT_SUBMITTED, SUBMIT) for s in grid.runs]
+    with sweep.locked():
+        planned = plan(grid, sweep, force)
+        manifest = sweep.read_manifest()
+        manifest["name"] = grid.name
+        to_start = [p for p in planned if p.action in STARTING]
+        for item in to_start:
+            run_dir = sweep.run_dir(item.spec.key)
+            if item.action == RESTART and run_dir.exists():
+                aside = sweep.path / "_superseded" / f"{item.spec.key}-{time.strftime('%Y%m%d-%H%M%S')}"
+                aside.parent.mkdir(exist_ok=True)
+                shutil.move(str(run_dir), aside)
+            write_spec(run_dir, item.spec.config, data)
+            entry = manifest["runs"].get(item.spec.key) if item.action != RESTART else None
+            manifest["runs"][item.spec.key] = {
+                "config": item.spec.config.to_dict(), "config_hash": item.spec.config_hash(),
+                "point": {k: getattr(v, "value", v) for k, v in item.spec.point.items()},
+                "jobs": entry["jobs"] if entry else [],
+            }
+        # the runs must be in the manifest before their jobs can start and be asked about
+        sweep.write_manifest(manifest)
+        sweep.write_grid_copy(grid.text)
+        if to_start:
+            _submit_and_record(sweep, manifest, executor, [p.spec.key for p in to_start], grid.resources)
+        else:
+            executor.apply_max_parallel(sweep)  # a --max-parallel holds even when nothing starts
+    return planned
+
+
+@dataclass
+class Retried:
+    submitted: dict[str, str]  # run key -> its new job id
+    # the local executor's limit on runs at once, where this retry set it or started local runs
+    local_parallel: int | None = None
+
+
+def retry(sweep: Sweep, executor: Executor | None = None, keys: list[str] | None = None,
+          max_parallel: int | None = None) -> Retried:
+    """Resubmit the runs that ended without finishing (FAILED, TIMEOUT, CANCELLED, ...), each
+    through the executor of its last job; they resume from their checkpoints. `max_parallel` is
+    the local executor's new limit (without it the sweep keeps its own)."""
+    submitted = _retry(sweep, executor, keys, max_parallel)
+    runs = sweep.read_manifest()["runs"]
+    started_locally = any(latest_job(runs[key])["executor"] == "local" for key in submitted)
+    in_force = parallel_in_force(sweep) if max_parallel or started_locally else None
+    return Retried(submitted, in_force)
+
+
+def _retry(sweep: Sweep, executor: Executor | None, keys: list[str] | None,
+           max_parallel: int | None) -> dict[str, str]:
+    with sweep.locked():
+        manifest = sweep.read_manifest()
+        current = run_states(sweep, manifest, live=True)
+        chosen = [k for k, s in current.items() if s in states.RETRYABLE and (keys is None or k in keys)]
+        if keys:
+            unknown = [k for k in keys if k not in manifest["runs"]]
+            if unknown:
+                raise ConfigError(None, f"--run: no run {unknown[0]!r} in {sweep.path}", "see `ptbjobs status` for the keys")
+        if not chosen:
+            if max_parallel is not None:  # only a sweep that has run locally has a limit to change
+                get_executor("local", max_parallel).apply_max_parallel(sweep)
+            return {}
+        resources = parse_grid(sweep.grid_path.read_text(), sweep.grid_path).resources
+        by_executor: dict[str, list[str]] = {}
+        for key in chosen:
+            by_executor.setdefault(latest_job(manifest["runs"][key])["executor"], []).append(key)
+        submitted: dict[str, str] = {}
+        for name, run_keys in by_executor.items():
+            runner = executor or get_executor(name, max_parallel)
+            submitted.update(_submit_and_record(sweep, manifest, runner, run_keys, resources))
+    return submitted
+
+
+def _submit_and_record(sweep: Sweep, manifest: dict[str, Any], executor: Executor, keys: list[str],
+                       resources: Resources) -> dict[str, str]:
+    """Submit and write every job id into the manifest, also those of a submission that failed
+    part-way (they were accepted and will run: they must be known to status, cancel and retry)."""
+    try:
+        ids = executor.submit(sweep, keys, resources)
+    except PartialSubmission as exc:
+        if exc.submitted:
+            _record_jobs(sweep, manifest, executor.name, exc.submitted)
+        raise
+    _record_jobs(sweep, manifest, executor.name, ids)
+    return ids
+
+
+def _record_jobs(sweep: Sweep, manifest: dict[str, Any], executor_name: str, ids: dict[str, str]) -> None:
+    now = time.time()
+    for key, job_id in ids.items():
+        manifest["runs"][key]["jobs"].append({"job_id": job_id, "executor": executor_name, "submitted": now})
+    sweep.write_manifest(manifest)

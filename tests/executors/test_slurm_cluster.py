@@ -1,0 +1,274 @@
+"""The Slurm executor on a real cluster: the one-node cluster of slurm/up.sh (CI brings it up).
+
+Skipped where no cluster answers, except under CI, where that is a failure. A requeued job waits
+about 25 s (the credential lifetime, cut to 10 s by slurm/up.sh, plus the scheduler's next pass)
+before it starts again, so the requeue tests are few and share their waits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_MODEL_TOML
+from helpers import all_ended, assert_same_run, wait_until
+from ptbjobs.cli import main
+from ptbjobs.core import states
+from ptbjobs.executors import slurm_commands as slurm
+from ptbjobs.executors.slurm import SlurmExecutor
+from ptbjobs.launch.cancel import cancel
+from ptbjobs.launch.status import collect
+from ptbjobs.launch.submit import retry, submit
+from ptbjobs.sweep.folder import Sweep
+from ptbjobs.sweep.grid import load_grid
+from ptbjobs.train.run_dir import RunDir
+from ptbjobs.train.runner import run_training
+
+REPO = Path(__file__).resolve().parents[2]
+
+GRID = '''
+name = "{name}"
+[defaults]
+''' + TINY_MODEL_TOML + '''epochs = {epochs}
+decay_after = 100
+checkpoint_every_min = 0
+checkpoint_every_steps = 10
+[axes]
+cell = {cells}
+dropout = [0.0]
+seed = {seeds}
+[resources]
+timeout_min = {timeout_min}
+max_requeues = {max_requeues}
+gpus_per_node = {gpus}
+cpus_per_task = {cpus}
+runs_per_gpu = {runs_per_gpu}
+'''
+
+
+def cluster_answers() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15).stdout
+    except subprocess.TimeoutExpired:
+        return False
+    return any(s.rstrip("*") in ("idle", "mixed", "allocated") for s in out.split())
+
+
+@pytest.fixture(scope="module")
+def cluster() -> None:
+    if not cluster_answers():
+        if os.environ.get("CI"):
+            pytest.fail("no Slurm cluster answers: .ci/run brings one up with slurm/up.sh")
+        pytest.skip("no Slurm cluster here (sudo bash slurm/up.sh brings one up)")
+
+
+def make_grid(tmp_path: Path, name: str, epochs: int, cells=("lstm",), seeds=(1,), timeout_min: int = 10,
+              max_requeues: int = 3, gpus: int = 0, cpus: int = 1, runs_per_gpu: int = 1):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(GRID.format(name=name, epochs=epochs, cells=json.dumps(list(cells)), seeds=json.dumps(list(seeds)),
+                                timeout_min=timeout_min, max_requeues=max_requeues, gpus=gpus, cpus=cpus,
+                                runs_per_gpu=runs_per_gpu))
+    return path
+
+
+def sacct_rows(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """sacct's own words on the jobs: state, start, end, allocated resources, restarts."""
+    arrays = ",".join(sorted({slurm.base_id(j) for j in job_ids}))
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State,Start,End,AllocTRES", "-j", arrays],
+                         capture_output=True, text=True, check=True).stdout
+    rows = {}
+    for line in out.splitlines():
+        job_id, state, start, end, tres = line.split("|")
+        rows[job_id] = {"state": states.normalise_slurm_state(state), "start": start, "end": end, "tres": tres}
+    return rows
+
+
+def sacct_ended(job_ids: list[str]) -> dict[str, dict[str, str]] | None:
+    """sacct's rows once every job has ended for Slurm too (a run folder says COMPLETED a moment
+    before its job does)."""
+    rows = sacct_rows(job_ids)
+    return rows if all(j in rows and states.is_finished(rows[j]["state"]) for j in job_ids) else None
+
+
+def job_ids(sweep: Sweep) -> dict[str, str]:
+    return {key: entry["jobs"][-1]["job_id"] for key, entry in sweep.read_manifest()["runs"].items()}
+
+
+def log_text(sweep: Sweep, key: str) -> str:
+    manifest = sweep.read_manifest()
+    paths = SlurmExecutor().log_paths(sweep, key, [j["job_id"] for j in manifest["runs"][key]["jobs"]])
+    return "".join(p.read_text() for p in paths if p.exists())
+
+
+def train_reference(config, out: Path, data: Path) -> None:
+    """The same run uninterrupted, in this process, with the jobs' one thread (cpus_per_task = 1):
+    a different thread count sums in another order, which moves the last digits."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_training(config, out, data, handle_signals=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def epochs_lasting(config, seconds: float, work: Path, data: Path) -> int:
+    """How many epochs of `config` train for about `seconds` on this machine, as its own run
+    measures them (the trainer's elapsed time, one thread): sizes a run that must outlast its time
+    limit on a fast machine without needing many attempts on a slow one. (Timing the call instead
+    would count the first training's one-time costs.)"""
+    import dataclasses
+
+    train_reference(dataclasses.replace(config, epochs=10), work, data)
+    per_epoch = RunDir(work).read_metrics()[9]["elapsed_s"] / 10
+    return max(20, math.ceil(seconds / per_epoch))
+
+
+def first_checkpoint(run_dir: Path):
+    return wait_until(lambda: list((run_dir / "checkpoints").glob("ckpt-*.pt")), timeout_s=120, every_s=0.1)
+
+
+def test_a_grid_goes_out_as_one_array_and_gpu_requests_keep_to_the_two_fake_gpus(cluster, tmp_path, tiny_corpus, capsys):
+    grid_path = make_grid(tmp_path, "array", epochs=3, cells=("lstm", "gru"), seeds=(1, 2), gpus=1)
+    sweep_dir = tmp_path / "sweep"
+    assert main(["submit", "--grid", str(grid_path), "--sweep-dir", str(sweep_dir), "--data-dir", str(tiny_corpus),
+                 "--executor", "slurm"]) == 0
+    sweep = Sweep(sweep_dir)
+    ids = job_ids(sweep)
+    assert len({slurm.base_id(j) for j in ids.values()}) == 1 and sorted(ids.values())[0].endswith("_0")
+    status = wait_until(lambda: all_ended(sweep), timeout_s=300, every_s=1)
+    assert [r["state"] for r in status["runs"]] == [states.COMPLETED] * 4
+    assert all(r["epoch"] == 3 and r["test_ppl"] is not None for r in status["runs"])
+
+    # each task held one of the two GPUs, so at most two ran at once, and two did
+    rows = wait_until(lambda: sacct_ended(list(ids.values())), timeout_s=60, every_s=0.5)
+    assert all("gres/gpu=1" in rows[j]["tres"] for j in ids.values())
+    spans = [(datetime.fromisoformat(rows[j]["start"]), datetime.fromisoformat(rows[j]["end"])) for j in ids.values()]
+    assert max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans) == 2
+
+    # status --json says what sacct says
+    capsys.readouterr()
+    assert main(["status", "--sweep-dir", str(sweep_dir), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert {r["job_id"]: r["state"] for r in shown["runs"]} == {j: rows[j]["state"] for j in ids.values()}
+    assert shown["notes"] == []
+
+    # submitting the same grid again submits nothing
+    assert main(["submit", "--grid", str(grid_path), "--sweep-dir", str(sweep_dir), "--data-dir", str(tiny_corpus),
+                 "--executor", "slurm"]) == 0
+    assert all(len(entry["jobs"]) == 1 for entry in sweep.read_manifest()["runs"].values())
+    # the logs command finds the task's output
+    capsys.readouterr()
+    assert main(["logs", "gru-d0-s2", "--sweep-dir", str(sweep_dir)]) == 0
+    assert "epoch 3/3: lr" in capsys.readouterr().out
+
+
+def test_runs_requeued_by_usr2_and_by_their_time_limit_resume_and_end_as_if_uninterrupted(cluster, tmp_path, tiny_corpus):
+    # A: a short run sent USR2 by hand (a preemption); B: a run longer than its one-minute limit
+    short = load_grid(make_grid(tmp_path, "short", epochs=30, timeout_min=1, max_requeues=5))
+    # B must still train when Slurm warns it. The USR2 is due 15 s before the limit, but slurmctld
+    # looks at time limits every 30 s, so it comes 15 to 45 s into an attempt: B is sized to 55 s
+    # of training here (a fixed 110 epochs took 24 s on a fast CPU and ended unwarned). Two attempts,
+    # or three; the spare requeues and the long wait are for a machine busy with other work.
+    gru = load_grid(make_grid(tmp_path, "calibrate", epochs=1, cells=("gru",))).runs[0].config
+    epochs_b = epochs_lasting(gru, 55, tmp_path / "calibrate", tiny_corpus)
+    long = load_grid(make_grid(tmp_path, "long", epochs=epochs_b, cells=("gru",), timeout_min=1, max_requeues=15))
+    sweep_a, sweep_b = Sweep(tmp_path / "a"), Sweep(tmp_path / "b")
+    submit(short, sweep_a, SlurmExecutor(), data_dir=tiny_corpus)
+    submit(long, sweep_b, SlurmExecutor(), data_dir=tiny_corpus)
+    key_a, key_b = short.runs[0].key, long.runs[0].key
+    first_checkpoint(sweep_a.run_dir(key_a))
+    slurm.scancel([job_ids(sweep_a)[key_a]], signal="USR2")
+
+    reference = tmp_path / "reference"  # trained here while the jobs wait to be requeued
+    train_reference(short.runs[0].config, reference, tiny_corpus)
+
+    for sweep in (sweep_a, sweep_b):
+        status = wait_until(lambda: all_ended(sweep), timeout_s=1200, every_s=2)
+        assert status["runs"][0]["state"] == states.COMPLETED, log_text(sweep, status["runs"][0]["key"])
+        assert status["runs"][0]["attempts"] == 1  # requeued in place: the same job, not a new one
+    text_a, text_b = log_text(sweep_a, key_a), log_text(sweep_b, key_b)
+    assert "Caught signal SIGUSR2" in text_a and "resuming from" in text_a
+    assert "Caught signal SIGUSR2" in text_b and "resuming from" in text_b and "timed-out" in text_b
+    assert_same_run(reference, sweep_a.run_dir(key_a))
+    trained_b = [r["epoch"] for r in RunDir(sweep_b.run_dir(key_b)).read_metrics() if not r.get("final")]
+    assert trained_b == list(range(1, epochs_b + 1))  # every epoch once, none lost or repeated across attempts
+
+
+def test_cancel_stops_running_and_pending_tasks_and_retry_completes_them(cluster, tmp_path, tiny_corpus):
+    # each task asks for both GPUs: one runs, the others wait in the array
+    grid = load_grid(make_grid(tmp_path, "cancel", epochs=12, seeds=(1, 2, 3), gpus=2))
+    sweep = Sweep(tmp_path / "sweep")
+    submit(grid, sweep, SlurmExecutor(), data_dir=tiny_corpus)
+    running = wait_until(lambda: [r for r in grid.runs if list((sweep.run_dir(r.key) / "checkpoints").glob("ckpt-*"))],
+                         timeout_s=120, every_s=0.1)[0]
+    assert sorted(cancel(sweep)) == sorted(r.key for r in grid.runs)
+    status = wait_until(lambda: all_ended(sweep), timeout_s=120, every_s=1)
+    assert [r["state"] for r in status["runs"]] == [states.CANCELLED] * 3
+    assert RunDir(sweep.run_dir(running.key)).read_state()["state"] == "INTERRUPTED"  # it saved on SIGTERM
+
+    resubmitted = retry(sweep).submitted
+    assert sorted(resubmitted) == sorted(r.key for r in grid.runs)
+    status = wait_until(lambda: all_ended(sweep), timeout_s=300, every_s=1)
+    assert [r["state"] for r in status["runs"]] == [states.COMPLETED] * 3
+    assert all(r["attempts"] == 2 for r in status["runs"])
+    assert "resuming from" in log_text(sweep, running.key)
+    reference = tmp_path / "reference"
+    train_reference(running.config, reference, tiny_corpus)
+    assert_same_run(reference, sweep.run_dir(running.key))
+
+
+def test_packed_runs_share_one_gpu_task_and_a_requeued_pack_resumes_each_run_exactly(cluster, tmp_path, tiny_corpus):
+    # 4 runs, 2 per task: two tasks, one fake GPU each, one thread per run (2 CPUs split in two)
+    grid = load_grid(make_grid(tmp_path, "packed", epochs=30, cells=("lstm", "gru"), seeds=(1, 2), gpus=1, cpus=2,
+                               runs_per_gpu=2))
+    sweep = Sweep(tmp_path / "sweep")
+    submit(grid, sweep, SlurmExecutor(), data_dir=tiny_corpus)
+    ids = job_ids(sweep)
+    assert sorted(set(ids.values())) == [f"{slurm.base_id(ids['lstm-d0-s1'])}_0", f"{slurm.base_id(ids['lstm-d0-s1'])}_1"]
+    pack = [key for key, job in ids.items() if job == ids["lstm-d0-s1"]]
+    assert pack == ["lstm-d0-s1", "lstm-d0-s2"]
+    for key in pack:  # both runs of the pack train at once
+        first_checkpoint(sweep.run_dir(key))
+    slurm.scancel([ids["lstm-d0-s1"]], signal="USR2")
+
+    reference = tmp_path / "reference"
+    train_reference(grid.runs[1].config, reference, tiny_corpus)  # lstm-d0-s2, meanwhile
+
+    status = wait_until(lambda: all_ended(sweep), timeout_s=300, every_s=1)
+    assert [r["state"] for r in status["runs"]] == [states.COMPLETED] * 4
+    assert all(r["attempts"] == 1 for r in status["runs"])
+    rows = wait_until(lambda: sacct_ended(sorted(set(ids.values()))), timeout_s=60, every_s=0.5)
+    assert sorted(rows) == sorted(set(ids.values())) and all("gres/gpu=1" in r["tres"] for r in rows.values())
+    for key in pack:
+        assert "resuming from" in log_text(sweep, key)  # each run's own log, in its folder
+    assert_same_run(reference, sweep.run_dir("lstm-d0-s2"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="stops and restarts slurmdbd: needs root")
+def test_with_accounting_stopped_status_falls_back_to_squeue_and_says_so(cluster, tmp_path, tiny_corpus, capsys):
+    grid = load_grid(make_grid(tmp_path, "nodbd", epochs=1))
+    sweep = Sweep(tmp_path / "sweep")
+    submit(grid, sweep, SlurmExecutor(), data_dir=tiny_corpus)
+    wait_until(lambda: all_ended(sweep), timeout_s=120, every_s=0.5)
+    subprocess.run(["pkill", "-x", "slurmdbd"], check=True)
+    try:
+        wait_until(lambda: subprocess.run(["pgrep", "-x", "slurmdbd"]).returncode != 0, timeout_s=30)
+        status = collect(sweep)
+        assert status["runs"][0]["state"] == states.COMPLETED
+        assert len(status["notes"]) == 1 and status["notes"][0].startswith("accounting unavailable (sacct failed:")
+        assert main(["status", "--sweep-dir", str(sweep.path)]) == 0
+        assert "note: accounting unavailable" in capsys.readouterr().out
+    finally:
+        subprocess.run(["bash", str(REPO / "slurm" / "up.sh")], check=True, capture_output=True)
+    assert collect(sweep)["notes"] == []

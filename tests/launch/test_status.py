@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from ptbjobs.core import states
+from ptbjobs.launch.status import _metrics_summary, collect, render_table, summary_line
+from ptbjobs.train.run_dir import RunDir
+from synthetic import make_sweep
+
+
+@pytest.mark.parametrize("job, folder, shown", [
+    (None, None, states.NOT_SUBMITTED),
+    (states.PENDING, None, states.PENDING),
+    (states.RUNNING, "RUNNING", states.RUNNING),
+    (states.COMPLETED, "COMPLETED", states.COMPLETED),
+    (states.FAILED, "DIVERGED", states.DIVERGED),  # the run folder knows better than the job
+    (states.TIMEOUT, "INTERRUPTED", states.TIMEOUT),
+    (states.CANCELLED, "INTERRUPTED", states.CANCELLED),
+    (states.COMPLETED, "INTERRUPTED", states.FAILED),  # the job ended cleanly, the run did not finish
+    (states.FAILED, "COMPLETED", states.COMPLETED),  # finished, whatever happened to the job after
+])
+def test_a_runs_state_merges_its_job_and_its_folder(job, folder, shown):
+    assert states.run_state(job, folder) == shown
+
+
+@pytest.mark.parametrize("raw, state", [("CANCELLED by 1000", "CANCELLED"), ("OUT_OF_ME+", "OUT_OF_MEMORY"),
+                                        ("NODE_FAIL", "NODE_FAIL"), ("PENDING", "PENDING"), ("", "UNKNOWN")])
+def test_slurm_state_words_are_normalised(raw, state):
+    assert states.normalise_slurm_state(raw) == state
+
+
+def test_status_of_a_synthetic_sweep_counts_every_state_and_summarises_metrics_exactly(tmp_path):
+    sweep = make_sweep(tmp_path / "synthetic", runs=200)
+    status = collect(sweep)
+    assert len(status["runs"]) == 200
+    assert set(status["summary"]) == {states.COMPLETED, states.FAILED, states.DIVERGED, states.PENDING}
+    # synthetic RUNNING runs have no live process: they read FAILED, as a killed worker does
+    for row in status["runs"]:
+        records = RunDir(sweep.run_dir(row["key"])).read_metrics()
+        epochs = [r for r in records if "epoch" in r]
+        assert row["epoch"] == len(epochs)
+        assert row["best_valid_ppl"] == (min(r["valid_ppl"] for r in epochs) if epochs else None)
+        assert row["valid_ppl"] == (epochs[-1]["valid_ppl"] if epochs else None)
+    text = render_table(status).plain
+    assert len(text.splitlines()) == 3 + 200
+    assert summary_line(status).startswith("200 runs: ")
+
+
+@pytest.mark.parametrize("state, finished", [(states.COMPLETED, True), (states.TIMEOUT, True), (states.LOST, True),
+                                             (states.RUNNING, False), (states.NOT_SUBMITTED, False),
+                                             (states.UNKNOWN, False)])  # no answer: it may still run
+def test_which_states_count_as_ended(state, finished):
+    assert states.is_finished(state) is finished
+    counted = summary_line({"runs": [{}, {}], "summary": {state: 1, states.FAILED: 1}})
+    assert counted.endswith(f"({1 + finished} ended)")
+
+
+def test_metrics_summary_of_a_missing_file_is_empty(tmp_path):
+    assert _metrics_summary(RunDir(tmp_path)) == (0, None, None, None)
+
+
+def test_a_local_job_whose_process_is_gone_reads_failed_or_cancelled_or_its_end(tmp_path):
+    import json
+
+    from ptbjobs.executors.local import job_state
+
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "L1.json").write_text(json.dumps({"job_id": "L1", "state": "RUNNING", "pid": None}))
+    assert job_state(tmp_path, "L1") == states.FAILED  # killed or crashed without a word
+    (jobs / "L1.cancel").touch()
+    assert job_state(tmp_path, "L1") == states.CANCELLED  # killed by the cancel before it could save
+    (jobs / "L1.end.json").write_text(json.dumps({"state": "COMPLETED"}))
+    assert job_state(tmp_path, "L1") == states.COMPLETED  # what the worker wrote wins
+    (jobs / "L2.json").write_text(json.dumps({"job_id": "L2", "state": "PENDING"}))
+    assert job_state(tmp_path, "L2") == states.PENDING
+    assert job_state(tmp_path, "L3") == states.UNKNOWN
+
+
+def test_wait_returns_1_when_a_run_did_not_complete_and_0_when_all_did(tmp_path):
+    import json
+
+    from rich.console import Console
+
+    from ptbjobs.launch.status import watch
+
+    quiet = Console(file=io.StringIO())
+    def end_every_job(sweep, state: str) -> None:
+        for job in (sweep.path / "local" / "jobs").glob("L*.json"):
+            if job.stem[1:].isdigit():
+                (job.parent / f"{job.stem}.end.json").write_text(json.dumps({"state": state}))
+                if state == states.COMPLETED:
+                    RunDir(sweep.run_dir(json.loads(job.read_text())["run"])).write_state(states.COMPLETED)
+
+    mixed = make_sweep(tmp_path / "mixed", runs=40)
+    end_every_job(mixed, states.CANCELLED)  # nothing left to wait for, and not all completed
+    assert watch(mixed, quiet, until_done=True) == 1
+    done = make_sweep(tmp_path / "done", runs=3)
+    end_every_job(done, states.COMPLETED)
+    assert watch(done, quiet, until_done=True) == 0
+
+
+def test_a_new_attempt_drops_the_heartbeat_of_the_one_before(tmp_path, tiny_config):
+    from ptbjobs.train.progress import ProgressFileReporter
+    from ptbjobs.train.run_dir import PROGRESS_FILE, RunDir
+    from ptbjobs.train.trainer import SilentReporter
+
+    stale = tmp_path / PROGRESS_FILE
+    stale.write_text('{"time": 0, "elapsed_s": 10}')  # written before the job was requeued
+    ProgressFileReporter(tmp_path, SilentReporter()).start(tiny_config, RunDir(tmp_path), None)
+    assert not stale.exists()
