@@ -1,8 +1,8 @@
 """What one Slurm array task runs: a run folder (or, with `runs_per_gpu`, a pack of them), trained
 to the end or to its next requeue.
 
-Kept apart from the executor so that submitting, asking and cancelling never import submitit's job
-machinery, and so that the pickled call names a small importable class.
+Kept apart from the executor so that the pickled call names a small importable class. Nothing here
+imports torch at module level: the training code loads it when the task starts training.
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ from typing import Any
 
 import submitit
 
+from ptbjobs.core.atomic import atomic_write_bytes
+from ptbjobs.executors.job import run_job
+from ptbjobs.train.signals import RESUMABLE_EXIT_CODES, TrainingInterrupted
+
 
 class CheckpointableRun(submitit.helpers.Checkpointable):
     """What a Slurm task runs: one run folder, trained to the end or to the next requeue."""
 
     def __call__(self, run_dir: str) -> dict[str, Any]:
-        from ptbjobs.executors.job import run_job
-        from ptbjobs.train.signals import TrainingInterrupted
-
         _use_allocated_cpus()
         try:
             return run_job(Path(run_dir))
@@ -55,8 +56,6 @@ class PackedRuns(submitit.helpers.Checkpointable):
     is requeued once all have saved, and on its next start the finished runs return at once."""
 
     def __call__(self, run_dirs: list[str]) -> dict[str, int]:
-        from ptbjobs.train.signals import RESUMABLE_EXIT_CODES
-
         job_id = _slurm_job_id()
         threads = max(1, _allocated_cpus() // len(run_dirs))
         gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
@@ -105,8 +104,6 @@ def _start_child(run_dir: str, job_id: str, env: dict[str, str]) -> subprocess.P
 def _wait_all(children: dict[str, subprocess.Popen], job_id: str) -> dict[str, int]:
     """Wait for every run, writing each one's exit code as it ends (`<run>/logs/<job id>.exit`):
     status shows a run that failed as FAILED while its pack-mates go on training."""
-    from ptbjobs.core.atomic import atomic_write_bytes
-
     codes: dict[str, int] = {}
     while len(codes) < len(children):
         for run_dir, child in children.items():
