@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("PTBJOBS_DEBUG") == "1"
     logging.basicConfig(format="ptbjobs: %(levelname)s: %(message)s", level=logging.DEBUG if debug else logging.WARNING)
     try:
-        app(args=argv, prog_name="ptbjobs", standalone_mode=False)
+        # outside standalone mode, click hands back the code of a `typer.Exit(code)` (submit --wait,
+        # status --watch) as the return value instead of raising it
+        returned = app(args=argv, prog_name="ptbjobs", standalone_mode=False)
     except PtbjobsError as exc:
         if debug:
             raise
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print("ptbjobs: aborted", file=sys.stderr)
         return 130
-    return 0
+    return returned if isinstance(returned, int) else 0
 
 
 def entry() -> None:

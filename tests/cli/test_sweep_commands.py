@@ -186,3 +186,17 @@ def test_a_bad_only_exits_2_with_one_line_and_writes_nothing(tmp_path, grid_file
     assert code == 2
     assert capsys.readouterr().err.strip() == "ptbjobs: error: " + message.format(grid=grid_file)
     assert not sweep_dir.exists()
+
+
+@pytest.mark.parametrize("extra, code, ended", [("", 0, "COMPLETED"), ("lr = 1e9\nclip = 0\n", 1, "DIVERGED")],
+                         ids=["all-complete", "one-diverged"])
+def test_submit_wait_exits_1_when_a_run_did_not_complete_and_0_when_all_did(tmp_path, grid_file, tiny_corpus,
+                                                                             extra, code, ended):
+    grid_file.write_text(GRID.replace('cell = ["lstm", "gru"]', 'cell = ["lstm"]').replace("epochs = 1\n", "epochs = 1\n" + extra))
+    sweep_dir = tmp_path / "sweep"
+    assert main(["submit", "--grid", str(grid_file), "--sweep-dir", str(sweep_dir), "--data-dir", str(tiny_corpus),
+                 "--executor", "local", "--wait"]) == code
+    from ptbjobs.launch.status import collect
+    from ptbjobs.sweep.folder import Sweep
+
+    assert [row["state"] for row in collect(Sweep(sweep_dir))["runs"]] == [ended]
