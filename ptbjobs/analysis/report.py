@@ -25,6 +25,7 @@ class Report:
     table: pd.DataFrame
     per_run: pd.DataFrame
     incomplete: list[str]
+    damaged: dict[str, str]  # runs left out because a file of theirs cannot be read: key -> what
     references: pd.DataFrame | None
     files: list[Path] = field(default_factory=list)
 
@@ -39,7 +40,7 @@ def make_report(sweep: Sweep, out: Path | None = None, include_incomplete: bool 
         raise PtbjobsError(f"no run of {sweep.path} has completed yet",
                            "wait for a run to finish, or add --include-incomplete")
     refs = analysis.load_references(references) if references else None
-    report = Report(table, data.runs, analysis.incomplete_runs(data), refs)
+    report = Report(table, data.runs, analysis.incomplete_runs(data), data.damaged, refs)
     folder = out or sweep.path
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     write = _writer(report.files)
@@ -49,6 +50,7 @@ def make_report(sweep: Sweep, out: Path | None = None, include_incomplete: bool 
     write(folder / "results.json", (json.dumps({
         "sweep": data.name, "variants": analysis.to_json_records(table),
         "runs": analysis.to_json_records(data.runs[_RUN_COLUMNS]), "incomplete": report.incomplete,
+        "damaged": report.damaged,
         "references": analysis.to_json_records(refs) if refs is not None else None,
         "parameter_count": PARAMETER_NOTE}, indent=1) + "\n").encode())
     groups = figures.variant_groups(data, include_incomplete)
@@ -114,6 +116,9 @@ def markdown(report: Report, data: analysis.SweepData, per_run: bool, include_in
     if report.incomplete:
         counted = "counted in the table (--include-incomplete)" if include_incomplete else "not in the table"
         lines += ["", f"Incomplete runs, {counted}: {', '.join(report.incomplete)}."]
+    if report.damaged:
+        lines += ["", "Runs left out because a file of theirs cannot be read (`ptbjobs retry` resumes them): "
+                  + "; ".join(f"{key} ({problem})" for key, problem in report.damaged.items()) + "."]
     if report.references is not None:
         lines += ["", "## Published results (2 x 200 models on PTB)", "",
                   _md_table(list(report.references.columns), report.references.astype(str).values.tolist())]

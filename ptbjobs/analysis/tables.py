@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from ptbjobs.core.errors import ConfigError, PtbjobsError, first_line
 from ptbjobs.sweep.folder import Sweep
 from ptbjobs.sweep.grid import Targets, parse_grid
 from ptbjobs.train.config import FIELD_DEFAULTS, RESUME_NEUTRAL_FIELDS, saved_config
-from ptbjobs.train.run_dir import RunDir
+from ptbjobs.train.run_dir import DamagedFile, RunDir
 
 PTB_VOCAB = 10_000
 # Zaremba et al. (2014), small non-regularised LSTM: the row shown beside the matching variant
@@ -40,6 +40,7 @@ class SweepData:
     variant_fields: list[str]  # the config fields that tell variants apart (cell, dropout, ...)
     targets: Targets
     name: str
+    damaged: dict[str, str] = field(default_factory=dict)  # run key -> which file cannot be read, and why
 
 
 def load_sweep(sweep: Sweep) -> SweepData:
@@ -47,14 +48,19 @@ def load_sweep(sweep: Sweep) -> SweepData:
     targets = Targets()
     if sweep.grid_path.is_file():
         targets = parse_grid(sweep.grid_path.read_text(), sweep.grid_path).targets
-    epoch_rows, run_rows = [], []
+    epoch_rows, run_rows, damaged = [], [], {}
     for key, entry in manifest["runs"].items():
-        records = RunDir(sweep.run_dir(key)).read_metrics()
+        run = RunDir(sweep.run_dir(key))
+        try:  # a run whose files cannot be read is left out, and named; the others are reported
+            records = run.read_metrics()
+            state = run.read_state() or {}
+        except DamagedFile as exc:
+            damaged[key] = f"{exc.path} {exc.problem}"
+            continue
         epochs = [r for r in records if "epoch" in r]
         final = records[-1] if records and records[-1].get("final") else None
         for record in epochs:
             epoch_rows.append({"key": key, **{k: v for k, v in record.items()}})
-        state = RunDir(sweep.run_dir(key)).read_state() or {}
         run_rows.append(_run_row(key, saved_config(entry["config"]), epochs, final, state.get("device")))
     runs = pd.DataFrame(run_rows)
     epochs_frame = pd.DataFrame(epoch_rows, columns=["key", "epoch", "lr", "train_ppl", "valid_ppl",
@@ -63,7 +69,7 @@ def load_sweep(sweep: Sweep) -> SweepData:
         raise PtbjobsError(f"no run of {sweep.path} has finished an epoch yet",
                            "wait for the first epochs (see `ptbjobs status`)")
     return SweepData(epochs=epochs_frame, runs=runs, variant_fields=_variant_fields(runs),
-                     targets=targets, name=manifest.get("name", sweep.path.name))
+                     targets=targets, name=manifest.get("name", sweep.path.name), damaged=damaged)
 
 
 def _run_row(key: str, config: dict[str, Any], epochs: list[dict], final: dict | None,

@@ -83,7 +83,7 @@ def status(
         return
     out = console()
     out.print(sweep_status.render_table(collected), end="", no_wrap=True, overflow="ignore", crop=False)
-    out.print(sweep_status.summary_line(collected))
+    out.print(sweep_status.summary_line(collected), no_wrap=True, overflow="ignore", crop=False)
 
 
 @app.command()
@@ -159,5 +159,7 @@ def report(
     if made.incomplete:
         counted = "included" if include_incomplete else "left out (--include-incomplete to count them)"
         shown.print(f"incomplete runs, {counted}: {', '.join(made.incomplete)}")
+    for key, problem in made.damaged.items():
+        print(f"damaged run, left out: {key}: {problem}")
     for path in made.files:
         print(path)

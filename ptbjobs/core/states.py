@@ -32,13 +32,17 @@ DIVERGED = "DIVERGED"  # the loss went NaN: resubmitting would replay it, so ret
 LOST = "LOST"  # the scheduler no longer knows the job and the run folder never said it ended
 UNKNOWN = "UNKNOWN"
 INTERRUPTED = "INTERRUPTED"  # a run folder's: stopped on request (a signal) after saving its state
+# a file of the run folder (state.json, metrics.jsonl) cannot be read: the run resumes from its last
+# checkpoint, which writes the file anew; never taken for a completed run
+DAMAGED = "DAMAGED"
 
-OWN_STATES = frozenset({NOT_SUBMITTED, DIVERGED, LOST, UNKNOWN, INTERRUPTED})
+OWN_STATES = frozenset({NOT_SUBMITTED, DIVERGED, LOST, UNKNOWN, INTERRUPTED, DAMAGED})
 # What a run folder's state.json says: written by the training process itself. FAILED there means
 # an error stopped it; it resumes from its last checkpoint.
 FOLDER_STATES = frozenset({RUNNING, COMPLETED, DIVERGED, FAILED, INTERRUPTED})
 # Ended without finishing: `retry` (and a new submit) resume these from their checkpoints
-RETRYABLE = frozenset({FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, OUT_OF_MEMORY, BOOT_FAIL, DEADLINE, LOST})
+RETRYABLE = frozenset({FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, OUT_OF_MEMORY, BOOT_FAIL, DEADLINE, LOST,
+                       DAMAGED})
 
 
 def normalise_slurm_state(raw: str) -> str:
@@ -54,10 +58,14 @@ def run_state(job_state: str | None, folder_state: str | None) -> str:
     """The one state shown for a run.
 
     job_state: what the executor says of the run's latest job (None: never submitted).
-    folder_state: what the run's own state.json says (RUNNING, COMPLETED, DIVERGED, ...), or None.
+    folder_state: what the run's own folder says (RUNNING, COMPLETED, DIVERGED, ..., DAMAGED where
+    a file of it cannot be read), or None.
     The run folder wins where it knows better: a job that ended "COMPLETED" for the scheduler may
     hold a run that diverged, and a run that finished is COMPLETED whatever happened to the job.
+    A damaged folder of a job still queued or running is left to that job, which writes it anew.
     """
+    if folder_state == DAMAGED:
+        return job_state if job_state is not None and is_active(job_state) else DAMAGED
     if folder_state == COMPLETED:
         return COMPLETED
     if folder_state == DIVERGED:

@@ -9,16 +9,17 @@ from ptbjobs.core import states
 from ptbjobs.core.errors import PtbjobsError
 from ptbjobs.launch.executor_choice import get_executor
 from ptbjobs.sweep.folder import Sweep, latest_job
-from ptbjobs.train.run_dir import RunDir
+from ptbjobs.train.run_dir import DamagedFile, RunDir
 from ptbjobs.train.signals import RESUMABLE_EXIT_CODES
 
 
 def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None = None,
-               live: bool = False) -> dict[str, str]:
+               live: bool = False, damaged: dict[str, DamagedFile] | None = None) -> dict[str, str]:
     """Each run's state: its latest job as its executor sees it, merged with its own folder.
     What an executor says of its answer (e.g. "Slurm did not answer: last known states") is
     appended to `notes`. With `live`, last-known states are refused: a command about to submit or
-    cancel must not act on them (it could start a second copy of a run that is still going)."""
+    cancel must not act on them (it could start a second copy of a run that is still going).
+    A run whose folder cannot be read shows DAMAGED, and what is wrong goes into `damaged`."""
     by_executor: dict[str, list[str]] = {}
     for entry in manifest["runs"].values():
         job = latest_job(entry)
@@ -36,12 +37,28 @@ def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None =
     result = {}
     for key, entry in manifest["runs"].items():
         job = latest_job(entry)
-        folder = RunDir(sweep.run_dir(key)).read_state() or {}
-        state = states.run_state(job_states.get(job["job_id"]) if job else None, folder.get("state"))
+        try:
+            folder_state = _folder_state(RunDir(sweep.run_dir(key)))
+        except DamagedFile as exc:
+            folder_state = states.DAMAGED
+            if damaged is not None:
+                damaged[key] = exc
+        state = states.run_state(job_states.get(job["job_id"]) if job else None, folder_state)
         if states.is_active(state) and _failed_in_pack(sweep, key, job["job_id"]):
             state = states.FAILED  # its pack-mates train on, holding the job: it will not
         result[key] = state
     return result
+
+
+def _folder_state(run: RunDir) -> str | None:
+    """What the run folder says of the run. COMPLETED only where metrics.jsonl bears it out with its
+    final record: a run whose results cannot be read is not taken for a finished one."""
+    record = run.read_state()
+    if record is None:
+        return None
+    if record["state"] == states.COMPLETED and run.final_record() is None:
+        raise DamagedFile(run.metrics_path, "has no final record, though state.json says the run completed")
+    return record["state"]
 
 
 def _failed_in_pack(sweep: Sweep, key: str, job_id: str) -> bool:

@@ -7,8 +7,9 @@ The `--json` schema (version 1) is one object:
      "notes": [what the executor said of its answer, e.g. that Slurm did not answer],
      "runs": [{"key", "cell", "dropout", "seed", "executor", "job_id", "attempts", "state",
                "epoch", "epochs", "train_ppl", "valid_ppl", "best_valid_ppl", "test_ppl",
-               "elapsed_s", "eta_s"}, ...]}
-Numbers the run has not produced yet are null.
+               "elapsed_s", "eta_s", "problem"}, ...]}
+Numbers the run has not produced yet are null. "problem" names a file of the run's folder that
+cannot be read and what is wrong with it (the run is DAMAGED unless its job is still going), else null.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from ptbjobs.core import states
 from ptbjobs.launch.run_states import run_states
 from ptbjobs.sweep.folder import Sweep, latest_job
-from ptbjobs.train.run_dir import PROGRESS_FILE, RunDir
+from ptbjobs.train.run_dir import PROGRESS_FILE, DamagedFile, RunDir
 
 STATUS_SCHEMA_VERSION = 1
 
@@ -30,19 +31,35 @@ STATUS_SCHEMA_VERSION = 1
 def collect(sweep: Sweep) -> dict[str, Any]:
     manifest = sweep.read_manifest()
     notes: list[str] = []
-    current = run_states(sweep, manifest, notes)
+    damaged: dict[str, DamagedFile] = {}
+    current = run_states(sweep, manifest, notes, damaged=damaged)
     now = time.time()
-    rows = [_row(sweep, key, entry, current[key], now) for key, entry in manifest["runs"].items()]
+    rows = [_row(sweep, key, entry, current[key], now, damaged.get(key)) for key, entry in manifest["runs"].items()]
+    notes += [f"{row['key']}: {row['problem']}; `ptbjobs retry --run {row['key']}` resumes it from its last checkpoint"
+              if row["state"] in states.RETRYABLE else f"{row['key']}: {row['problem']}"
+              for row in rows if row["problem"]]
     return {"version": STATUS_SCHEMA_VERSION, "sweep": manifest.get("name", sweep.path.name),
             "dir": str(sweep.path), "time": now, "summary": dict(Counter(r["state"] for r in rows)), "notes": notes, "runs": rows}
 
 
-def _row(sweep: Sweep, key: str, entry: dict[str, Any], state: str, now: float) -> dict[str, Any]:
+def _row(sweep: Sweep, key: str, entry: dict[str, Any], state: str, now: float,
+         damage: DamagedFile | None) -> dict[str, Any]:
     config = entry["config"]
     run = RunDir(sweep.run_dir(key))
-    epochs_done, last, best_valid, final = _metrics_summary(run)
+    try:
+        epochs_done, last, best_valid, final = _metrics_summary(run)
+    except DamagedFile as exc:
+        epochs_done, last, best_valid, final = 0, None, None, None
+        damage = damage or exc
+        if not states.is_active(state):
+            state = states.DAMAGED
     job = latest_job(entry)
-    progress = _read_progress(run) if state == states.RUNNING else None
+    progress = None
+    if state == states.RUNNING:
+        try:
+            progress = _read_progress(run)
+        except DamagedFile as exc:
+            damage = damage or exc
     elapsed = final["elapsed_s"] if final else last["elapsed_s"] if last else None
     if progress:
         elapsed = progress["elapsed_s"] + max(0.0, now - progress["time"])
@@ -55,6 +72,7 @@ def _row(sweep: Sweep, key: str, entry: dict[str, Any], state: str, now: float) 
         "best_valid_ppl": best_valid,
         "test_ppl": final["test_ppl"] if final else None,
         "elapsed_s": elapsed, "eta_s": _eta(config, epochs_done, last, progress) if state == states.RUNNING else None,
+        "problem": f"{damage.path} {damage.problem}" if damage else None,
     }
 
 
@@ -68,19 +86,53 @@ def _metrics_summary(run: RunDir) -> tuple[int, dict | None, float | None, dict 
         text = run.metrics_path.read_text()
     except FileNotFoundError:
         return 0, None, None, None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DamagedFile(run.metrics_path, f"cannot be read ({exc})") from None
+    if text and not text.endswith("\n"):
+        raise DamagedFile(run.metrics_path, "is cut short (its last line is incomplete)")
     lines = text.splitlines()
-    final = json.loads(lines[-1]) if lines and '"final"' in lines[-1] else None
+    final = _record(run, lines[-1], _FINAL_NUMBERS) if lines and '"final"' in lines[-1] else None
     epoch_lines = lines[:-1] if final else lines
-    last = json.loads(epoch_lines[-1]) if epoch_lines else None
+    last = _record(run, epoch_lines[-1], _EPOCH_NUMBERS) if epoch_lines else None
     best = min((float(v) for v in _VALID_PPL.findall("\n".join(epoch_lines))), default=None)
     return len(epoch_lines), last, best, final
 
 
-def _read_progress(run: RunDir) -> dict[str, Any] | None:
+_EPOCH_NUMBERS = ("train_ppl", "valid_ppl", "elapsed_s")
+_FINAL_NUMBERS = ("test_ppl", "elapsed_s")
+
+
+def _record(run: RunDir, line: str, numbers: tuple[str, ...]) -> dict[str, Any]:
+    """One line of metrics.jsonl, with the numbers status shows."""
     try:
-        return json.loads((run.path / PROGRESS_FILE).read_text())
-    except (FileNotFoundError, ValueError):
+        record = json.loads(line)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or not all(_is_number(record.get(name)) for name in numbers):
+        raise DamagedFile(run.metrics_path, "holds a line that is not a metrics record")
+    return record
+
+
+_PROGRESS_NUMBERS = ("time", "elapsed_s", "chunk", "chunks", "tokens_per_s")
+
+
+def _read_progress(run: RunDir) -> dict[str, Any] | None:
+    """The heartbeat, or None if there is none yet; DamagedFile if it is not one (a running run
+    writes it anew within seconds, so it stays RUNNING meanwhile, without an ETA)."""
+    path = run.path / PROGRESS_FILE
+    try:
+        progress = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError):
+        progress = None
+    if not isinstance(progress, dict) or not all(_is_number(progress.get(name)) for name in _PROGRESS_NUMBERS):
+        raise DamagedFile(path, "is not a heartbeat record")
+    return progress
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _eta(config: dict[str, Any], epochs_done: int, last: dict[str, Any] | None, progress: dict[str, Any] | None) -> float | None:

@@ -45,7 +45,11 @@ class RunDir:
         atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
 
     def read_config(self) -> dict[str, Any] | None:
-        return _read_json(self.config_path)
+        """config.json, or None before the run first started; DamagedFile if it is not a config record."""
+        record = _read_json(self.config_path)
+        if record is not None and not (isinstance(record, dict) and isinstance(record.get("train"), dict)):
+            raise DamagedFile(self.config_path, "is not a run config record")
+        return record
 
     def write_metrics(self, records: list[dict[str, Any]]) -> None:
         """Rewrite metrics.jsonl whole: the history lives in the checkpoint, so the file always
@@ -54,9 +58,34 @@ class RunDir:
         atomic_write_bytes(self.metrics_path, text.encode())
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.is_file():
+        """Every record of metrics.jsonl; DamagedFile if any line is not one (the file is only
+        ever replaced whole, so a cut or garbled line means something else damaged it)."""
+        try:
+            text = self.metrics_path.read_text()
+        except FileNotFoundError:
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DamagedFile(self.metrics_path, f"cannot be read ({exc})") from None
+        if text and not text.endswith("\n"):
+            raise DamagedFile(self.metrics_path, "is cut short (its last line is incomplete)")
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                raise DamagedFile(self.metrics_path, f"line {number} is not a metrics record")
+            records.append(record)
+        return records
+
+    def final_record(self) -> dict[str, Any] | None:
+        """The final record (test perplexity at the best epoch) if the run has finished; DamagedFile
+        if the run folder says it completed and metrics.jsonl does not bear that out."""
+        records = self.read_metrics()
+        return records[-1] if records and records[-1].get("final") else None
 
     def write_state(self, state: str, **details: Any) -> None:
         """state.json: one of `states.FOLDER_STATES`, when, where, and what else the writer says."""
@@ -67,7 +96,23 @@ class RunDir:
         self.write_json(self.state_path, record)
 
     def read_state(self) -> dict[str, Any] | None:
-        return _read_json(self.state_path)
+        """state.json, or None before the run first started; DamagedFile if it is not a state
+        record."""
+        record = _read_json(self.state_path)
+        if record is not None and not (isinstance(record, dict) and record.get("state") in states.FOLDER_STATES):
+            raise DamagedFile(self.state_path, "is not a run state record")
+        return record
+
+
+class DamagedFile(PtbjobsError):
+    """A file of a run folder that cannot be read as what it should be. Every such file is
+    replaced atomically, so this is damage from outside (a bad copy, a full disk, a hand edit):
+    it concerns its run alone, which resumes from its last checkpoint and writes the file anew."""
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(f"{path} {problem}", "it is written anew when the run resumes: ptbjobs retry, or train again")
+        self.path = path
+        self.problem = problem
 
 
 def _read_json(path: Path) -> Any:
@@ -75,6 +120,7 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise PtbjobsError(f"{path} cannot be read ({exc})",
-                           "it is written atomically, so something else changed it: move the run folder aside") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DamagedFile(path, f"cannot be read ({exc})") from None
+    except ValueError as exc:
+        raise DamagedFile(path, f"is not valid JSON ({exc})") from None

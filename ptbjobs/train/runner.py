@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ptbjobs import __version__
 from ptbjobs.core import states
@@ -20,7 +20,7 @@ from ptbjobs.train import checkpoint
 from ptbjobs.train.config import RESUME_NEUTRAL_FIELDS, TrainConfig
 from ptbjobs.train.corpus import load_corpus
 from ptbjobs.train.ptb_files import CANONICAL_SHA256, SPLITS, sha256_file, split_filename
-from ptbjobs.train.run_dir import RunDir
+from ptbjobs.train.run_dir import DamagedFile, RunDir
 from ptbjobs.train.signals import TrainingInterrupted, stop_on_signals, take_pending_stop
 from ptbjobs.train.trainer import Reporter, SilentReporter, Trainer
 
@@ -32,11 +32,15 @@ def run_training(config: TrainConfig, out: Path, data_dir: Path | str | None = N
     run = RunDir(out)
     if run.path.exists() and not run.path.is_dir():
         raise ConfigError(None, f"--out {out} is a file, not a folder", "give a folder path")
-    existing = run.read_config()
+    # a damaged file of the folder is written anew; the checkpoint, which holds the config too and
+    # checks itself, is what the run resumes from (and what refuses another config)
+    existing = _unless_damaged(run.read_config, reporter)
     if existing is not None:
         _refuse_changed_config(run, TrainConfig.from_mapping(existing["train"], source=str(run.config_path)), config)
-        _refuse_diverged(run)
-        final = _final_record(run)
+    if run.config_path.exists():
+        state = _unless_damaged(run.read_state, reporter)
+        _refuse_diverged(run, state)
+        final = _final_record(run, state, reporter)
         if final is not None:
             reporter.note(f"{out} is already complete: test perplexity {final['test_ppl']:.2f}")
             return final
@@ -82,9 +86,17 @@ def _train(run: RunDir, trainer: Trainer, config: TrainConfig, data_dir: Path, r
     return final
 
 
-def _refuse_diverged(run: RunDir) -> None:
+def _unless_damaged(read: Callable[[], Any], reporter: Reporter) -> Any:
+    """What `read` reads from the run folder, or None (said on the reporter) if the file is damaged."""
+    try:
+        return read()
+    except DamagedFile as exc:
+        reporter.note(f"{exc.path} {exc.problem}: resuming from the last checkpoint, which writes it anew")
+        return None
+
+
+def _refuse_diverged(run: RunDir, state: dict[str, Any] | None) -> None:
     """Resuming a diverged run replays the same steps into the same NaN: say so instead."""
-    state = run.read_state()
     if state and state["state"] == states.DIVERGED:
         raise DivergedError(f"{run.path} diverged earlier: {state.get('message', '')}",
                             "train again in a new --out with a lower --lr or --clip")
@@ -101,12 +113,12 @@ def _exclusive(run: RunDir) -> Iterator[None]:
         yield
 
 
-def _final_record(run: RunDir) -> dict[str, Any] | None:
-    state = run.read_state()
+def _final_record(run: RunDir, state: dict[str, Any] | None, reporter: Reporter) -> dict[str, Any] | None:
+    """The run's final record if it has completed: state.json says so and metrics.jsonl ends with
+    it. A run whose files do not both say so resumes (and finishes at once if it had)."""
     if not state or state["state"] != states.COMPLETED:
         return None
-    records = run.read_metrics()
-    return records[-1] if records and records[-1].get("final") else None
+    return _unless_damaged(run.final_record, reporter)
 
 
 def _refuse_changed_config(run: RunDir, before: TrainConfig, now: TrainConfig) -> None:
@@ -135,6 +147,6 @@ def _stop_if_signalled_while_starting(run: RunDir) -> None:
     stopped = take_pending_stop()
     if stopped is None:
         return
-    if run.read_state() is not None:  # a run resuming: say it stopped, rather than leave a stale RUNNING
+    if run.state_path.exists():  # a run resuming: say it stopped, rather than leave a stale RUNNING
         run.write_state(states.INTERRUPTED, message=stopped.message)
     raise stopped

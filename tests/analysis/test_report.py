@@ -269,3 +269,16 @@ def test_with_incomplete_runs_included_the_table_says_how_many_finished(known_sw
     assert "| LSTM, dropout 0.3 | 2 (1 finished) |" in text
     assert "Incomplete runs, counted in the table (--include-incomplete): lstm-d0.3-s2." in text
     assert made.table.iloc[1]["test_ppl_mean"] == 95.0  # the one run that has a test perplexity
+
+
+def test_a_run_with_a_damaged_metrics_file_is_left_out_of_the_report_and_named(known_sweep, tmp_path, capsys):
+    runs = list(known_sweep.read_manifest()["runs"])
+    metrics = known_sweep.run_dir(runs[0]) / "metrics.jsonl"
+    metrics.write_text(metrics.read_text()[:-30])
+    made = report.make_report(known_sweep, out=tmp_path / "out")
+    assert list(made.damaged) == [runs[0]] and "is cut short" in made.damaged[runs[0]]
+    assert runs[0] not in set(made.per_run["key"])
+    assert f"{runs[0]} ({metrics} is cut short" in (tmp_path / "out" / "results.md").read_text()
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["damaged"] == made.damaged
+    assert main(["report", "--sweep-dir", str(known_sweep.path), "--out", str(tmp_path / "cli")]) == 0
+    assert f"damaged run, left out: {runs[0]}: {metrics} is cut short" in capsys.readouterr().out

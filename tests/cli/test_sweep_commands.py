@@ -87,7 +87,7 @@ def test_status_json_follows_the_documented_schema(tmp_path, grid_file, tiny_cor
     assert status["summary"] == {"PENDING": 2}
     assert set(status["runs"][0]) == {"key", "cell", "dropout", "seed", "executor", "job_id", "attempts", "state",
                                       "epoch", "epochs", "train_ppl", "valid_ppl", "best_valid_ppl", "test_ppl",
-                                      "elapsed_s", "eta_s"}
+                                      "elapsed_s", "eta_s", "problem"}
     row = status["runs"][0]
     assert (row["key"], row["job_id"], row["executor"], row["state"], row["epoch"], row["epochs"]) == \
         ("lstm-d0-s1", "L1", "local", "PENDING", 0, 1)

@@ -352,3 +352,24 @@ def test_after_its_last_requeue_a_timed_out_run_ends_timeout_and_retry_resumes_i
     assert "resuming from" in wait_until(lambda: _log_text(sweep.run_dir(key), "L2") if "resuming" in _log_text(sweep.run_dir(key), "L2") else None)
     cancel(sweep)
     assert wait_until(lambda: all_ended(sweep))["runs"][0]["state"] == states.CANCELLED
+
+
+@pytest.mark.parametrize("damaged_file, damage", [("state.json", "{broken"), ("metrics.jsonl", None)],
+                         ids=["state-not-json", "metrics-cut"])
+def test_a_finished_run_with_a_damaged_file_is_not_taken_for_finished_and_retry_restores_it(
+        tmp_path, tiny_corpus, damaged_file, damage):
+    from helpers import comparable
+
+    grid, sweep, run_dir = submit_one_run(tmp_path, tiny_corpus, "gru", 0.0, epochs=2)
+    assert [r["state"] for r in wait_until(lambda: all_ended(sweep))["runs"]] == [states.COMPLETED]
+    finished = RunDir(run_dir).read_metrics()
+    path = run_dir / damaged_file
+    path.write_text(damage if damage is not None else path.read_text()[:-40])  # a bad copy, a full disk
+
+    assert [r["state"] for r in collect(sweep)["runs"]] == [states.DAMAGED]
+    assert [(p.spec.key, p.action) for p in submit(grid, sweep, LocalExecutor(1), data_dir=tiny_corpus, dry_run=True)] \
+        == [(grid.runs[0].key, "resume")]
+    assert retry(sweep).submitted == {grid.runs[0].key: "L2"}
+    assert [r["state"] for r in wait_until(lambda: all_ended(sweep))["runs"]] == [states.COMPLETED]
+    assert comparable(RunDir(run_dir).read_metrics()) == comparable(finished)  # written anew from the checkpoint
+    assert "resuming from the last checkpoint, which writes it anew" in (run_dir / "logs" / "L2.log").read_text()

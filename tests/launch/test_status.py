@@ -91,8 +91,11 @@ def test_wait_returns_1_when_a_run_did_not_complete_and_0_when_all_did(tmp_path)
         for job in (sweep.path / "local" / "jobs").glob("L*.json"):
             if job.stem[1:].isdigit():
                 (job.parent / f"{job.stem}.end.json").write_text(json.dumps({"state": state}))
-                if state == states.COMPLETED:
-                    RunDir(sweep.run_dir(json.loads(job.read_text())["run"])).write_state(states.COMPLETED)
+                if state == states.COMPLETED:  # as a finished run leaves it: a final record, then the state
+                    run = RunDir(sweep.run_dir(json.loads(job.read_text())["run"]))
+                    epochs = [r for r in run.read_metrics() if not r.get("final")]
+                    run.write_metrics(epochs + [{"final": True, "test_ppl": 100.0, "elapsed_s": 1.0}])
+                    run.write_state(states.COMPLETED)
 
     mixed = make_sweep(tmp_path / "mixed", runs=40)
     end_every_job(mixed, states.CANCELLED)  # nothing left to wait for, and not all completed
@@ -111,3 +114,60 @@ def test_a_new_attempt_drops_the_heartbeat_of_the_one_before(tmp_path, tiny_conf
     stale.write_text('{"time": 0, "elapsed_s": 10}')  # written before the job was requeued
     ProgressFileReporter(tmp_path, SilentReporter()).start(tiny_config, RunDir(tmp_path), None)
     assert not stale.exists()
+
+
+def damage(path, kind: str) -> None:
+    """What a bad copy, a full disk or a hand edit leaves behind."""
+    if kind == "not-json":
+        path.write_text("{broken")
+    elif kind == "cut-line":
+        text = path.read_text()
+        path.write_text(text[: len(text) - 25])
+    elif kind == "wrong-shape":
+        path.write_text("[1, 2]")
+
+
+def test_a_damaged_file_marks_only_its_run_and_status_still_answers(tmp_path, capsys):
+    import json
+    import os
+
+    from ptbjobs.cli import main
+    from ptbjobs.executors.local import process_start
+
+    sweep = make_sweep(tmp_path / "s", runs=40)
+    before = {row["key"]: row["state"] for row in collect(sweep)["runs"]}
+    completed = [key for key, state in before.items() if state == states.COMPLETED]
+    broken_state, cut_metrics, garbled_metrics = completed[:3]
+    damage(sweep.run_dir(broken_state) / "state.json", "not-json")
+    damage(sweep.run_dir(cut_metrics) / "metrics.jsonl", "cut-line")
+    lines = (sweep.run_dir(garbled_metrics) / "metrics.jsonl").read_text().splitlines()
+    (sweep.run_dir(garbled_metrics) / "metrics.jsonl").write_text("\n".join(lines[:-1] + ['{"final": true}']) + "\n")
+    # a run that is really running (this process stands in for its worker), with a heartbeat of the wrong shape
+    running = completed[3]
+    for path in [p for p in (sweep.path / "local" / "jobs").glob("L*.json") if p.stem[1:].isdigit()]:
+        record = json.loads(path.read_text())
+        if record["run"] == running:
+            (path.parent / f"{path.stem}.end.json").unlink(missing_ok=True)
+            path.write_text(json.dumps({**record, "state": "RUNNING", "pid": os.getpid(),
+                                        "pid_start": process_start(os.getpid())}))
+    RunDir(sweep.run_dir(running)).write_state(states.RUNNING)
+    damage(sweep.run_dir(running) / "progress.json", "wrong-shape")
+
+    status = collect(sweep)
+    rows = {row["key"]: row for row in status["runs"]}
+    assert rows[broken_state]["state"] == rows[cut_metrics]["state"] == rows[garbled_metrics]["state"] == states.DAMAGED
+    assert rows[broken_state]["problem"].startswith(f"{sweep.run_dir(broken_state) / 'state.json'} is not valid JSON")
+    assert rows[cut_metrics]["problem"] == f"{sweep.run_dir(cut_metrics) / 'metrics.jsonl'} is cut short (its last line is incomplete)"
+    assert "metrics.jsonl" in rows[garbled_metrics]["problem"]
+    assert rows[running]["state"] == states.RUNNING and rows[running]["eta_s"] is None
+    assert rows[running]["problem"] == f"{sweep.run_dir(running) / 'progress.json'} is not a heartbeat record"
+    damaged = {broken_state, cut_metrics, garbled_metrics, running}
+    assert {k: r["state"] for k, r in rows.items() if k not in damaged} == {k: s for k, s in before.items() if k not in damaged}
+    assert all(rows[key]["problem"] is None for key in rows if key not in damaged)
+
+    assert main(["status", "--sweep-dir", str(sweep.path)]) == 0
+    shown = capsys.readouterr().out
+    assert f"note: {broken_state}: {sweep.run_dir(broken_state) / 'state.json'} is not valid JSON" in shown
+    assert f"`ptbjobs retry --run {cut_metrics}` resumes it from its last checkpoint" in shown
+    assert main(["status", "--sweep-dir", str(sweep.path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"][states.DAMAGED] == 3

@@ -167,3 +167,20 @@ def test_a_stop_signal_that_came_while_the_job_started_stops_it_before_a_step(tm
     assert checkpoint.load_latest(out / "checkpoints")[0]["global_step"] == 7  # nothing trained, nothing saved
     run_training(tiny_config, out, tiny_corpus, handle_signals=False)  # and it resumes to the same end
     assert_same_run(reference_run, out)
+
+
+@pytest.mark.parametrize("name, damage", [("config.json", "{broken"), ("state.json", "[]"),
+                                          ("metrics.jsonl", '{"epoch": 1}\n{"epo')])
+def test_a_run_with_a_damaged_folder_file_resumes_from_its_checkpoint_and_writes_it_anew(
+        tmp_path, tiny_corpus, tiny_config, reference_run, monkeypatch, name, damage):
+    steps_per_epoch = RunDir(reference_run).read_metrics()[0]["steps"]
+    out = tmp_path / "damaged"
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, steps_per_epoch + 3)
+        with pytest.raises(TrainingInterrupted):
+            run_training(tiny_config, out, tiny_corpus, handle_signals=False)
+    (out / name).write_text(damage)  # a bad copy of the folder, a full disk, a hand edit
+    run_training(tiny_config, out, tiny_corpus, handle_signals=False)
+    assert_same_run(reference_run, out)
+    assert RunDir(out).read_config()["train"] == tiny_config.to_dict()
+    assert RunDir(out).read_state()["state"] == states.COMPLETED
