@@ -8,6 +8,7 @@ touches it). Every fact lives in files, each with one writer, so any later proce
     <sweep>/local/
       settings.json          max_parallel in force, and the one last given by --max-parallel
       supervisor.lock        flock'ed by the live supervisor
+      supervisor.json        the supervisor last started (pid), so that one still starting counts as alive
       jobs/<id>.json         written by submit (PENDING), then by the supervisor (RUNNING, pid, slot)
       jobs/<id>.end.json     written once when the job ends (state, exit code): by the worker, or
                              by the supervisor when it had to kill a cancelled job
@@ -24,6 +25,7 @@ filesystem, a stopped process).
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import signal
 import subprocess
@@ -42,6 +44,9 @@ from ptbjobs.sweep.grid import Resources
 # A run acts on SIGTERM at its next training step, so an evaluation under way finishes first: well
 # under a minute for this model on 2 CPU threads.
 DEFAULT_KILL_WAIT_S = 120.0
+SUPERVISOR_FILE = "supervisor.json"  # the supervisor process last started: pid and its start time
+
+log = logging.getLogger(__name__)
 
 
 class LocalExecutor(Executor):
@@ -89,8 +94,16 @@ class LocalExecutor(Executor):
         self.parallel_in_force = parallel
 
     def query(self, sweep: Sweep, job_ids: list[str]) -> JobStates:
+        """The jobs' states, from their files. Queued jobs need the sweep's supervisor: if it died
+        (killed, say, or its machine rebooted), it is started again here, so that every command
+        that looks at the sweep gets its queue moving again."""
         folder = local_folder(sweep)
-        return JobStates({job_id: job_state(folder, job_id) for job_id in job_ids})
+        found = {job_id: job_state(folder, job_id) for job_id in job_ids}
+        queued = sum(1 for state in found.values() if state == states.PENDING)
+        if queued and ensure_supervisor(sweep):
+            log.warning("%s: the local executor's supervisor had stopped with %d run(s) queued; started it again",
+                        sweep.path, queued)
+        return JobStates(found)
 
     def cancel(self, sweep: Sweep, job_ids: list[str]) -> None:
         folder = local_folder(sweep)
@@ -195,16 +208,39 @@ def process_start(pid: int) -> int | None:
 
 # ---- the supervisor process (local_supervisor.py) ----
 
-def ensure_supervisor(sweep: Sweep) -> None:
-    """Start the sweep's supervisor unless one is running (it holds supervisor.lock)."""
+def ensure_supervisor(sweep: Sweep) -> bool:
+    """Start the sweep's supervisor unless one is running or starting; True if this started one."""
     folder = local_folder(sweep)
+    if supervisor_alive(folder):
+        return False  # it will see the new jobs
+    with open(folder / "supervisor.log", "a") as output:
+        process = subprocess.Popen([sys.executable, "-m", "ptbjobs.executors.local_supervisor", "supervise",
+                                    str(sweep.path)], stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                                   start_new_session=True)
+    atomic_write_json(folder / SUPERVISOR_FILE, {"pid": process.pid, "pid_start": wait_for_start(process.pid),
+                                                 "started": time.time()})
+    return True
+
+
+def supervisor_alive(folder: Path) -> bool:
+    """A supervisor holds supervisor.lock while it lives; one just started may not have taken it
+    yet, and counts as alive while its process is (supervisor.json says which process that is)."""
     with open(folder / "supervisor.lock", "a") as handle:
         if not try_exclusive_lock(handle):
-            return  # a live supervisor will see the new jobs
+            return True
         fcntl.flock(handle, fcntl.LOCK_UN)
-    with open(folder / "supervisor.log", "a") as log:
-        subprocess.Popen([sys.executable, "-m", "ptbjobs.executors.local_supervisor", "supervise", str(sweep.path)],
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    started = read_json_if_any(folder / SUPERVISOR_FILE)
+    return isinstance(started, dict) and is_alive(started)
+
+
+def wait_for_start(pid: int) -> int | None:
+    """The start time of a process just created (its /proc entry appears at once, but be sure)."""
+    for _ in range(100):
+        start = process_start(pid)
+        if start is not None:
+            return start
+        time.sleep(0.01)
+    return None
 
 
 # ---- files ----

@@ -29,8 +29,8 @@ from ptbjobs.executors.local import (
     job_path,
     job_state,
     local_folder,
-    process_start,
     visible_gpus,
+    wait_for_start,
     write_end,
 )
 from ptbjobs.sweep.folder import Sweep
@@ -138,12 +138,7 @@ def _start_worker(sweep: Sweep, folder: Path, record: dict[str, Any], slot: int,
         process = subprocess.Popen([sys.executable, "-m", "ptbjobs.executors.local_supervisor", "work", str(sweep.path), job_id],
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    env=env, start_new_session=True)
-    start = None
-    for _ in range(100):  # /proc/<pid>/stat appears as soon as the process exists
-        start = process_start(process.pid)
-        if start is not None:
-            break
-        time.sleep(0.01)
+    start = wait_for_start(process.pid)
     atomic_write_json(job_path(folder, job_id), {**record, "state": states.RUNNING, "pid": process.pid,
                                            "pid_start": start, "slot": slot, "started": time.time()})
 

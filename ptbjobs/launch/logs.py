@@ -27,8 +27,11 @@ def attempt_logs(sweep: Sweep, key: str) -> list[AttemptLog]:
     manifest = sweep.read_manifest()
     if key not in manifest["runs"]:
         raise ConfigError(None, f"no run {key!r} in {sweep.path}", "see `ptbjobs status` for the keys")
+    jobs = manifest["runs"][key]["jobs"]
+    if jobs:  # asked after, the latest job's executor gets a stalled local queue moving again
+        get_executor(jobs[-1]["executor"], submitting=False).query(sweep, [jobs[-1]["job_id"]])
     logs = []
-    for job in manifest["runs"][key]["jobs"]:
+    for job in jobs:
         executor = get_executor(job["executor"], submitting=False)
         logs += [AttemptLog(job["job_id"], job["executor"], path)
                  for path in executor.log_paths(sweep, key, [job["job_id"]])]

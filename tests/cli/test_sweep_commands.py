@@ -59,27 +59,16 @@ def test_a_missing_data_folder_is_caught_at_submit(tmp_path, grid_file, capsys):
     assert not (tmp_path / "s").exists()
 
 
-def test_status_json_follows_the_documented_schema(tmp_path, grid_file, tiny_corpus, capsys):
+def test_status_json_follows_the_documented_schema(tmp_path, grid_file, tiny_corpus, capsys, monkeypatch):
+    import ptbjobs.executors.local as local
+    from ptbjobs.executors.local import LocalExecutor
     from ptbjobs.launch.submit import submit
     from ptbjobs.sweep.folder import Sweep
     from ptbjobs.sweep.grid import load_grid
 
     sweep = Sweep(tmp_path / "sweep")
-
-    class NoRun:  # an executor that records jobs but runs nothing: the rows stay PENDING
-        name = "local"
-
-        def submit(self, sweep, keys, resources):
-            import ptbjobs.executors.local as local
-            from ptbjobs.executors.local import LocalExecutor
-
-            saved, local.ensure_supervisor = local.ensure_supervisor, lambda sweep: None
-            try:
-                return LocalExecutor(1).submit(sweep, keys, resources)
-            finally:
-                local.ensure_supervisor = saved
-
-    submit(load_grid(grid_file), sweep, NoRun(), data_dir=tiny_corpus)
+    monkeypatch.setattr(local, "ensure_supervisor", lambda sweep: False)  # queue only, run nothing: rows stay PENDING
+    submit(load_grid(grid_file), sweep, LocalExecutor(1), data_dir=tiny_corpus)
     result = runner.invoke(app, ["status", "--sweep-dir", str(sweep.path), "--json"])
     assert result.exit_code == 0, result.output
     status = json.loads(result.output)
@@ -133,7 +122,7 @@ def test_force_sets_the_old_run_aside_and_starts_the_changed_config_afresh(tmp_p
     from ptbjobs.sweep.grid import load_grid
 
     sweep = Sweep(tmp_path / "sweep")
-    saved, local.ensure_supervisor = local.ensure_supervisor, lambda sweep: None  # queue only, run nothing
+    saved, local.ensure_supervisor = local.ensure_supervisor, lambda sweep: False  # queue only, run nothing
     try:
         submit(load_grid(grid_file), sweep, LocalExecutor(1), data_dir=tiny_corpus)
         with pytest.raises(Exception, match="is PENDING"):
@@ -155,7 +144,7 @@ def test_only_submits_the_runs_with_those_settings_and_the_sweep_keeps_the_whole
     from ptbjobs.sweep.folder import Sweep
 
     grid_file.write_text(GRID.replace("seed = [1]", "seed = [1, 2, 3]"))
-    monkeypatch.setattr(local, "ensure_supervisor", lambda sweep: None)  # queue only, run nothing
+    monkeypatch.setattr(local, "ensure_supervisor", lambda sweep: False)  # queue only, run nothing
     sweep = Sweep(tmp_path / "sweep")
     submit = ["submit", "--grid", str(grid_file), "--sweep-dir", str(sweep.path), "--data-dir", str(tiny_corpus),
               "--executor", "local"]

@@ -373,3 +373,21 @@ def test_a_finished_run_with_a_damaged_file_is_not_taken_for_finished_and_retry_
     assert [r["state"] for r in wait_until(lambda: all_ended(sweep))["runs"]] == [states.COMPLETED]
     assert comparable(RunDir(run_dir).read_metrics()) == comparable(finished)  # written anew from the checkpoint
     assert "resuming from the last checkpoint, which writes it anew" in (run_dir / "logs" / "L2.log").read_text()
+
+
+def test_a_killed_supervisor_is_started_again_by_the_next_command_and_the_queue_drains(tmp_path, grid_file,
+                                                                                        tiny_corpus):
+    grid_file.write_text(GRID.format(epochs=1))
+    sweep = Sweep(tmp_path / "sweep")
+    submit(load_grid(grid_file), sweep, LocalExecutor(max_parallel=1), data_dir=tiny_corpus)
+    supervisor = json.loads((sweep.path / "local" / "supervisor.json").read_text())
+    wait_until(lambda: collect(sweep)["summary"].get(states.RUNNING) == 1, every_s=0.05)
+    os.kill(supervisor["pid"], signal.SIGKILL)  # the worker goes on: it leads a session of its own
+    wait_until(lambda: not local.is_alive(supervisor), every_s=0.05)
+    status = [sys.executable, "-m", "ptbjobs", "status", "--sweep-dir", str(sweep.path)]  # as a user runs it
+    err = subprocess.run(status, capture_output=True, text=True, check=True).stderr
+    assert err == (f"ptbjobs: WARNING: {sweep.path}: the local executor's supervisor had stopped with 3 run(s) "
+                   "queued; started it again\n")
+    finished = wait_until(lambda: all_ended(sweep))
+    assert [row["state"] for row in finished["runs"]] == [states.COMPLETED] * 4
+    assert subprocess.run(status, capture_output=True, text=True, check=True).stderr == ""  # nothing queued: nothing said
