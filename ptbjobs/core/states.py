@@ -11,7 +11,10 @@ from __future__ import annotations
 PENDING = "PENDING"
 RUNNING = "RUNNING"
 REQUEUED = "REQUEUED"
-ACTIVE = frozenset({PENDING, RUNNING, REQUEUED, "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
+# RUNNING, but its heartbeat is older than the grid's stall_after_min (stopped, hung on a dead
+# filesystem): still the scheduler's job, so cancel and retry treat it as running
+STALLED = "STALLED"
+ACTIVE = frozenset({PENDING, RUNNING, REQUEUED, STALLED, "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
                     "REQUEUE_HOLD", "REQUEUE_FED", "SPECIAL_EXIT", "STOPPED", "RESV_DEL_HOLD", "SIGNALING",
                     "STAGE_OUT"})  # held or stopped jobs are still Slurm's: resubmitting would double them
 

@@ -23,6 +23,7 @@ from typing import Any
 from ptbjobs.core import states
 from ptbjobs.launch.run_states import run_states
 from ptbjobs.sweep.folder import Sweep, latest_job
+from ptbjobs.sweep.grid import Resources
 from ptbjobs.train.run_dir import PROGRESS_FILE, DamagedFile, RunDir
 
 STATUS_SCHEMA_VERSION = 1
@@ -34,7 +35,9 @@ def collect(sweep: Sweep) -> dict[str, Any]:
     damaged: dict[str, DamagedFile] = {}
     current = run_states(sweep, manifest, notes, damaged=damaged)
     now = time.time()
-    rows = [_row(sweep, key, entry, current[key], now, damaged.get(key)) for key, entry in manifest["runs"].items()]
+    stall_s = 60 * manifest.get("stall_after_min", Resources().stall_after_min)
+    rows = [_row(sweep, key, entry, current[key], now, damaged.get(key), stall_s)
+            for key, entry in manifest["runs"].items()]
     notes += [f"{row['key']}: {row['problem']}; `ptbjobs retry --run {row['key']}` resumes it from its last checkpoint"
               if row["state"] in states.RETRYABLE else f"{row['key']}: {row['problem']}"
               for row in rows if row["problem"]]
@@ -43,7 +46,7 @@ def collect(sweep: Sweep) -> dict[str, Any]:
 
 
 def _row(sweep: Sweep, key: str, entry: dict[str, Any], state: str, now: float,
-         damage: DamagedFile | None) -> dict[str, Any]:
+         damage: DamagedFile | None, stall_s: float) -> dict[str, Any]:
     config = entry["config"]
     run = RunDir(sweep.run_dir(key))
     try:
@@ -60,9 +63,11 @@ def _row(sweep: Sweep, key: str, entry: dict[str, Any], state: str, now: float,
             progress = _read_progress(run)
         except DamagedFile as exc:
             damage = damage or exc
+    if state == states.RUNNING and stall_s > 0 and now - _last_heartbeat(run, progress, now) > stall_s:
+        state = states.STALLED  # stopped, or hung: its job holds on, and its ETA means nothing
     elapsed = final["elapsed_s"] if final else last["elapsed_s"] if last else None
-    if progress:
-        elapsed = progress["elapsed_s"] + max(0.0, now - progress["time"])
+    if _reports_progress(progress):
+        elapsed = progress["elapsed_s"] + (max(0.0, now - progress["time"]) if state == states.RUNNING else 0.0)
     return {
         "key": key, "cell": config["cell"], "dropout": config["dropout"], "seed": config["seed"],
         "executor": job["executor"] if job else None, "job_id": job["job_id"] if job else None,
@@ -74,6 +79,17 @@ def _row(sweep: Sweep, key: str, entry: dict[str, Any], state: str, now: float,
         "elapsed_s": elapsed, "eta_s": _eta(config, epochs_done, last, progress) if state == states.RUNNING else None,
         "problem": f"{damage.path} {damage.problem}" if damage else None,
     }
+
+
+def _last_heartbeat(run: RunDir, progress: dict[str, Any] | None, now: float) -> float:
+    """When the run last showed it was at work: its heartbeat, else (before the first one) when it
+    started (state.json RUNNING)."""
+    if progress is not None:
+        return progress["time"]
+    try:
+        return run.state_path.stat().st_mtime
+    except OSError:
+        return now
 
 
 _VALID_PPL = re.compile(r'"valid_ppl": ([0-9.eE+-]+)')
@@ -118,7 +134,8 @@ _PROGRESS_NUMBERS = ("time", "elapsed_s", "chunk", "chunks", "tokens_per_s")
 
 def _read_progress(run: RunDir) -> dict[str, Any] | None:
     """The heartbeat, or None if there is none yet; DamagedFile if it is not one (a running run
-    writes it anew within seconds, so it stays RUNNING meanwhile, without an ETA)."""
+    writes it anew within seconds, so it stays RUNNING meanwhile, without an ETA). A beat written
+    before the first progress report (evaluating, saving) has its time only."""
     path = run.path / PROGRESS_FILE
     try:
         progress = json.loads(path.read_text())
@@ -126,9 +143,15 @@ def _read_progress(run: RunDir) -> dict[str, Any] | None:
         return None
     except (OSError, ValueError):
         progress = None
-    if not isinstance(progress, dict) or not all(_is_number(progress.get(name)) for name in _PROGRESS_NUMBERS):
+    if not isinstance(progress, dict) or not _is_number(progress.get("time")):
+        raise DamagedFile(path, "is not a heartbeat record")
+    if set(progress) != {"time"} and not all(_is_number(progress.get(name)) for name in _PROGRESS_NUMBERS):
         raise DamagedFile(path, "is not a heartbeat record")
     return progress
+
+
+def _reports_progress(progress: dict[str, Any] | None) -> bool:
+    return progress is not None and "elapsed_s" in progress
 
 
 def _is_number(value: Any) -> bool:
@@ -137,7 +160,7 @@ def _is_number(value: Any) -> bool:
 
 def _eta(config: dict[str, Any], epochs_done: int, last: dict[str, Any] | None, progress: dict[str, Any] | None) -> float | None:
     """Remaining epochs times the time an epoch takes (measured so far)."""
-    if progress is None or not progress.get("tokens_per_s"):
+    if not _reports_progress(progress) or not progress.get("tokens_per_s"):
         return None
     tokens_per_epoch = progress["chunks"] * config["bptt"] * config["batch_size"]
     epoch_s = tokens_per_epoch / progress["tokens_per_s"]
@@ -151,7 +174,7 @@ def _eta(config: dict[str, Any], epochs_done: int, last: dict[str, Any] | None, 
 
 STATE_STYLES = {states.COMPLETED: "green", states.RUNNING: "cyan", states.PENDING: "yellow",
                 states.REQUEUED: "yellow", states.NOT_SUBMITTED: "dim italic", states.DIVERGED: "bold magenta",
-                states.LOST: "bold magenta", states.UNKNOWN: "dim italic"}
+                states.LOST: "bold magenta", states.UNKNOWN: "dim italic", states.STALLED: "bold red"}
 
 
 COLUMNS = [("run", "<"), ("cell", "<"), ("dropout", ">"), ("seed", ">"), ("job", "<"), ("state", "<"),

@@ -141,6 +141,7 @@ def submit(grid: Grid, sweep: Sweep, executor: Executor, data_dir: Path | None =
         planned = plan(grid, sweep, force)
         manifest = sweep.read_manifest()
         manifest["name"] = grid.name
+        manifest["stall_after_min"] = grid.resources.stall_after_min  # for status, which reads no grid
         to_start = [p for p in planned if p.action in STARTING]
         for item in to_start:
             run_dir = sweep.run_dir(item.spec.key)

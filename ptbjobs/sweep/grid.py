@@ -48,6 +48,21 @@ _SAFE_WORD = re.compile(r"[A-Za-z0-9_.:+-]+")
 _SAFE_CONSTRAINT = re.compile(r"[A-Za-z0-9_.:&|()\[\]*,+-]+")
 _SAFE_SBATCH_OPTION = re.compile(r"--[a-z][a-z0-9-]*(=[A-Za-z0-9_.:,/@%+=-]+)?")
 _SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# sbatch options that ptbjobs and submitit set themselves: given again in extra_sbatch they would
+# break the requeue before a time limit, the logs status and `logs` read, or the job arrays. Each
+# with what to do instead.
+_OWN_SBATCH_OPTIONS = {
+    "signal": "ptbjobs asks for USR2 before the time limit itself: set timeout_min",
+    "time": "set timeout_min (USR2 is asked for before it)",
+    "requeue": "a time limit is requeued up to max_requeues times: set max_requeues",
+    "no-requeue": "set max_requeues = 0",
+    "array": "ptbjobs makes the arrays: set array_parallelism for their %N limit",
+    "output": "ptbjobs writes each task's log where `ptbjobs logs` reads it: remove it",
+    "error": "ptbjobs writes each task's log where `ptbjobs logs` reads it: remove it",
+    "open-mode": "ptbjobs keeps each task's log across requeues: remove it",
+    "wrap": "ptbjobs writes the job script: remove it",
+    "parsable": "ptbjobs reads sbatch's answer itself: remove it",
+}
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,8 @@ class Resources:
     max_requeues: int = 3
     array_parallelism: int = 0  # 0: no limit
     runs_per_gpu: int = 1  # runs packed into one job, sharing its GPU (or splitting its CPUs)
+    # a running run whose heartbeat (progress.json) is older than this shows STALLED (0: never)
+    stall_after_min: float = 30.0
     extra_sbatch: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -340,6 +357,10 @@ def _resources(table: dict, where: KeyLocator) -> Resources:
             if not isinstance(value, list) or not all(isinstance(v, str) and _SAFE_SBATCH_OPTION.fullmatch(v) for v in value):
                 raise where.error("resources", key, f"{value!r} is not a list of --option[=value] strings",
                                   'e.g. extra_sbatch = ["--exclusive", "--mail-type=END"]; no spaces or shell characters')
+            for option in value:
+                name = option[2:].partition("=")[0]
+                if name in _OWN_SBATCH_OPTIONS:
+                    raise where.error("resources", key, f"--{name} is set by ptbjobs", _OWN_SBATCH_OPTIONS[name])
             value = tuple(value)
         values[key] = value
     if not 1 <= values.get("runs_per_gpu", 1) <= 64:

@@ -67,6 +67,9 @@ class PlainReporter:
     def note(self, text: str) -> None:
         self._say(text)
 
+    def alive(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -112,6 +115,9 @@ class RichReporter:
     def note(self, text: str) -> None:
         self.console.print(text)
 
+    def alive(self) -> None:
+        pass
+
     def close(self) -> None:
         self.bar.stop()
 
@@ -120,11 +126,12 @@ class ProgressFileReporter:
     """Passes everything on to `inner`, and keeps `progress.json` in the run folder up to date
     (at most every `every_s` seconds): the heartbeat `ptbjobs status` reads for a running run."""
 
-    def __init__(self, run_dir: Path, inner: Any, every_s: float = 10.0):
+    def __init__(self, run_dir: Path, inner: Any, every_s: float = 5.0):
         self.path = Path(run_dir) / PROGRESS_FILE
         self.inner = inner
         self.every_s = every_s
         self._next = 0.0
+        self._last: dict[str, Any] | None = None  # the last progress reported, repeated while it evaluates
 
     def start(self, config: TrainConfig, run: RunDir, resumed_from: str | None) -> None:
         # an earlier attempt's heartbeat would make status count the time the job waited to be
@@ -134,11 +141,19 @@ class ProgressFileReporter:
 
     def progress(self, progress: Progress) -> None:
         self.inner.progress(progress)
+        self._last = dataclasses.asdict(progress)
+        self._beat()
+
+    def alive(self) -> None:
+        """Evaluating or saving: the last progress again (if any yet), with the time of now."""
+        self.inner.alive()
+        self._beat()
+
+    def _beat(self) -> None:
         now = time.monotonic()
         if now >= self._next:
             self._next = now + self.every_s
-            record = {"time": time.time(), **dataclasses.asdict(progress)}
-            atomic_write_bytes(self.path, json.dumps(record).encode())
+            atomic_write_bytes(self.path, json.dumps({"time": time.time(), **(self._last or {})}).encode())
 
     def epoch_end(self, record: dict[str, Any]) -> None:
         self.inner.epoch_end(record)

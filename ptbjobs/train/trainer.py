@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ from ptbjobs.train.signals import TrainingInterrupted
 
 CHECKPOINT_FORMAT = 1
 POLL_INTERVAL_S = 1.0  # how often the loop reads the loss back (progress, divergence check)
+ALIVE_EVERY_CHUNKS = 20  # how often evaluation tells the reporter it is still at work
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Reporter(Protocol):
     def epoch_end(self, record: dict[str, Any]) -> None: ...
     def finish(self, final: dict[str, Any]) -> None: ...
     def note(self, text: str) -> None: ...
+    def alive(self) -> None: ...  # still at work between progress reports (evaluating, saving)
     def close(self) -> None: ...
 
 
@@ -60,6 +62,7 @@ class SilentReporter:
     def epoch_end(self, record): pass
     def finish(self, final): pass
     def note(self, text): pass
+    def alive(self): pass
     def close(self): pass
 
 
@@ -83,15 +86,18 @@ def step_schedule_lr(config: TrainConfig, epoch_index: int) -> float:
 
 
 @torch.no_grad()
-def perplexity(model: RNNLM, source: torch.Tensor, bptt: int) -> float:
+def perplexity(model: RNNLM, source: torch.Tensor, bptt: int, alive: Callable[[], None] | None = None) -> float:
     """exp(total NLL / total tokens) over a batchified stream, hidden state carried from a fresh
-    start; a short last chunk counts by its length, as every token does."""
+    start; a short last chunk counts by its length, as every token does. `alive` is called every
+    few chunks (a run's heartbeat goes on while it evaluates)."""
     was_training = model.training
     model.eval()
     hidden = model.init_hidden(source.size(1))
     total_nll = torch.zeros((), dtype=torch.float64, device=source.device)
     tokens = 0
-    for _, inputs, targets in iter_chunks(source, bptt):
+    for index, inputs, targets in iter_chunks(source, bptt):
+        if alive is not None and index % ALIVE_EVERY_CHUNKS == 0:
+            alive()
         logits, hidden = model(inputs, hidden)
         total_nll += F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").double()
         tokens += targets.numel()
@@ -210,7 +216,9 @@ class Trainer:
         """Write the full state now (call at a step boundary; `request_checkpoint` is the
         signal-safe way to ask for one from elsewhere)."""
         self._raise_if_diverged(self.epoch_nll.item())
+        self.reporter.alive()
         path = checkpoint.save(self.run.checkpoint_dir, self.global_step, self.state_dict())
+        self.reporter.alive()
         self._last_checkpoint = time.monotonic()
         return path
 
@@ -328,7 +336,7 @@ class Trainer:
     def _end_epoch(self) -> None:
         train_nll = self.epoch_nll.item() / max(self.epoch_tokens, 1)
         self._raise_if_diverged(train_nll)
-        valid_ppl = perplexity(self.model, self.valid_data, self.config.bptt)
+        valid_ppl = perplexity(self.model, self.valid_data, self.config.bptt, self.reporter.alive)
         self._raise_if_diverged(valid_ppl)
         record = {
             "epoch": self.epoch + 1,
@@ -355,7 +363,7 @@ class Trainer:
         self.model.load_state_dict(best["model"])
         final = {
             "final": True,
-            "test_ppl": perplexity(self.model, self.test_data, self.config.bptt),
+            "test_ppl": perplexity(self.model, self.test_data, self.config.bptt, self.reporter.alive),
             "best_epoch": self.best_epoch,
             "best_valid_ppl": self.best_valid_ppl,
             "epochs": self.epoch,

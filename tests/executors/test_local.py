@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -391,3 +392,33 @@ def test_a_killed_supervisor_is_started_again_by_the_next_command_and_the_queue_
     finished = wait_until(lambda: all_ended(sweep))
     assert [row["state"] for row in finished["runs"]] == [states.COMPLETED] * 4
     assert subprocess.run(status, capture_output=True, text=True, check=True).stderr == ""  # nothing queued: nothing said
+
+
+def test_a_stopped_worker_reads_stalled_and_running_again_once_continued_and_cancel_acts_on_it(
+        tmp_path, tiny_corpus, monkeypatch):
+    grid_path = tmp_path / "stall.toml"
+    grid_path.write_text(GRID.format(epochs=200).replace('cell = ["lstm", "gru"]', 'cell = ["lstm"]')
+                         .replace("dropout = [0.0, 0.2]", "dropout = [0.0]") + "[resources]\nstall_after_min = 0.2\n")
+    sweep = Sweep(tmp_path / "sweep")
+    submit(load_grid(grid_path), sweep, LocalExecutor(max_parallel=1), data_dir=tiny_corpus)
+    key = load_grid(grid_path).runs[0].key
+
+    def state() -> str:
+        return collect(sweep)["runs"][0]["state"]
+
+    wait_until(lambda: (sweep.run_dir(key) / "progress.json").exists() and state() == states.RUNNING, every_s=0.1)
+    pid = json.loads((sweep.path / "local" / "jobs" / "L1.json").read_text())["pid"]
+    try:
+        os.kill(pid, signal.SIGSTOP)  # as a hung read of a dead filesystem would hold it
+        wait_until(lambda: state() == states.STALLED, timeout_s=60, every_s=0.5)
+        assert collect(sweep)["runs"][0]["eta_s"] is None
+        os.kill(pid, signal.SIGCONT)
+        wait_until(lambda: state() == states.RUNNING, timeout_s=30, every_s=0.5)  # the next heartbeat says so
+        os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda: state() == states.STALLED, timeout_s=60, every_s=0.5)
+        monkeypatch.setenv("PTBJOBS_KILL_WAIT_S", "1")
+        assert cancel(sweep) == [key]  # a stalled run is still its job's: cancel acts on it as on a running one
+        assert [row["state"] for row in wait_until(lambda: all_ended(sweep))["runs"]] == [states.CANCELLED]
+    finally:  # never leave a 200-epoch worker behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import io
+import json
+import time
 
 import pytest
 
@@ -171,3 +173,36 @@ def test_a_damaged_file_marks_only_its_run_and_status_still_answers(tmp_path, ca
     assert f"`ptbjobs retry --run {cut_metrics}` resumes it from its last checkpoint" in shown
     assert main(["status", "--sweep-dir", str(sweep.path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["summary"][states.DAMAGED] == 3
+
+
+def test_evaluation_and_checkpoint_writes_keep_a_runs_heartbeat_fresh(tmp_path, tiny_corpus, tiny_config):
+    from ptbjobs.train.progress import ProgressFileReporter
+    from ptbjobs.train.runner import run_training
+    from ptbjobs.train.trainer import SilentReporter
+
+    seen = []
+
+    class Recording(SilentReporter):
+        def progress(self, progress):
+            seen.append("progress")
+
+        def alive(self):
+            seen.append("alive")
+
+        def epoch_end(self, record):
+            seen.append("epoch_end")
+
+    run_training(tiny_config, tmp_path / "run", tiny_corpus, reporter=Recording(), handle_signals=False)
+    first_epoch = seen[: seen.index("epoch_end")]
+    last_progress = max(i for i, what in enumerate(first_epoch) if what == "progress") if "progress" in first_epoch else -1
+    assert first_epoch[last_progress + 1:].count("alive") >= 3  # evaluating, then around the checkpoint
+
+    beat = ProgressFileReporter(tmp_path / "run", SilentReporter(), every_s=0.0)
+    from ptbjobs.train.trainer import Progress
+
+    beat.progress(Progress(epoch=1, chunk=5, chunks=9, lr=1.0, train_ppl=300.0, tokens_per_s=100.0, elapsed_s=4.0))
+    before = json.loads((tmp_path / "run" / "progress.json").read_text())
+    time.sleep(0.01)
+    beat.alive()
+    after = json.loads((tmp_path / "run" / "progress.json").read_text())
+    assert after["time"] > before["time"] and {**after, "time": 0} == {**before, "time": 0}

@@ -13,7 +13,7 @@ from ptbjobs.train.corpus import batchify, load_corpus
 from ptbjobs.train.model import RNNLM
 from ptbjobs.train.run_dir import RunDir
 from ptbjobs.train.runner import run_training
-from ptbjobs.train.trainer import Trainer, perplexity, step_schedule_lr
+from ptbjobs.train.trainer import SilentReporter, Trainer, perplexity, step_schedule_lr
 
 
 def test_the_step_schedule_holds_then_halves_each_epoch():
@@ -104,8 +104,8 @@ def test_test_perplexity_is_measured_with_the_best_valid_weights(tmp_path, tiny_
     calls = []
     real = train_module.perplexity
 
-    def scripted(model, source, bptt):
-        value = real(model, source, bptt)
+    def scripted(model, source, bptt, alive=None):
+        value = real(model, source, bptt, alive)
         calls.append(value)
         return {1: 50.0, 2: 20.0, 3: 40.0}.get(len(calls), value)
 
@@ -187,7 +187,7 @@ def test_the_reported_speed_stays_true_across_checkpoints(tmp_path, tiny_corpus,
     monkeypatch.setattr(train_module, "time", _TickingClock())
     config = tiny_config.replace(checkpoint_every_steps=6)
     reported = []
-    reporter = type("Recorder", (), {"progress": lambda self, p: reported.append(p.tokens_per_s)})()
+    reporter = type("Recorder", (SilentReporter,), {"progress": lambda self, p: reported.append(p.tokens_per_s)})()
     trainer = Trainer(config, load_corpus(tiny_corpus), RunDir(tmp_path / "run"), reporter)
     trainer.run_steps(30)
     assert len(reported) >= 20 and trainer.global_step == 30
