@@ -117,7 +117,7 @@ def markdown(report: Report, data: analysis.SweepData, per_run: bool, include_in
         counted = "counted in the table (--include-incomplete)" if include_incomplete else "not in the table"
         lines += ["", f"Incomplete runs, {counted}: {', '.join(report.incomplete)}."]
     if report.damaged:
-        lines += ["", "Runs left out because a file of theirs cannot be read (`ptbjobs retry` resumes them): "
+        lines += ["", "Runs left out because a file of theirs cannot be read (`ptbjobs status` says what to do): "
                   + "; ".join(f"{key} ({problem})" for key, problem in report.damaged.items()) + "."]
     if report.references is not None:
         lines += ["", "## Published results (2 x 200 models on PTB)", "",

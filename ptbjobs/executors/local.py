@@ -140,11 +140,6 @@ def kill_wait_s() -> float:
     return seconds
 
 
-def parallel_in_force(sweep: Sweep) -> int | None:
-    """The sweep's current limit on runs at once, or None if nothing was ever submitted locally."""
-    return (read_json_if_any(local_folder(sweep) / "settings.json") or {}).get("max_parallel")
-
-
 def default_parallelism(resources: Resources) -> int:
     """`runs_per_gpu` runs per visible GPU; else as many runs as there are cores for them (2 each
     by default)."""

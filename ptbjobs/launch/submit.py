@@ -18,7 +18,6 @@ from ptbjobs.core import states
 from ptbjobs.core.errors import ConfigError, DataError, PtbjobsError
 from ptbjobs.executors.base import Executor, PartialSubmission
 from ptbjobs.executors.job import write_spec
-from ptbjobs.executors.local import parallel_in_force
 from ptbjobs.launch.executor_choice import get_executor
 from ptbjobs.launch.run_states import run_states
 from ptbjobs.sweep.folder import Sweep, latest_job
@@ -170,6 +169,7 @@ def submit(grid: Grid, sweep: Sweep, executor: Executor, data_dir: Path | None =
 class Retried:
     submitted: dict[str, str]  # run key -> its new job id
     # the local executor's limit on runs at once, where this retry set it or started local runs
+    # (what the executor that did so says is in force)
     local_parallel: int | None = None
 
 
@@ -178,15 +178,6 @@ def retry(sweep: Sweep, executor: Executor | None = None, keys: list[str] | None
     """Resubmit the runs that ended without finishing (FAILED, TIMEOUT, CANCELLED, ...), each
     through the executor of its last job; they resume from their checkpoints. `max_parallel` is
     the local executor's new limit (without it the sweep keeps its own)."""
-    submitted = _retry(sweep, executor, keys, max_parallel)
-    runs = sweep.read_manifest()["runs"]
-    started_locally = any(latest_job(runs[key])["executor"] == "local" for key in submitted)
-    in_force = parallel_in_force(sweep) if max_parallel or started_locally else None
-    return Retried(submitted, in_force)
-
-
-def _retry(sweep: Sweep, executor: Executor | None, keys: list[str] | None,
-           max_parallel: int | None) -> dict[str, str]:
     with sweep.locked():
         manifest = sweep.read_manifest()
         current = run_states(sweep, manifest, live=True)
@@ -196,18 +187,21 @@ def _retry(sweep: Sweep, executor: Executor | None, keys: list[str] | None,
             if unknown:
                 raise ConfigError(None, f"--run: no run {unknown[0]!r} in {sweep.path}", "see `ptbjobs status` for the keys")
         if not chosen:
-            if max_parallel is not None:  # only a sweep that has run locally has a limit to change
-                get_executor("local", max_parallel).apply_max_parallel(sweep)
-            return {}
+            if max_parallel is None:
+                return Retried({})
+            local = get_executor("local", max_parallel)  # only a sweep that has run locally has a limit to change
+            local.apply_max_parallel(sweep)
+            return Retried({}, local.parallel_in_force)
         resources = parse_grid(sweep.grid_path.read_text(), sweep.grid_path).resources
         by_executor: dict[str, list[str]] = {}
         for key in chosen:
             by_executor.setdefault(latest_job(manifest["runs"][key])["executor"], []).append(key)
-        submitted: dict[str, str] = {}
+        retried = Retried({})
         for name, run_keys in by_executor.items():
             runner = executor or get_executor(name, max_parallel)
-            submitted.update(_submit_and_record(sweep, manifest, runner, run_keys, resources))
-    return submitted
+            retried.submitted.update(_submit_and_record(sweep, manifest, runner, run_keys, resources))
+            retried.local_parallel = retried.local_parallel or runner.parallel_in_force
+    return retried
 
 
 def _submit_and_record(sweep: Sweep, manifest: dict[str, Any], executor: Executor, keys: list[str],

@@ -24,6 +24,7 @@ from ptbjobs.core.atomic import atomic_write_bytes
 from ptbjobs.core.errors import ConfigError, PtbjobsError
 
 PROGRESS_FILE = "progress.json"
+_TAIL_BYTES = 4096  # more than a final record takes
 
 
 class RunDir:
@@ -82,10 +83,29 @@ class RunDir:
         return records
 
     def final_record(self) -> dict[str, Any] | None:
-        """The final record (test perplexity at the best epoch) if the run has finished; DamagedFile
-        if the run folder says it completed and metrics.jsonl does not bear that out."""
-        records = self.read_metrics()
-        return records[-1] if records and records[-1].get("final") else None
+        """The final record (test perplexity at the best epoch) if the run has finished, else None;
+        DamagedFile if the file's last line is cut or not a record. Reads only the file's tail:
+        every command asks this of every completed run."""
+        try:
+            with open(self.metrics_path, "rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, size - _TAIL_BYTES))
+                tail = handle.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise DamagedFile(self.metrics_path, f"cannot be read ({exc})") from None
+        if not tail:
+            return None
+        if not tail.endswith(b"\n"):
+            raise DamagedFile(self.metrics_path, "is cut short (its last line is incomplete)")
+        try:
+            record = json.loads(tail.rstrip(b"\n").rsplit(b"\n", 1)[-1])
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            raise DamagedFile(self.metrics_path, "ends with a line that is not a metrics record")
+        return record if record.get("final") else None
 
     def write_state(self, state: str, **details: Any) -> None:
         """state.json: one of `states.FOLDER_STATES`, when, where, and what else the writer says."""
