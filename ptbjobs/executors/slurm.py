@@ -130,17 +130,21 @@ class SlurmExecutor(Executor):
         return JobStates(result, note=report.note)
 
     def cancel(self, sweep: Sweep, job_ids: list[str]) -> None:
-        """scancel each job or array task; a running one gets SIGTERM and saves its state first."""
+        """scancel each job or array task; a running one gets SIGTERM and saves its state first.
+        Only what scancel accepted is recorded as cancelled."""
         folder = _folder(sweep)
-        cancelled = set(read_json_if_any(folder / "cancelled.json") or []) | set(job_ids)
+        before = set(read_json_if_any(folder / "cancelled.json") or [])
+        # written before scancel: a task scancel stops before it starts leaves no other trace, so
+        # a cancel killed right after scancel must find it recorded already
+        _record_cancelled(folder, before | set(job_ids))
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            # written before scancel: a task scancel stops before it starts leaves no other trace
-            atomic_write_json(folder / "cancelled.json", sorted(cancelled))
-        except OSError as exc:
-            raise PtbjobsError(f"cannot write {folder / 'cancelled.json'}: {exc.strerror}",
-                               "cancel from an account that can write the sweep folder") from None
-        slurm_commands.scancel(job_ids)
+            slurm_commands.scancel(job_ids)
+        except slurm_commands.CancelRefused as exc:
+            # what scancel refused is still queued or running: recorded as cancelled, a pending
+            # task would read CANCELLED and `retry` would start a second job for its run
+            _record_cancelled(folder, before | set(exc.accepted))
+            raise PtbjobsError(f"{exc.message}; those jobs were not cancelled",
+                               "run `ptbjobs cancel` again once `scontrol ping` answers") from None
 
     def log_paths(self, sweep: Sweep, key: str, job_ids: list[str]) -> list[Path]:
         # per attempt: a packed run's own log in its folder (when it has one), then the task's log
@@ -154,6 +158,15 @@ class SlurmExecutor(Executor):
 
 def _folder(sweep: Sweep) -> Path:
     return sweep.path / "slurm"
+
+
+def _record_cancelled(folder: Path, job_ids: set[str]) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / "cancelled.json", sorted(job_ids))
+    except OSError as exc:
+        raise PtbjobsError(f"cannot write {folder / 'cancelled.json'}: {exc.strerror}",
+                           "cancel from an account that can write the sweep folder") from None
 
 
 def _remember(path: Path, found: dict[str, str]) -> None:

@@ -29,18 +29,26 @@ def have_slurm() -> bool:
     return shutil.which("sbatch") is not None
 
 
-def _run(command: list[str]) -> str:
-    """Run a Slurm command and return its stdout; SlurmUnavailable with its own words if it fails."""
+def _call(command: list[str]) -> subprocess.CompletedProcess:
+    """Run a Slurm command; SlurmUnavailable when it is missing or does not answer."""
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+        return subprocess.run(command, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
     except FileNotFoundError:
         raise SlurmUnavailable(f"{command[0]} not found", "is Slurm installed and on PATH?") from None
     except subprocess.TimeoutExpired:
         raise SlurmUnavailable(f"{command[0]} did not answer within {QUERY_TIMEOUT_S} s",
                                "is the Slurm controller up? (scontrol ping)") from None
+
+
+def _said(done: subprocess.CompletedProcess) -> str:
+    return (done.stderr.strip() or done.stdout.strip() or f"exit code {done.returncode}").splitlines()[0]
+
+
+def _run(command: list[str]) -> str:
+    """Run a Slurm command and return its stdout; SlurmUnavailable with its own words if it fails."""
+    done = _call(command)
     if done.returncode != 0:
-        said = (done.stderr.strip() or done.stdout.strip() or f"exit code {done.returncode}").splitlines()[0]
-        raise SlurmUnavailable(f"{command[0]} failed: {said}")
+        raise SlurmUnavailable(f"{command[0]} failed: {_said(done)}")
     return done.stdout
 
 
@@ -185,9 +193,39 @@ def max_array_size() -> int:
     return int(value) if value and value.isdigit() and int(value) > 0 else DEFAULT_MAX_ARRAY_SIZE
 
 
+class CancelRefused(SlurmUnavailable):
+    """scancel refused some of the jobs (the controller down, most often); `accepted` are the
+    ones it did cancel (or signal)."""
+
+    def __init__(self, message: str, accepted: list[str], hint: str | None = None):
+        super().__init__(message, hint)
+        self.accepted = accepted
+
+
+# scancel's words for a job it could not act on, one line per job:
+# "scancel: error: Kill job error on job id 127_2: Unable to contact slurm controller (connect failure)"
+_KILL_ERROR = re.compile(r"Kill job error on job id (\S+):")
+
+
+def refused_by_scancel(stderr: str, job_ids: list[str]) -> set[str]:
+    """The jobs scancel's error output names; all of them when it names none (it failed as a
+    whole). Jobs already ended or unknown are not errors for scancel: it is silent about them."""
+    named = set(_KILL_ERROR.findall(stderr))
+    return named & set(job_ids) if named & set(job_ids) else set(job_ids)
+
+
 def scancel(job_ids: list[str], signal: str | None = None) -> None:
-    """Cancel the jobs or array tasks (or, with `signal`, only send it to them)."""
+    """Cancel the jobs or array tasks (or, with `signal`, only send it to them). CancelRefused,
+    saying which were accepted, when scancel refused any."""
     if not job_ids:
         return
     command = ["scancel"] + ([f"--signal={signal}"] if signal else []) + list(job_ids)
-    _run(command)
+    try:
+        done = _call(command)
+    except SlurmUnavailable as exc:
+        raise CancelRefused(exc.message, [], exc.hint) from None
+    if done.returncode != 0:
+        refused = refused_by_scancel(done.stderr, job_ids)
+        accepted = [j for j in job_ids if j not in refused]
+        raise CancelRefused(f"scancel failed for {len(refused)} of {len(job_ids)} jobs: {_said(done)}", accepted,
+                            "is the Slurm controller up? (scontrol ping)")

@@ -13,6 +13,7 @@ import pytest
 
 from ptbjobs.cli import main
 from ptbjobs.core import states
+from ptbjobs.core.errors import PtbjobsError
 from ptbjobs.executors import slurm_commands as slurm
 from ptbjobs.executors.base import PartialSubmission
 from ptbjobs.executors.slurm import SlurmExecutor, sbatch_parameters
@@ -277,7 +278,18 @@ def test_cancel_when_the_controller_is_down_is_one_line_and_exit_1(tmp_path, fak
     (fake_slurm / "scancel.fail").write_text("scancel: error: Kill job error on job id 8_0: Unable to contact slurm controller\n")
     assert main(["cancel", "--sweep-dir", str(sweep.path)]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "scancel failed: scancel: error: Kill job error on job id 8_0" in err
+    assert err.count("\n") == 1 and "scancel failed for 1 of 1 jobs: scancel: error: Kill job error on job id 8_0" in err
+    assert json.loads((sweep.path / "slurm" / "cancelled.json").read_text()) == []  # nothing recorded
+
+
+def test_only_the_jobs_scancel_accepted_are_recorded_as_cancelled(tmp_path, fake_slurm):
+    sweep = Sweep(tmp_path / "s")
+    (fake_slurm / "scancel.fail").write_text("scancel: error: Kill job error on job id 8_1: Unable to contact slurm controller\n")
+    with pytest.raises(PtbjobsError, match="scancel failed for 1 of 3 jobs"):
+        SlurmExecutor().cancel(sweep, ["8_0", "8_1", "8_2"])
+    assert json.loads((sweep.path / "slurm" / "cancelled.json").read_text()) == ["8_0", "8_2"]
+    # a failure that names no job (scancel not answering at all) accepted none
+    assert slurm.refused_by_scancel("scancel: error: Socket timed out", ["8_3", "8_4"]) == {"8_3", "8_4"}
 
 
 def test_auto_picks_slurm_where_sbatch_is_on_path_and_local_elsewhere(fake_slurm, monkeypatch):

@@ -50,6 +50,7 @@ max_requeues = {max_requeues}
 gpus_per_node = {gpus}
 cpus_per_task = {cpus}
 runs_per_gpu = {runs_per_gpu}
+extra_sbatch = {extra}
 '''
 
 
@@ -72,11 +73,11 @@ def cluster() -> None:
 
 
 def make_grid(tmp_path: Path, name: str, epochs: int, cells=("lstm",), seeds=(1,), timeout_min: int = 10,
-              max_requeues: int = 3, gpus: int = 0, cpus: int = 1, runs_per_gpu: int = 1):
+              max_requeues: int = 3, gpus: int = 0, cpus: int = 1, runs_per_gpu: int = 1, extra=()):
     path = tmp_path / f"{name}.toml"
     path.write_text(GRID.format(name=name, epochs=epochs, cells=json.dumps(list(cells)), seeds=json.dumps(list(seeds)),
                                 timeout_min=timeout_min, max_requeues=max_requeues, gpus=gpus, cpus=cpus,
-                                runs_per_gpu=runs_per_gpu))
+                                runs_per_gpu=runs_per_gpu, extra=json.dumps(list(extra))))
     return path
 
 
@@ -255,20 +256,55 @@ def test_packed_runs_share_one_gpu_task_and_a_requeued_pack_resumes_each_run_exa
     assert_same_run(reference, sweep.run_dir("lstm-d0-s2"))
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="stops and restarts slurmdbd: needs root")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="stops and restarts Slurm's daemons: needs root")
+
+
+def stop_daemon(name: str) -> None:
+    subprocess.run(["pkill", "-x", name], check=True)
+    wait_until(lambda: subprocess.run(["pgrep", "-x", name], capture_output=True).returncode != 0, timeout_s=30)
+
+
+def restart_cluster() -> None:
+    subprocess.run(["bash", str(REPO / "slurm" / "up.sh")], check=True, capture_output=True)
+
+
+@needs_root
 def test_with_accounting_stopped_status_falls_back_to_squeue_and_says_so(cluster, tmp_path, tiny_corpus, capsys):
     grid = load_grid(make_grid(tmp_path, "nodbd", epochs=1))
     sweep = Sweep(tmp_path / "sweep")
     submit(grid, sweep, SlurmExecutor(), data_dir=tiny_corpus)
     wait_until(lambda: all_ended(sweep), timeout_s=120, every_s=0.5)
-    subprocess.run(["pkill", "-x", "slurmdbd"], check=True)
+    stop_daemon("slurmdbd")
     try:
-        wait_until(lambda: subprocess.run(["pgrep", "-x", "slurmdbd"]).returncode != 0, timeout_s=30)
         status = collect(sweep)
         assert status["runs"][0]["state"] == states.COMPLETED
         assert len(status["notes"]) == 1 and status["notes"][0].startswith("accounting unavailable (sacct failed:")
         assert main(["status", "--sweep-dir", str(sweep.path)]) == 0
         assert "note: accounting unavailable" in capsys.readouterr().out
     finally:
-        subprocess.run(["bash", str(REPO / "slurm" / "up.sh")], check=True, capture_output=True)
+        restart_cluster()
     assert collect(sweep)["notes"] == []
+
+
+@needs_root
+def test_a_cancel_refused_by_a_stopped_controller_records_nothing_and_retry_starts_no_second_job(
+        cluster, tmp_path, tiny_corpus, capsys):
+    # held jobs stay pending whatever happens, so the test sees only what cancel did
+    grid = load_grid(make_grid(tmp_path, "nocancel", epochs=1, seeds=(1, 2), extra=["--hold"]))
+    sweep = Sweep(tmp_path / "sweep")
+    submit(grid, sweep, SlurmExecutor(), data_dir=tiny_corpus)
+    ids = sorted(job_ids(sweep).values())
+    wait_until(lambda: set(ids) <= set(slurm.sacct_states(ids)), timeout_s=30, every_s=0.5)  # accounting lags
+    stop_daemon("slurmctld")
+    try:
+        assert main(["cancel", "--sweep-dir", str(sweep.path)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "scancel failed for 2 of 2 jobs" in err[0] and "not cancelled" in err[0]
+    finally:
+        restart_cluster()
+    assert [r["state"] for r in collect(sweep)["runs"]] == [states.PENDING] * 2
+    assert retry(sweep).submitted == {}  # nothing was cancelled: nothing to start again
+    assert sorted(cancel(sweep)) == sorted(r.key for r in grid.runs)  # with the controller back, it works
+    status = wait_until(lambda: all_ended(sweep), timeout_s=60, every_s=0.5)
+    assert [r["state"] for r in status["runs"]] == [states.CANCELLED] * 2
+    assert sorted(job_ids(sweep).values()) == ids  # one job per run, ever
