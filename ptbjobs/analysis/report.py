@@ -28,19 +28,26 @@ class Report:
     damaged: dict[str, str]  # runs left out because a file of theirs cannot be read: key -> what
     references: pd.DataFrame | None
     files: list[Path] = field(default_factory=list)
+    diverged: dict[str, int] = field(default_factory=dict)  # runs whose loss became NaN or infinite: key -> epoch
 
 
 def make_report(sweep: Sweep, out: Path | None = None, include_incomplete: bool = False,
-                per_run: bool = False, references: Path | None = None) -> Report:
+                per_run: bool = False, references: Path | str | bool | None = None) -> Report:
+    """references: True for the published ones shipped with ptbjobs, or the path of a CSV of one's own."""
     if out is not None and out.exists() and not out.is_dir():
         raise ConfigError(None, f"--out {out} is a file, not a folder", "give a folder path")
+    refs = None
+    if references is True:
+        refs = analysis.published_references()
+    elif references:
+        refs = analysis.load_references(references)
     data = analysis.load_sweep(sweep)
     table = analysis.results_table(data, include_incomplete)
     if table.empty:
-        raise PtbjobsError(f"no run of {sweep.path} has completed yet",
+        diverged = f" ({len(data.diverged)} diverged)" if data.diverged else ""
+        raise PtbjobsError(f"no run of {sweep.path} has completed yet{diverged}",
                            "wait for a run to finish, or add --include-incomplete")
-    refs = analysis.load_references(references) if references else None
-    report = Report(table, data.runs, analysis.incomplete_runs(data), data.damaged, refs)
+    report = Report(table, data.runs, analysis.incomplete_runs(data), data.damaged, refs, diverged=data.diverged)
     folder = out or sweep.path
     (folder / "figures").mkdir(parents=True, exist_ok=True)
     write = _writer(report.files)
@@ -50,7 +57,7 @@ def make_report(sweep: Sweep, out: Path | None = None, include_incomplete: bool 
     write(folder / "results.json", (json.dumps({
         "sweep": data.name, "variants": analysis.to_json_records(table),
         "runs": analysis.to_json_records(data.runs[_RUN_COLUMNS]), "incomplete": report.incomplete,
-        "damaged": report.damaged,
+        "damaged": report.damaged, "diverged": report.diverged,
         "references": analysis.to_json_records(refs) if refs is not None else None,
         "parameter_count": PARAMETER_NOTE}, indent=1) + "\n").encode())
     groups = figures.variant_groups(data, include_incomplete)
@@ -85,6 +92,22 @@ def _compute(row: pd.Series) -> str:
     return " + ".join(parts)
 
 
+def diverged_list(report: Report) -> str:
+    """The diverged runs as the report names them: "lstm-d0-s3 diverged (epoch 4), ..."."""
+    return ", ".join(f"{key} diverged (epoch {epoch})" for key, epoch in report.diverged.items())
+
+
+def _seeds(row: pd.Series) -> str:
+    """The seeds of a variant; with --include-incomplete, how many finished and which diverged (and when)."""
+    if row["finished"] == row["seeds"]:
+        return str(row["seeds"])
+    notes = [f"{row['finished']} finished"]
+    if row["diverged_epochs"]:
+        epochs = row["diverged_epochs"].split(", ")
+        notes.append(f"{len(epochs)} diverged at epoch{'s' if len(epochs) > 1 else ''} {row['diverged_epochs']}")
+    return f"{row['seeds']} ({', '.join(notes)})"
+
+
 def display_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """The variant table as text cells, shared by the terminal, Markdown and LaTeX renderings."""
     header = ["variant", "seeds", "final train ppl", "min valid ppl", "test ppl", "epoch of min",
@@ -92,8 +115,7 @@ def display_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     rows = []
     for _, row in report.table.iterrows():
         # with --include-incomplete, unfinished runs count in train/valid but have no test yet
-        seeds = str(row["seeds"]) if row["finished"] == row["seeds"] else f"{row['seeds']} ({row['finished']} finished)"
-        rows.append([row["variant"], seeds, _pm(row["final_train_ppl_mean"], row["final_train_ppl_std"]),
+        rows.append([row["variant"], _seeds(row), _pm(row["final_train_ppl_mean"], row["final_train_ppl_std"]),
                      _pm(row["min_valid_ppl_mean"], row["min_valid_ppl_std"]),
                      _pm(row["test_ppl_mean"], row["test_ppl_std"]), row["min_valid_epoch"],
                      f"< {row['target_valid_ppl']:g}", "yes" if row["target_met"] else "no", _compute(row),
@@ -116,6 +138,10 @@ def markdown(report: Report, data: analysis.SweepData, per_run: bool, include_in
     if report.incomplete:
         counted = "counted in the table (--include-incomplete)" if include_incomplete else "not in the table"
         lines += ["", f"Incomplete runs, {counted}: {', '.join(report.incomplete)}."]
+    if report.diverged:
+        counted = ("their epochs before it counted in the table (--include-incomplete)" if include_incomplete
+                   else "not in the table")
+        lines += ["", f"Diverged runs (the loss became NaN or infinite), {counted}: {diverged_list(report)}."]
     if report.damaged:
         lines += ["", "Runs left out because a file of theirs cannot be read (`ptbjobs status` says what to do): "
                   + "; ".join(f"{key} ({problem})" for key, problem in report.damaged.items()) + "."]
@@ -126,9 +152,16 @@ def markdown(report: Report, data: analysis.SweepData, per_run: bool, include_in
         # what sets the variants apart beyond cell and dropout (tied weights, a schedule) after dropout
         columns = _RUN_COLUMNS[:3] + [f for f in data.variant_fields[2:] if f in report.per_run] + _RUN_COLUMNS[3:]
         runs = report.per_run[columns]
-        lines += ["", "## Runs", "", _md_table(columns, [[_cell(v, name) for name, v in zip(columns, r)]
+        lines += ["", "## Runs", "", _md_table(columns, [[_run_cell(report, r[0], name, v) for name, v in zip(columns, r)]
                                                          for r in runs.values.tolist()])]
     return "\n".join(lines) + "\n"
+
+
+def _run_cell(report: Report, key: str, column: str, value) -> str:
+    """A cell of the per-run table: a diverged run's "complete" says so, with the epoch."""
+    if column == "complete" and key in report.diverged:
+        return f"diverged (epoch {report.diverged[key]})"
+    return _cell(value, column)
 
 
 def _cell(value, column: str = "") -> str:

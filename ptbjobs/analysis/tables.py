@@ -2,13 +2,15 @@
 variant (the runs that differ only in their seed).
 
 A run counts once it has its final record (test perplexity at the best-validation epoch); runs still
-going, failed or cut short are listed as incomplete and left out of the aggregates unless asked.
+going, failed or cut short are listed as incomplete, runs whose loss became NaN or infinite as
+diverged (with the epoch), and both are left out of the aggregates unless asked.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ptbjobs.core import states
 from ptbjobs.core.errors import ConfigError, PtbjobsError, first_line
 from ptbjobs.sweep.folder import Sweep
 from ptbjobs.sweep.grid import Targets, parse_grid
@@ -31,6 +34,10 @@ _SIZE_FIELDS = {"emb_size", "hidden_size", "num_layers"}
 # In a variant's label wherever it is on (a rate: with its value), even where every run has it
 _NAMED_WHEN_ON = {"tie_weights": "tied", "variational_dropout": "variational", "recurrent_dropout": "recurrent dropout",
                   "word_dropout": "word dropout", "weight_decay": "weight decay"}
+# the published 2 x 200 results `report --references` shows: package data, found wherever ptbjobs is installed
+REFERENCES_RESOURCE = "references.csv"
+# the trainer's DivergedError message, which state.json keeps: "training diverged: loss is nan at epoch 4, step ..."
+_DIVERGED_AT = re.compile(r"\bat epoch (\d+)\b")
 
 
 @dataclass
@@ -41,6 +48,7 @@ class SweepData:
     targets: Targets
     name: str
     damaged: dict[str, str] = field(default_factory=dict)  # run key -> which file cannot be read, and why
+    diverged: dict[str, int] = field(default_factory=dict)  # run key -> the epoch its loss became NaN or infinite
 
 
 def load_sweep(sweep: Sweep) -> SweepData:
@@ -48,7 +56,7 @@ def load_sweep(sweep: Sweep) -> SweepData:
     targets = Targets()
     if sweep.grid_path.is_file():
         targets = parse_grid(sweep.grid_path.read_text(), sweep.grid_path).targets
-    epoch_rows, run_rows, damaged = [], [], {}
+    epoch_rows, run_rows, damaged, diverged = [], [], {}, {}
     for key, entry in manifest["runs"].items():
         run = RunDir(sweep.run_dir(key))
         try:  # a run whose files cannot be read is left out, and named; the others are reported
@@ -62,6 +70,8 @@ def load_sweep(sweep: Sweep) -> SweepData:
         for record in epochs:
             epoch_rows.append({"key": key, **{k: v for k, v in record.items()}})
         run_rows.append(_run_row(key, saved_config(entry["config"]), epochs, final, state.get("device")))
+        if state.get("state") == states.DIVERGED and not run_rows[-1]["complete"]:
+            diverged[key] = diverged_epoch(state, epochs)
     runs = pd.DataFrame(run_rows)
     epochs_frame = pd.DataFrame(epoch_rows, columns=["key", "epoch", "lr", "train_ppl", "valid_ppl",
                                                      "tokens_per_s", "elapsed_s", "steps"])
@@ -69,7 +79,15 @@ def load_sweep(sweep: Sweep) -> SweepData:
         raise PtbjobsError(f"no run of {sweep.path} has finished an epoch yet",
                            "wait for the first epochs (see `ptbjobs status`)")
     return SweepData(epochs=epochs_frame, runs=runs, variant_fields=_variant_fields(runs),
-                     targets=targets, name=manifest.get("name", sweep.path.name), damaged=damaged)
+                     targets=targets, name=manifest.get("name", sweep.path.name), damaged=damaged,
+                     diverged=diverged)
+
+
+def diverged_epoch(state: dict[str, Any], epochs: list[dict]) -> int:
+    """The epoch a diverged run was in when its loss became NaN or infinite: the one its state.json
+    message names, else the one after its last recorded epoch (a diverged epoch is never recorded)."""
+    found = _DIVERGED_AT.search(str(state.get("message", "")))
+    return int(found.group(1)) if found else max((int(r["epoch"]) for r in epochs), default=0) + 1
 
 
 def _run_row(key: str, config: dict[str, Any], epochs: list[dict], final: dict | None,
@@ -163,6 +181,8 @@ def results_table(data: SweepData, include_incomplete: bool = False) -> pd.DataF
         row["cpu_hours"] = group["cpu_hours"].sum()
         row["parameters"] = int(first["parameters"])
         row["reference"] = _reference_for(first)
+        # with --include-incomplete: the epochs of the variant's runs that diverged, "" where none did
+        row["diverged_epochs"] = ", ".join(str(data.diverged[key]) for key in group["key"] if key in data.diverged)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -175,12 +195,27 @@ def _reference_for(run: pd.Series) -> str:
 
 
 def incomplete_runs(data: SweepData) -> list[str]:
-    return [row["key"] for _, row in data.runs.iterrows() if not row["complete"]]
+    """Runs not (yet) finished: still going, failed or cut short; not the diverged ones."""
+    return [row["key"] for _, row in data.runs.iterrows() if not row["complete"] and row["key"] not in data.diverged]
 
 
-def load_references(path: Path) -> pd.DataFrame:
+def published_references() -> pd.DataFrame:
+    """`--references`: the published 2 x 200 results shipped in the package (ptbjobs/analysis/references.csv)."""
+    from importlib.resources import files
+
+    shipped = files("ptbjobs.analysis").joinpath(REFERENCES_RESOURCE)
     try:
-        return pd.read_csv(path, comment="#")
+        with shipped.open("r", encoding="utf-8") as handle:
+            return pd.read_csv(handle, comment="#")
+    except FileNotFoundError:
+        raise PtbjobsError(f"--references: ptbjobs/analysis/{REFERENCES_RESOURCE} is missing from this installation",
+                           "reinstall ptbjobs, or give a CSV of references with --references-file") from None
+
+
+def load_references(path: Path | str) -> pd.DataFrame:
+    """`--references-file`: a CSV of references; an error names the path as the user gave it."""
+    try:
+        return pd.read_csv(Path(path), comment="#")
     except FileNotFoundError:
         raise ConfigError(None, f"--references-file: no file at {path}", "give the path of a CSV of references") from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:  # a folder, a malformed CSV, binary

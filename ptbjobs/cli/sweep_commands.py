@@ -12,7 +12,6 @@ from ptbjobs.cli.common import DATA_DIR_HELP, SWEEP_DIR_HELP, app, console
 from ptbjobs.cli.config_flags import escape_help
 
 PLAN_ROWS_SHOWN = 50  # a bigger plan is summarised: a row per run says little at 1,000 runs
-REFERENCES_FILE = Path(__file__).resolve().parents[2] / "analysis" / "references.csv"
 
 
 @app.command()
@@ -145,20 +144,25 @@ def report(
     out: Optional[Path] = typer.Option(None, "--out", help=escape_help("folder for results.* and figures/ [default: the sweep folder]")),
     include_incomplete: bool = typer.Option(False, "--include-incomplete", help="count runs that have not finished"),
     per_run: bool = typer.Option(False, "--per-run", help="add a table of every run to results.md"),
-    references: bool = typer.Option(False, "--references", help="add published 2 x 200 results (analysis/references.csv)"),
-    references_file: Optional[Path] = typer.Option(None, "--references-file", help="another CSV of references (implies --references)"),
+    references: bool = typer.Option(False, "--references", help="add published 2 x 200 results (shipped with ptbjobs: ptbjobs/analysis/references.csv)"),
+    # a str, not a Path: an error names the file exactly as given (Path would turn ./refs.csv into refs.csv)
+    references_file: Optional[str] = typer.Option(None, "--references-file", metavar="<path>", help="another CSV of references (implies --references)"),
 ) -> None:
     """The results table and convergence figures of a sweep: results.md/.csv/.tex/.json, figures/."""
-    from ptbjobs.analysis.report import make_report, terminal_table
+    from ptbjobs.analysis.report import diverged_list, make_report, terminal_table
     from ptbjobs.sweep.folder import find_sweep
 
-    chosen = references_file or (REFERENCES_FILE if references else None)
+    chosen = references_file if references_file is not None else references  # a file, or True: the shipped ones
     made = make_report(find_sweep(sweep_dir), out, include_incomplete, per_run, chosen)
     shown = console()
     shown.print(terminal_table(made))
     if made.incomplete:
         counted = "included" if include_incomplete else "left out (--include-incomplete to count them)"
         shown.print(f"incomplete runs, {counted}: {', '.join(made.incomplete)}")
+    if made.diverged:
+        counted = "included up to their last good epoch" if include_incomplete else \
+            "left out (--include-incomplete to count them)"
+        print(f"diverged runs, {counted}: {diverged_list(made)}")
     for key, problem in made.damaged.items():
         print(f"damaged run, left out: {key}: {problem}")
     for path in made.files:
