@@ -61,6 +61,12 @@ class Executor(abc.ABC):
     def log_paths(self, sweep: Sweep, key: str, job_ids: list[str]) -> list[Path]:
         """The log files of a run's attempts (the given jobs), oldest first."""
 
+    def still_held(self, sweep: Sweep, job_ids: list[str]) -> dict[str, str]:
+        """Of jobs `query` said had ended, those the scheduler in fact still holds (queued or
+        running), with their state: asked once, just before anything is resubmitted. Only Slurm
+        needs it: after a node failure it requeues the job while accounting still says NODE_FAIL."""
+        return {}
+
     def apply_max_parallel(self, sweep: Sweep) -> None:
         """Give the sweep this executor's limit on runs at once, when a command starts nothing.
         Only the local executor has such a limit (on Slurm it is array_parallelism)."""

@@ -129,6 +129,19 @@ class SlurmExecutor(Executor):
         _remember(folder / "last_states.json", result)
         return JobStates(result, note=report.note)
 
+    def still_held(self, sweep: Sweep, job_ids: list[str]) -> dict[str, str]:
+        """squeue's word on jobs accounting calls ended. After a node failure the controller
+        requeues a job at once, while sacct says NODE_FAIL for some seconds more: resubmitting
+        then would start a second job for the run."""
+        if not job_ids:
+            return {}
+        try:
+            held = slurm_commands.squeue_states(job_ids)
+        except slurm_commands.SlurmUnavailable as exc:
+            raise PtbjobsError(f"squeue could not confirm that the jobs to resubmit have ended ({exc.message})",
+                               "nothing was submitted; try again when Slurm answers (scontrol ping)") from None
+        return {j: held[j] for j in job_ids if j in held and states.is_active(held[j])}
+
     def cancel(self, sweep: Sweep, job_ids: list[str]) -> None:
         """scancel each job or array task; a running one gets SIGTERM and saves its state first.
         Only what scancel accepted is recorded as cancelled."""

@@ -47,7 +47,24 @@ def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None =
         if states.is_active(state) and _failed_in_pack(sweep, key, job["job_id"]):
             state = states.FAILED  # its pack-mates train on, holding the job: it will not
         result[key] = state
+    if live:
+        _confirm_ended(sweep, manifest, result, job_states)
     return result
+
+
+def _confirm_ended(sweep: Sweep, manifest: dict[str, Any], result: dict[str, str], job_states: dict[str, str]) -> None:
+    """Runs about to be resubmitted because their job ended, checked once more with its executor:
+    a job the scheduler still holds keeps its run out of the resubmission (one question per
+    executor). Runs whose own folder says how they ended need no second opinion."""
+    by_executor: dict[str, dict[str, str]] = {}  # executor -> job id -> run key
+    for key, state in result.items():
+        job = latest_job(manifest["runs"][key])
+        if state in states.RETRYABLE and job and job_states.get(job["job_id"]) == state:
+            by_executor.setdefault(job["executor"], {})[job["job_id"]] = key
+    for name, jobs in by_executor.items():
+        held = get_executor(name, submitting=False).still_held(sweep, list(jobs))
+        for job_id, state in held.items():
+            result[jobs[job_id]] = state
 
 
 def _folder_state(run: RunDir) -> str | None:

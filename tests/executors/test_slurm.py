@@ -429,3 +429,34 @@ def test_the_job_entry_point_says_what_is_wrong_in_one_line(tmp_path, capsys):
     assert job_main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{tmp_path / 'spec.json'} not found" in err
+
+
+def _sweep_of_slurm_jobs(tmp_path: Path, jobs: dict[str, str]) -> Sweep:
+    sweep = Sweep(tmp_path / "s")
+    sweep.path.mkdir()
+    sweep.write_manifest({"version": 1, "name": "s", "runs": {
+        key: {"config": _config_dict(), "config_hash": "x", "point": {},
+              "jobs": [{"job_id": job_id, "executor": "slurm", "submitted": 0}]} for key, job_id in jobs.items()}})
+    return sweep
+
+
+def test_retry_asks_squeue_once_and_leaves_out_jobs_the_controller_still_holds(tmp_path, fake_slurm):
+    from ptbjobs.launch.submit import retry
+
+    sweep = _sweep_of_slurm_jobs(tmp_path, {"a": "8_0", "b": "8_1", "c": "8_2"})
+    sweep.write_grid_copy('name = "s"\n[axes]\nseed = [1]\n')
+    # a node failed: the controller requeued 8_0 at once, accounting still says NODE_FAIL
+    (fake_slurm / "sacct.out").write_text("8_0|NODE_FAIL\n8_1|NODE_FAIL\n8_2|RUNNING\n")
+    (fake_slurm / "squeue.out").write_text("8_0|PENDING\n8_1|NODE_FAIL\n8_2|RUNNING\n")
+    assert retry(sweep).submitted == {"b": "100"}  # b alone
+    assert len(calls(fake_slurm, "squeue")) == 1
+
+
+def test_nothing_is_resubmitted_when_squeue_cannot_confirm_the_job_ended(tmp_path, fake_slurm, capsys):
+    sweep = _sweep_of_slurm_jobs(tmp_path, {"a": "8_0"})
+    (fake_slurm / "sacct.out").write_text("8_0|NODE_FAIL\n")
+    (fake_slurm / "squeue.fail").write_text("slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n")
+    assert main(["retry", "--sweep-dir", str(sweep.path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "squeue could not confirm that the jobs to resubmit have ended" in err
+    assert calls(fake_slurm, "sbatch") == []

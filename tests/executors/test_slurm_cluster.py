@@ -308,3 +308,27 @@ def test_a_cancel_refused_by_a_stopped_controller_records_nothing_and_retry_star
     status = wait_until(lambda: all_ended(sweep), timeout_s=60, every_s=0.5)
     assert [r["state"] for r in status["runs"]] == [states.CANCELLED] * 2
     assert sorted(job_ids(sweep).values()) == ids  # one job per run, ever
+
+
+@needs_root
+def test_retry_while_accounting_still_says_node_fail_of_a_requeued_job_starts_no_second_job(
+        cluster, tmp_path, tiny_corpus):
+    grid = load_grid(make_grid(tmp_path, "nodefail", epochs=30))
+    sweep = Sweep(tmp_path / "sweep")
+    submit(grid, sweep, SlurmExecutor(), data_dir=tiny_corpus)
+    key = grid.runs[0].key
+    job = job_ids(sweep)[key]
+    first_checkpoint(sweep.run_dir(key))
+    node = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=ptbjobs-test"], check=True)
+    try:
+        # the controller requeues the job at once; accounting says NODE_FAIL for a few seconds more
+        wait_until(lambda: slurm.sacct_states([job]).get(job) == states.NODE_FAIL, timeout_s=30, every_s=0.1)
+        assert slurm.squeue_states([job]).get(job) == states.PENDING
+        assert retry(sweep).submitted == {}
+        assert slurm.sacct_states([job]).get(job) == states.NODE_FAIL  # still in the window: the test saw it
+    finally:
+        restart_cluster()  # ReturnToService brings the node back by itself; this makes sure of it
+    # (status itself reads NODE_FAIL while accounting says so, then PENDING again)
+    wait_until(lambda: collect(sweep)["runs"][0]["state"] == states.COMPLETED, timeout_s=180, every_s=1)
+    assert job_ids(sweep) == {key: job} and len(sweep.read_manifest()["runs"][key]["jobs"]) == 1
