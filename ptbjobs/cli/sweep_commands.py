@@ -109,7 +109,10 @@ def retry(
     from ptbjobs.sweep.folder import find_sweep
 
     retried = retry_runs(find_sweep(sweep_dir), keys=run or None, max_parallel=max_parallel)
-    if not retried.submitted:
+    for key, state in retried.held.items():
+        print(f"{key}: not retried: accounting says its job ended, but Slurm still holds it ({state}); "
+              "retry it once it has gone from squeue")
+    if not retried.submitted and not retried.held:
         print("nothing to retry: no run has failed, timed out or been cancelled")
     for key, job_id in retried.submitted.items():
         print(f"{key}: resubmitted as job {job_id}")
@@ -130,8 +133,13 @@ def logs(
     sweep = find_sweep(sweep_dir)
     attempts = run_logs.attempt_logs(sweep, run)
     for attempt in attempts:
-        print(f"==> attempt {attempt.job_id} ({attempt.executor}): {attempt.path}")
-        print(attempt.path.read_text() if attempt.path.exists() else "(no output yet)", end="")
+        sections = run_logs.log_sections(attempt)
+        if not sections:
+            print(f"==> attempt {attempt.job_id} ({attempt.executor}): {attempt.path}\n(no output yet)")
+        for number, text in enumerate(sections, 1):
+            start = f", start {number} of {len(sections)}" if len(sections) > 1 else ""
+            print(f"==> attempt {attempt.job_id} ({attempt.executor}){start}: {attempt.path}")
+            print(text, end="")
     latest = run_logs.latest_attempt_paths(attempts)
     if follow and latest:
         for chunk in run_logs.follow(latest[0], lambda: run_logs.run_is_active(sweep, run)):

@@ -28,6 +28,7 @@ NODE_FAIL = "NODE_FAIL"
 OUT_OF_MEMORY = "OUT_OF_MEMORY"
 BOOT_FAIL = "BOOT_FAIL"
 DEADLINE = "DEADLINE"
+REVOKED = "REVOKED"  # federation: a sibling cluster started the job, this copy was withdrawn
 
 # ptbjobs's own
 NOT_SUBMITTED = "NOT_SUBMITTED"

@@ -9,7 +9,7 @@ Job ids are the executor's own ("L12" locally, "123_4" on Slurm); the manifest r
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -25,6 +25,12 @@ class JobStates:
     states: dict[str, str]  # job id -> state (core.states); every id asked about is present
     note: str | None = None  # a line for the user beside the states (e.g. "states from squeue")
     stale: str | None = None  # set when these are the last known states, not live ones: why
+    # job id -> how many times the scheduler started it, where more than once (requeued in place
+    # after a time limit, a preemption or a node failure); absent where unknown
+    attempts: dict[str, int] = field(default_factory=dict)
+
+    def tries(self, job_id: str) -> int:
+        return self.attempts.get(job_id, 1)
 
 
 class PartialSubmission(PtbjobsError):
@@ -60,6 +66,12 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def log_paths(self, sweep: Sweep, key: str, job_ids: list[str]) -> list[Path]:
         """The log files of a run's attempts (the given jobs), oldest first."""
+
+    @staticmethod
+    def split_attempts(log_text: str) -> list[str]:
+        """One job's log cut into the output of each time it was started (a job requeued in place
+        appends to its log)."""
+        return [log_text]
 
     def still_held(self, sweep: Sweep, job_ids: list[str]) -> dict[str, str]:
         """Of jobs `query` said had ended, those the scheduler in fact still holds (queued or

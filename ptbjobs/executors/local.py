@@ -8,14 +8,18 @@ touches it). Every fact lives in files, each with one writer, so any later proce
     <sweep>/local/
       settings.json          max_parallel in force, and the one last given by --max-parallel
       supervisor.lock        flock'ed by the live supervisor
-      supervisor.json        the supervisor last started (pid), so that one still starting counts as alive
-      jobs/<id>.json         written by submit (PENDING), then by the supervisor (RUNNING, pid, slot)
+      supervisor.json        the supervisor last started (host, pid), so that one still starting counts as alive
+      jobs/<id>.json         written by submit (PENDING), then by the supervisor (RUNNING, host, pid, slot)
       jobs/<id>.end.json     written once when the job ends (state, exit code): by the worker, or
                              by the supervisor when it had to kill a cancelled job
       jobs/<id>.cancel       written once by the first `ptbjobs cancel` of the job: when, and how
                              long the job may take to stop
 
 A RUNNING job whose process is gone without an end file was killed or crashed: it reads FAILED.
+A process can only be looked for on its own machine: a sweep folder on a filesystem shared by
+several login nodes shows another host's running jobs as last recorded, and says so; cancel
+refuses them (cancel from that host), retry leaves them alone, and nobody here starts a second
+supervisor for a queue that one on another host serves.
 A cancelled job that is still running when its wait is over (PTBJOBS_KILL_WAIT_S of the cancel
 command, 120 s by default) is killed by the supervisor, as Slurm does after its KillWait: a run
 saves and stops within seconds of a SIGTERM unless its process is stuck (a hung read of a network
@@ -28,6 +32,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,7 +41,7 @@ from typing import Any
 
 from ptbjobs.core import states
 from ptbjobs.core.atomic import atomic_write_json, read_json_if_any, try_exclusive_lock
-from ptbjobs.core.errors import ConfigError
+from ptbjobs.core.errors import ConfigError, PtbjobsError
 from ptbjobs.executors.base import Executor, JobStates
 from ptbjobs.sweep.folder import Sweep
 from ptbjobs.sweep.grid import Resources
@@ -45,6 +50,9 @@ from ptbjobs.sweep.grid import Resources
 # under a minute for this model on 2 CPU threads.
 DEFAULT_KILL_WAIT_S = 120.0
 SUPERVISOR_FILE = "supervisor.json"  # the supervisor process last started: pid and its start time
+# the supervisor touches its file this often: how another host, which cannot look for the process,
+# tells a live supervisor (a fresh file) from one that died (three beats missed)
+SUPERVISOR_HEARTBEAT_S = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +106,32 @@ class LocalExecutor(Executor):
         (killed, say, or its machine rebooted), it is started again here, so that every command
         that looks at the sweep gets its queue moving again."""
         folder = local_folder(sweep)
-        found = {job_id: job_state(folder, job_id) for job_id in job_ids}
+        found, attempts, elsewhere = {}, {}, {}
+        for job_id in job_ids:
+            end = read_json_if_any(folder / "jobs" / f"{job_id}.end.json")
+            found[job_id] = end["state"] if end else job_state(folder, job_id)
+            if end and end.get("starts", 1) > 1:
+                attempts[job_id] = end["starts"]
+            if not end and found[job_id] == states.RUNNING:
+                host = other_host(read_json_if_any(job_path(folder, job_id)) or {})
+                if host:
+                    elsewhere.setdefault(host, []).append(job_id)
         queued = sum(1 for state in found.values() if state == states.PENDING)
         if queued and ensure_supervisor(sweep):
             log.warning("%s: the local executor's supervisor had stopped with %d run(s) queued; started it again",
                         sweep.path, queued)
-        return JobStates(found)
+        note = "; ".join(f"{', '.join(ids)} running on {host} (cannot check from here: shown as last recorded)"
+                         for host, ids in elsewhere.items()) or None
+        return JobStates(found, note=note, attempts=attempts)
 
     def cancel(self, sweep: Sweep, job_ids: list[str]) -> None:
         folder = local_folder(sweep)
         wait = kill_wait_s()  # a bad value stops the command before anything is cancelled
+        for job_id in job_ids:  # checked first: nothing is cancelled unless all can be
+            host = other_host(read_json_if_any(job_path(folder, job_id)) or {})
+            if host and job_state(folder, job_id) == states.RUNNING:
+                raise PtbjobsError(f"job {job_id} is running on {host}: its process cannot be stopped from {this_host()}",
+                                   f"run `ptbjobs cancel` on {host}")
         for job_id in job_ids:
             state = job_state(folder, job_id)
             if not states.is_active(state):
@@ -123,6 +147,17 @@ class LocalExecutor(Executor):
 
     def log_paths(self, sweep: Sweep, key: str, job_ids: list[str]) -> list[Path]:
         return [sweep.run_dir(key) / "logs" / f"{job_id}.log" for job_id in job_ids]
+
+    @staticmethod
+    def split_attempts(log_text: str) -> list[str]:
+        # the worker ends each attempt that a time limit stopped with "...; requeued in place (n of m)"
+        parts, current = [], []
+        for line in log_text.splitlines(keepends=True):
+            current.append(line)
+            if "; requeued in place (" in line:
+                parts.append("".join(current))
+                current = []
+        return parts + ["".join(current)] if current or not parts else parts
 
 
 def kill_wait_s() -> float:
@@ -171,7 +206,7 @@ def job_state(folder: Path, job_id: str) -> str:
     record = read_json_if_any(job_path(folder, job_id))
     if record is None:
         return states.UNKNOWN
-    if record["state"] == states.RUNNING and not is_alive(record):
+    if record["state"] == states.RUNNING and not other_host(record) and not is_alive(record):
         end = read_json_if_any(folder / "jobs" / f"{job_id}.end.json")  # it may have ended just now
         if end:
             return end["state"]
@@ -179,6 +214,17 @@ def job_state(folder: Path, job_id: str) -> str:
             return states.CANCELLED  # killed by the cancel before it could save and say so
         return states.FAILED  # killed or crashed before it could say so
     return record["state"]
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+def other_host(record: dict[str, Any]) -> str | None:
+    """The host a job (or supervisor) record was written on, if not this one (records of older
+    ptbjobs name none: taken as this host's)."""
+    host = record.get("host")
+    return host if host and host != this_host() else None
 
 
 def is_alive(record: dict[str, Any]) -> bool:
@@ -207,13 +253,13 @@ def ensure_supervisor(sweep: Sweep) -> bool:
     """Start the sweep's supervisor unless one is running or starting; True if this started one."""
     folder = local_folder(sweep)
     if supervisor_alive(folder):
-        return False  # it will see the new jobs
+        return False  # it will see the new jobs (or, on another host, cannot be told apart from a live one)
     with open(folder / "supervisor.log", "a") as output:
         process = subprocess.Popen([sys.executable, "-m", "ptbjobs.executors.local_supervisor", "supervise",
                                     str(sweep.path)], stdin=subprocess.DEVNULL, stdout=output, stderr=output,
                                    start_new_session=True)
-    atomic_write_json(folder / SUPERVISOR_FILE, {"pid": process.pid, "pid_start": wait_for_start(process.pid),
-                                                 "started": time.time()})
+    atomic_write_json(folder / SUPERVISOR_FILE, {"host": this_host(), "pid": process.pid,
+                                                 "pid_start": wait_for_start(process.pid), "started": time.time()})
     return True
 
 
@@ -225,7 +271,14 @@ def supervisor_alive(folder: Path) -> bool:
             return True
         fcntl.flock(handle, fcntl.LOCK_UN)
     started = read_json_if_any(folder / SUPERVISOR_FILE)
-    return isinstance(started, dict) and is_alive(started)
+    if not isinstance(started, dict):
+        return False
+    if other_host(started):  # flock does not reach across hosts on every shared filesystem
+        try:
+            return time.time() - (folder / SUPERVISOR_FILE).stat().st_mtime < 3 * SUPERVISOR_HEARTBEAT_S
+        except OSError:
+            return False
+    return is_alive(started)
 
 
 def wait_for_start(pid: int) -> int | None:
@@ -253,6 +306,7 @@ def _last_job_number(folder: Path) -> int:
     return max(numbers, default=0)
 
 
-def write_end(folder: Path, job_id: str, state: str, exit_code: int | None, message: str) -> None:
+def write_end(folder: Path, job_id: str, state: str, exit_code: int | None, message: str, starts: int = 1) -> None:
+    """`starts`: how many times the job's run was started (1 + its requeues in place)."""
     atomic_write_json(folder / "jobs" / f"{job_id}.end.json",
-                {"state": state, "exit_code": exit_code, "message": message, "ended": time.time()})
+                      {"state": state, "exit_code": exit_code, "message": message, "ended": time.time(), "starts": starts})

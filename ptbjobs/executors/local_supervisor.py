@@ -25,10 +25,13 @@ from ptbjobs.core.atomic import atomic_write_json, read_json_if_any, try_exclusi
 from ptbjobs.core.errors import DivergedError
 from ptbjobs.executors.local import (
     DEFAULT_KILL_WAIT_S,
+    SUPERVISOR_FILE,
+    SUPERVISOR_HEARTBEAT_S,
     is_alive,
     job_path,
     job_state,
     local_folder,
+    this_host,
     visible_gpus,
     wait_for_start,
     write_end,
@@ -45,8 +48,11 @@ def supervise(sweep: Sweep) -> None:
     with open(folder / "supervisor.lock", "a") as lock:
         if not try_exclusive_lock(lock):
             return  # another supervisor got there first
-        idle_since = time.monotonic()
+        idle_since = last_beat = time.monotonic()
         while True:
+            if time.monotonic() - last_beat > SUPERVISOR_HEARTBEAT_S:
+                _beat(folder)  # for other hosts, which cannot look for this process
+                last_beat = time.monotonic()
             records = _records(folder)
             running = [r for r in records if job_state(folder, r["job_id"]) == states.RUNNING]
             pending = sorted((r for r in records if job_state(folder, r["job_id"]) == states.PENDING),
@@ -66,6 +72,13 @@ def supervise(sweep: Sweep) -> None:
                     if not any(job_state(folder, r["job_id"]) == states.PENDING for r in _records(folder)):
                         return
             time.sleep(POLL_S)
+
+
+def _beat(folder: Path) -> None:
+    try:
+        os.utime(folder / SUPERVISOR_FILE)
+    except OSError:
+        pass  # not there (an older ptbjobs started this one): other hosts see no heartbeat
 
 
 def _kill_if_cancel_ignored(sweep: Sweep, folder: Path, record: dict[str, Any]) -> None:
@@ -139,8 +152,9 @@ def _start_worker(sweep: Sweep, folder: Path, record: dict[str, Any], slot: int,
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    env=env, start_new_session=True)
     start = wait_for_start(process.pid)
-    atomic_write_json(job_path(folder, job_id), {**record, "state": states.RUNNING, "pid": process.pid,
-                                           "pid_start": start, "slot": slot, "started": time.time()})
+    atomic_write_json(job_path(folder, job_id), {**record, "state": states.RUNNING, "host": this_host(),
+                                                 "pid": process.pid, "pid_start": start, "slot": slot,
+                                                 "started": time.time()})
 
 
 # ---- the worker ----
@@ -178,20 +192,20 @@ def work(sweep: Sweep, job_id: str) -> int:
             # the log's last line says why training stopped, as Slurm's own line does for its jobs; it
             # comes before the end record, so whoever sees the job ended finds it in the log
             print(f"ptbjobs job {job_id}: {state} ({exc.message}); `ptbjobs retry` resumes it", flush=True)
-            write_end(folder, job_id, state, exc.exit_code, exc.message)
+            write_end(folder, job_id, state, exc.exit_code, exc.message, starts=requeues + 1)
             return exc.exit_code
         except DivergedError as exc:
-            write_end(folder, job_id, states.FAILED, exc.exit_code, exc.message)
+            write_end(folder, job_id, states.FAILED, exc.exit_code, exc.message, starts=requeues + 1)
             print(f"ptbjobs: {exc}", flush=True)
             return exc.exit_code
         except BaseException as exc:  # noqa: BLE001 - every failure must be recorded, then shown in the log
             traceback.print_exc()
-            write_end(folder, job_id, states.FAILED, 1, f"{type(exc).__name__}: {exc}")
+            write_end(folder, job_id, states.FAILED, 1, f"{type(exc).__name__}: {exc}", starts=requeues + 1)
             return 1
         finally:
             if limit is not None:
                 limit.stop()
-        write_end(folder, job_id, states.COMPLETED, 0, "")
+        write_end(folder, job_id, states.COMPLETED, 0, "", starts=requeues + 1)
         return 0
 
 

@@ -127,7 +127,7 @@ class SlurmExecutor(Executor):
                 state = states.CANCELLED
             result[job_id] = state or states.LOST
         _remember(folder / "last_states.json", result)
-        return JobStates(result, note=report.note)
+        return JobStates(result, note=report.note, attempts={j: n for j, n in report.attempts.items() if n > 1})
 
     def still_held(self, sweep: Sweep, job_ids: list[str]) -> dict[str, str]:
         """squeue's word on jobs accounting calls ended. After a node failure the controller
@@ -167,6 +167,26 @@ class SlurmExecutor(Executor):
             own = sweep.run_dir(key) / "logs" / f"{job_id}.log"
             paths += ([own] if own.exists() else []) + [_folder(sweep) / job_id / f"{job_id}_0_log.out"]
         return paths
+
+
+    @staticmethod
+    def split_attempts(log_text: str) -> list[str]:
+        # each start of a task (the first, and each after a requeue) opens with submitit's line
+        # "submitit INFO (...) - Starting with JobEnvironment(job_id=..., ...)"
+        return _split_before(log_text, "Starting with JobEnvironment(")
+
+
+def _split_before(text: str, marker: str) -> list[str]:
+    """`text` cut before each line holding `marker`, but the first (what comes before it stays with it)."""
+    parts, current, started = [], [], False
+    for line in text.splitlines(keepends=True):
+        if marker in line:
+            if started:
+                parts.append("".join(current))
+                current = []
+            started = True
+        current.append(line)
+    return parts + ["".join(current)]
 
 
 def _folder(sweep: Sweep) -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ptbjobs.core import states
 from ptbjobs.core.errors import PtbjobsError
@@ -82,26 +82,40 @@ def expand_job_ids(listed: str) -> list[str]:
 # ---- states ----
 
 def parse_sacct(text: str) -> dict[str, str]:
-    """`sacct -X -n -P -o JobID,State` output -> job id -> state word (CANCELLED, not
-    "CANCELLED by 0"). Steps ("123.batch") are skipped; -X leaves none, but be safe."""
-    own: dict[str, str] = {}
+    """`sacct -X -n -P -o JobID,State[,Submit]` output -> job id -> state word (CANCELLED, not
+    "CANCELLED by 1000"). Steps ("123.batch") are skipped; -X leaves none, but be safe. With -D
+    (every attempt of a requeued job) the attempt submitted last gives the state."""
+    return _parse_sacct(text)[0]
+
+
+def count_attempts(text: str) -> dict[str, int]:
+    """Job id -> how many attempts `sacct -D` lists of it (a requeue makes a new one)."""
+    return _parse_sacct(text)[1]
+
+
+def _parse_sacct(text: str) -> tuple[dict[str, str], dict[str, int]]:
+    own: dict[str, tuple[str, str]] = {}  # job id -> (submitted, state) of its latest attempt
+    attempts: dict[str, int] = {}
     from_ranges: dict[str, str] = {}
     for line in text.splitlines():
         if "|" not in line:
             continue
-        listed, raw_state = line.split("|", 1)
+        listed, raw_state, *rest = line.split("|")
         listed = listed.strip()
         if not listed or "." in listed:
             continue
         state = states.normalise_slurm_state(raw_state)
         ids = expand_job_ids(listed)
         if ids == [listed]:
-            own[listed] = state
+            submitted = rest[0] if rest else ""
+            if listed not in own or submitted >= own[listed][0]:  # ISO times: later sorts after
+                own[listed] = (submitted, state)
+            attempts[listed] = attempts.get(listed, 0) + 1
         else:
             from_ranges.update(dict.fromkeys(ids, state))
     # A pending array's line ("123_[2-5]") can outlive the start of some of its tasks in sacct:
     # a task's own line is newer news than the range it was once part of.
-    return {**from_ranges, **own}
+    return {**from_ranges, **{j: state for j, (_, state) in own.items()}}, attempts
 
 
 def parse_squeue(text: str) -> dict[str, str]:
@@ -110,14 +124,19 @@ def parse_squeue(text: str) -> dict[str, str]:
 
 
 def sacct_states(job_ids: list[str]) -> dict[str, str]:
-    """The state of every job and array task of `job_ids`' jobs, from accounting (one query).
-    sacct lists a requeued job once, as its latest attempt."""
+    """The state of every job and array task of `job_ids`' jobs, from accounting (one query)."""
+    return _sacct(job_ids)[0]
+
+
+def _sacct(job_ids: list[str]) -> tuple[dict[str, str], dict[str, int]]:
+    """States and attempt counts: -D lists every attempt of a requeued job, not just its latest."""
     if not job_ids:
-        return {}
+        return {}, {}
     arrays = sorted({base_id(j) for j in job_ids}, key=_numeric_first)
     # with --jobs, sacct's window covers the jobs whenever they ran (its default is since midnight)
-    out = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-S", "1970-01-01T00:00:00", "-j", ",".join(arrays)])
-    return parse_sacct(out)
+    out = _run(["sacct", "-X", "-D", "-n", "-P", "-o", "JobID,State,Submit", "-S", "1970-01-01T00:00:00",
+                "-j", ",".join(arrays)])
+    return _parse_sacct(out)
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, str]:
@@ -147,6 +166,7 @@ class StateReport:
 
     states: dict[str, str]
     note: str | None = None  # why not sacct, when it is not
+    attempts: dict[str, int] = field(default_factory=dict)  # job id -> attempts, where sacct said
 
 
 def job_states(job_ids: list[str]) -> StateReport:
@@ -154,7 +174,7 @@ def job_states(job_ids: list[str]) -> StateReport:
     accounting does not list yet (it lags the controller by a moment); squeue alone, with a note,
     where accounting does not answer. Raises SlurmUnavailable when neither answers."""
     try:
-        found = sacct_states(job_ids)
+        found, attempts = _sacct(job_ids)
     except SlurmUnavailable as exc:
         return StateReport(_for_tasks(squeue_states(job_ids), job_ids),
                            f"accounting unavailable ({exc.message}): states from squeue, "
@@ -166,7 +186,7 @@ def job_states(job_ids: list[str]) -> StateReport:
             found.update({j: s for j, s in squeue_states(missing).items() if j not in found})
         except SlurmUnavailable:
             pass  # the controller is slow or down: accounting's answer stands
-    return StateReport(found)
+    return StateReport(found, attempts={j: n for j, n in attempts.items() if j in found})
 
 
 def _for_tasks(found: dict[str, str], job_ids: list[str]) -> dict[str, str]:

@@ -38,6 +38,14 @@ def attempt_logs(sweep: Sweep, key: str) -> list[AttemptLog]:
     return logs
 
 
+def log_sections(log: AttemptLog) -> list[str]:
+    """An attempt's log as the output of each time its job was started (a job requeued in place,
+    after a time limit, a preemption or a node failure, appends to its log); [] before it wrote."""
+    if not log.path.exists():
+        return []
+    return get_executor(log.executor, submitting=False).split_attempts(log.path.read_text(errors="replace"))
+
+
 def latest_attempt_paths(logs: list[AttemptLog]) -> list[Path]:
     """The log files of the run's latest attempt (what `logs -f` follows: the first of them)."""
     if not logs:

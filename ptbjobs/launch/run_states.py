@@ -14,12 +14,16 @@ from ptbjobs.train.signals import RESUMABLE_EXIT_CODES
 
 
 def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None = None,
-               live: bool = False, damaged: dict[str, DamagedFile] | None = None) -> dict[str, str]:
+               live: bool = False, damaged: dict[str, DamagedFile] | None = None,
+               job_tries: dict[str, int] | None = None, held: dict[str, str] | None = None) -> dict[str, str]:
     """Each run's state: its latest job as its executor sees it, merged with its own folder.
     What an executor says of its answer (e.g. "Slurm did not answer: last known states") is
     appended to `notes`. With `live`, last-known states are refused: a command about to submit or
     cancel must not act on them (it could start a second copy of a run that is still going).
-    A run whose folder cannot be read shows DAMAGED, and what is wrong goes into `damaged`."""
+    A run whose folder cannot be read shows DAMAGED, and what is wrong goes into `damaged`.
+    `job_tries` gets how many times the executors started each latest job, where more than once.
+    With `live`, a run whose job ended for the executor but which its scheduler still holds takes
+    the scheduler's state, and goes into `held` too."""
     by_executor: dict[str, list[str]] = {}
     for entry in manifest["runs"].values():
         job = latest_job(entry)
@@ -29,6 +33,8 @@ def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None =
     for name, ids in by_executor.items():
         answer = get_executor(name, submitting=False).query(sweep, ids)
         job_states.update(answer.states)
+        if job_tries is not None:
+            job_tries.update(answer.attempts)
         if live and answer.stale:
             raise PtbjobsError(answer.stale,
                                "nothing was submitted or cancelled; try again when Slurm answers (scontrol ping)")
@@ -48,11 +54,12 @@ def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None =
             state = states.FAILED  # its pack-mates train on, holding the job: it will not
         result[key] = state
     if live:
-        _confirm_ended(sweep, manifest, result, job_states)
+        _confirm_ended(sweep, manifest, result, job_states, held if held is not None else {})
     return result
 
 
-def _confirm_ended(sweep: Sweep, manifest: dict[str, Any], result: dict[str, str], job_states: dict[str, str]) -> None:
+def _confirm_ended(sweep: Sweep, manifest: dict[str, Any], result: dict[str, str], job_states: dict[str, str],
+                   held: dict[str, str]) -> None:
     """Runs about to be resubmitted because their job ended, checked once more with its executor:
     a job the scheduler still holds keeps its run out of the resubmission (one question per
     executor). Runs whose own folder says how they ended need no second opinion."""
@@ -62,9 +69,16 @@ def _confirm_ended(sweep: Sweep, manifest: dict[str, Any], result: dict[str, str
         if state in states.RETRYABLE and job and job_states.get(job["job_id"]) == state:
             by_executor.setdefault(job["executor"], {})[job["job_id"]] = key
     for name, jobs in by_executor.items():
-        held = get_executor(name, submitting=False).still_held(sweep, list(jobs))
-        for job_id, state in held.items():
-            result[jobs[job_id]] = state
+        for job_id, state in get_executor(name, submitting=False).still_held(sweep, list(jobs)).items():
+            result[jobs[job_id]] = held[jobs[job_id]] = state
+
+
+def run_tries(jobs: list[dict[str, Any]], job_tries: dict[str, int]) -> int:
+    """Times a run was started: its earlier jobs' counts as recorded when it was resubmitted, and
+    its latest job's as its executor says now (a job requeued in place counts each start)."""
+    if not jobs:
+        return 0
+    return sum(job.get("tries", 1) for job in jobs[:-1]) + job_tries.get(jobs[-1]["job_id"], 1)
 
 
 def _folder_state(run: RunDir) -> str | None:

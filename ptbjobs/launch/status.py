@@ -21,7 +21,7 @@ from collections import Counter
 from typing import Any
 
 from ptbjobs.core import states
-from ptbjobs.launch.run_states import run_states
+from ptbjobs.launch.run_states import run_states, run_tries
 from ptbjobs.sweep.folder import Sweep, latest_job
 from ptbjobs.sweep.grid import Resources
 from ptbjobs.train.run_dir import PROGRESS_FILE, DamagedFile, RunDir
@@ -33,10 +33,11 @@ def collect(sweep: Sweep) -> dict[str, Any]:
     manifest = sweep.read_manifest()
     notes: list[str] = []
     damaged: dict[str, DamagedFile] = {}
-    current = run_states(sweep, manifest, notes, damaged=damaged)
+    job_tries: dict[str, int] = {}
+    current = run_states(sweep, manifest, notes, damaged=damaged, job_tries=job_tries)
     now = time.time()
     stall_s = 60 * manifest.get("stall_after_min", Resources().stall_after_min)
-    rows = [_row(sweep, key, entry, current[key], now, damaged.get(key), stall_s)
+    rows = [_row(sweep, key, entry, current[key], now, damaged.get(key), stall_s, run_tries(entry["jobs"], job_tries))
             for key, entry in manifest["runs"].items()]
     notes += [f"{row['key']}: {row['problem']}; `ptbjobs retry --run {row['key']}` resumes it from its last checkpoint"
               if row["state"] in states.RETRYABLE else f"{row['key']}: {row['problem']}"
@@ -46,7 +47,7 @@ def collect(sweep: Sweep) -> dict[str, Any]:
 
 
 def _row(sweep: Sweep, key: str, entry: dict[str, Any], state: str, now: float,
-         damage: DamagedFile | None, stall_s: float) -> dict[str, Any]:
+         damage: DamagedFile | None, stall_s: float, tries: int) -> dict[str, Any]:
     config = entry["config"]
     run = RunDir(sweep.run_dir(key))
     try:
@@ -71,7 +72,7 @@ def _row(sweep: Sweep, key: str, entry: dict[str, Any], state: str, now: float,
     return {
         "key": key, "cell": config["cell"], "dropout": config["dropout"], "seed": config["seed"],
         "executor": job["executor"] if job else None, "job_id": job["job_id"] if job else None,
-        "attempts": len(entry.get("jobs", [])), "state": state,
+        "attempts": tries, "state": state,
         "epoch": epochs_done, "epochs": config["epochs"],
         "train_ppl": last["train_ppl"] if last else None, "valid_ppl": last["valid_ppl"] if last else None,
         "best_valid_ppl": best_valid,

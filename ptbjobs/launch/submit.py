@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +72,11 @@ def submit_grid(grid_path: Path, sweep_dir: Path | None = None, executor: str = 
     return Submission(sweep, chosen, planned, grid_runs)
 
 
-def plan(grid: Grid, sweep: Sweep, force: bool = False) -> list[PlannedRun]:
+def plan(grid: Grid, sweep: Sweep, force: bool = False, job_tries: dict[str, int] | None = None) -> list[PlannedRun]:
+    """What submitting the grid to the sweep would do to each run. `job_tries` gets how often the
+    executors started each run's latest job (see run_states)."""
     manifest = sweep.read_manifest()
-    current = run_states(sweep, manifest, live=True)
+    current = run_states(sweep, manifest, live=True, job_tries=job_tries)
     planned, conflicts = [], []
     for spec in grid.runs:
         entry = manifest["runs"].get(spec.key)
@@ -105,9 +107,11 @@ def _action(state: str) -> str:
         return SKIP_DIVERGED
     if states.is_active(state):
         return SKIP_ACTIVE
-    if state == states.UNKNOWN:
-        return SKIP_UNKNOWN  # it may still be running: never start a second copy on a guess
-    return RESUME
+    if state in states.RETRYABLE:
+        return RESUME  # the same states `retry` resumes: the two commands never disagree
+    # UNKNOWN: it may still be running. REVOKED: a federation sibling cluster runs it. Or a word
+    # of a newer Slurm: never start a second copy on a guess
+    return SKIP_UNKNOWN
 
 
 def _describe_change(spec: RunSpec, entry: dict[str, Any]) -> str:
@@ -137,7 +141,8 @@ def submit(grid: Grid, sweep: Sweep, executor: Executor, data_dir: Path | None =
     if dry_run:
         return plan(grid, sweep, force) if sweep.exists() else [PlannedRun(s, states.NOT_SUBMITTED, SUBMIT) for s in grid.runs]
     with sweep.locked():
-        planned = plan(grid, sweep, force)
+        job_tries: dict[str, int] = {}
+        planned = plan(grid, sweep, force, job_tries)
         manifest = sweep.read_manifest()
         manifest["name"] = grid.name
         manifest["stall_after_min"] = grid.resources.stall_after_min  # for status, which reads no grid
@@ -159,7 +164,7 @@ def submit(grid: Grid, sweep: Sweep, executor: Executor, data_dir: Path | None =
         sweep.write_manifest(manifest)
         sweep.write_grid_copy(grid.text)
         if to_start:
-            _submit_and_record(sweep, manifest, executor, [p.spec.key for p in to_start], grid.resources)
+            _submit_and_record(sweep, manifest, executor, [p.spec.key for p in to_start], grid.resources, job_tries)
         else:
             executor.apply_max_parallel(sweep)  # a --max-parallel holds even when nothing starts
     return planned
@@ -171,6 +176,9 @@ class Retried:
     # the local executor's limit on runs at once, where this retry set it or started local runs
     # (what the executor that did so says is in force)
     local_parallel: int | None = None
+    # runs left alone though their job ended for accounting: the scheduler still holds the job
+    # (requeued after a node failure, or still COMPLETING): run key -> the scheduler's state
+    held: dict[str, str] = field(default_factory=dict)
 
 
 def retry(sweep: Sweep, executor: Executor | None = None, keys: list[str] | None = None,
@@ -180,7 +188,10 @@ def retry(sweep: Sweep, executor: Executor | None = None, keys: list[str] | None
     the local executor's new limit (without it the sweep keeps its own)."""
     with sweep.locked():
         manifest = sweep.read_manifest()
-        current = run_states(sweep, manifest, live=True)
+        job_tries: dict[str, int] = {}
+        held: dict[str, str] = {}
+        current = run_states(sweep, manifest, live=True, job_tries=job_tries, held=held)
+        held = {k: s for k, s in held.items() if keys is None or k in keys}
         chosen = [k for k, s in current.items() if s in states.RETRYABLE and (keys is None or k in keys)]
         if keys:
             unknown = [k for k in keys if k not in manifest["runs"]]
@@ -188,38 +199,43 @@ def retry(sweep: Sweep, executor: Executor | None = None, keys: list[str] | None
                 raise ConfigError(None, f"--run: no run {unknown[0]!r} in {sweep.path}", "see `ptbjobs status` for the keys")
         if not chosen:
             if max_parallel is None:
-                return Retried({})
+                return Retried({}, held=held)
             local = get_executor("local", max_parallel)  # only a sweep that has run locally has a limit to change
             local.apply_max_parallel(sweep)
-            return Retried({}, local.parallel_in_force)
+            return Retried({}, local.parallel_in_force, held)
         resources = parse_grid(sweep.grid_path.read_text(), sweep.grid_path).resources
         by_executor: dict[str, list[str]] = {}
         for key in chosen:
             by_executor.setdefault(latest_job(manifest["runs"][key])["executor"], []).append(key)
-        retried = Retried({})
+        retried = Retried({}, held=held)
         for name, run_keys in by_executor.items():
             runner = executor or get_executor(name, max_parallel)
-            retried.submitted.update(_submit_and_record(sweep, manifest, runner, run_keys, resources))
+            retried.submitted.update(_submit_and_record(sweep, manifest, runner, run_keys, resources, job_tries))
             retried.local_parallel = retried.local_parallel or runner.parallel_in_force
     return retried
 
 
 def _submit_and_record(sweep: Sweep, manifest: dict[str, Any], executor: Executor, keys: list[str],
-                       resources: Resources) -> dict[str, str]:
+                       resources: Resources, job_tries: dict[str, int]) -> dict[str, str]:
     """Submit and write every job id into the manifest, also those of a submission that failed
     part-way (they were accepted and will run: they must be known to status, cancel and retry)."""
     try:
         ids = executor.submit(sweep, keys, resources)
     except PartialSubmission as exc:
         if exc.submitted:
-            _record_jobs(sweep, manifest, executor.name, exc.submitted)
+            _record_jobs(sweep, manifest, executor.name, exc.submitted, job_tries)
         raise
-    _record_jobs(sweep, manifest, executor.name, ids)
+    _record_jobs(sweep, manifest, executor.name, ids, job_tries)
     return ids
 
 
-def _record_jobs(sweep: Sweep, manifest: dict[str, Any], executor_name: str, ids: dict[str, str]) -> None:
+def _record_jobs(sweep: Sweep, manifest: dict[str, Any], executor_name: str, ids: dict[str, str],
+                 job_tries: dict[str, int]) -> None:
     now = time.time()
     for key, job_id in ids.items():
-        manifest["runs"][key]["jobs"].append({"job_id": job_id, "executor": executor_name, "submitted": now})
+        jobs = manifest["runs"][key]["jobs"]
+        if jobs and job_tries.get(jobs[-1]["job_id"], 1) > 1:
+            # once a job is no longer the latest nobody asks its executor about it: keep its count
+            jobs[-1]["tries"] = job_tries[jobs[-1]["job_id"]]
+        jobs.append({"job_id": job_id, "executor": executor_name, "submitted": now})
     sweep.write_manifest(manifest)

@@ -314,7 +314,7 @@ def _with_time_limit(grid, minutes: float, max_requeues: int):
                                                                    max_requeues=max_requeues))
 
 
-def test_a_time_limit_requeues_the_run_in_place_and_it_ends_as_if_never_stopped(tmp_path, tiny_corpus):
+def test_a_time_limit_requeues_the_run_in_place_and_it_ends_as_if_never_stopped(tmp_path, tiny_corpus, capsys):
     grid_path = tmp_path / "one.toml"
     grid_path.write_text(GRID.format(epochs=6).replace('cell = ["lstm", "gru"]', 'cell = ["lstm"]')
                          .replace("dropout = [0.0, 0.2]", "dropout = [0.2]")
@@ -324,10 +324,17 @@ def test_a_time_limit_requeues_the_run_in_place_and_it_ends_as_if_never_stopped(
     submit(grid, sweep, LocalExecutor(max_parallel=1), data_dir=tiny_corpus)
     status = wait_until(lambda: all_ended(sweep))
     row = status["runs"][0]
-    assert row["state"] == states.COMPLETED and row["attempts"] == 1  # one job, requeued in place
     log = _log_text(sweep.run_dir(row["key"]), "L1")
     requeues = log.count("requeued in place")
     assert requeues >= 2, log  # the run is long enough for several limits
+    # one job, started 1 + requeues times: each start counts as a try, and logs shows each
+    assert row["state"] == states.COMPLETED and row["attempts"] == requeues + 1
+    from ptbjobs.cli import main
+
+    assert main(["logs", row["key"], "--sweep-dir", str(sweep.path)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.count("==> attempt L1 (local), start ") == requeues + 1
+    assert f"start {requeues + 1} of {requeues + 1}" in shown and "done: best valid ppl" in shown.split(", start")[-1]
     assert "resuming from" in log and log.count("state saved); requeued in place") >= 1  # stopped in training
     reference = tmp_path / "reference"
     run_training(grid.runs[0].config, reference, tiny_corpus, handle_signals=False)
@@ -422,3 +429,56 @@ def test_a_stopped_worker_reads_stalled_and_running_again_once_continued_and_can
     finally:  # never leave a 200-epoch worker behind
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def _queued_sweep(tmp_path: Path, grid_file: Path, tiny_corpus: Path, monkeypatch) -> Sweep:
+    """A sweep of 4 local runs, queued and not started (no supervisor)."""
+    sweep = Sweep(tmp_path / "sweep")
+    with monkeypatch.context() as patched:
+        patched.setattr(local, "ensure_supervisor", lambda sweep: False)
+        submit(load_grid(grid_file), sweep, LocalExecutor(max_parallel=1), data_dir=tiny_corpus)
+    return sweep
+
+
+def test_a_job_running_on_another_host_shows_running_and_is_neither_retried_nor_cancelled_from_here(
+        tmp_path, grid_file, tiny_corpus, monkeypatch, capsys):
+    sweep = _queued_sweep(tmp_path, grid_file, tiny_corpus, monkeypatch)
+    jobs = sweep.path / "local" / "jobs"
+    # what the supervisor on another login node sharing the filesystem writes when it starts L1:
+    # a process that does not exist here
+    record = json.loads((jobs / "L1.json").read_text())
+    atomic_write_json(jobs / "L1.json", {**record, "state": states.RUNNING, "host": "other-node", "pid": _dead_pid(),
+                                         "pid_start": 1, "slot": 0, "started": time.time()})
+    atomic_write_json(sweep.path / "local" / "supervisor.json", {"host": "other-node", "pid": 1, "pid_start": 1})
+    status = collect(sweep)
+    assert [r["state"] for r in status["runs"]] == [states.RUNNING] + [states.PENDING] * 3
+    assert "L1 running on other-node (cannot check from here: shown as last recorded)" in status["notes"]
+    assert retry(sweep).submitted == {}
+    from ptbjobs.cli import main
+
+    assert main(["cancel", "--sweep-dir", str(sweep.path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "job L1 is running on other-node" in err and "run `ptbjobs cancel` on other-node" in err
+    assert not list(jobs.glob("*.cancel")) and not list(jobs.glob("*.end.json"))  # nothing cancelled at all
+    assert not (sweep.path / "local" / "supervisor.log").exists()  # the other host's supervisor serves the queue
+
+
+def test_a_queue_whose_supervisor_on_another_host_stopped_beating_is_taken_over_here(
+        tmp_path, grid_file, tiny_corpus, monkeypatch):
+    grid_file.write_text(GRID.format(epochs=1))
+    sweep = _queued_sweep(tmp_path, grid_file, tiny_corpus, monkeypatch)
+    supervisor = sweep.path / "local" / "supervisor.json"
+    atomic_write_json(supervisor, {"host": "other-node", "pid": 1, "pid_start": 1, "started": time.time()})
+    assert collect(sweep)["summary"] == {states.PENDING: 4}
+    assert json.loads(supervisor.read_text())["host"] == "other-node"  # alive, as far as anyone here can tell
+    old = time.time() - 4 * local.SUPERVISOR_HEARTBEAT_S
+    os.utime(supervisor, (old, old))  # three beats missed: it died with its host
+    collect(sweep)
+    assert json.loads(supervisor.read_text())["host"] == local.this_host()
+    assert [r["state"] for r in wait_until(lambda: all_ended(sweep))["runs"]] == [states.COMPLETED] * 4

@@ -460,3 +460,12 @@ def test_nothing_is_resubmitted_when_squeue_cannot_confirm_the_job_ended(tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "squeue could not confirm that the jobs to resubmit have ended" in err
     assert calls(fake_slurm, "sbatch") == []
+
+
+def test_submit_resumes_exactly_the_runs_retry_would_and_leaves_revoked_ones_alone():
+    from ptbjobs.launch.submit import RESUME
+
+    ended = [getattr(states, name) for name in dir(states) if name.isupper() and isinstance(getattr(states, name), str)]
+    for state in ended + ["SOME_NEWER_SLURM_STATE"]:
+        assert (_action(state) == RESUME) == (state in states.RETRYABLE), state
+    assert _action(states.REVOKED) == SKIP_UNKNOWN  # a sibling cluster of a federation runs it

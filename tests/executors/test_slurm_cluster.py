@@ -174,7 +174,7 @@ def test_a_grid_goes_out_as_one_array_and_gpu_requests_keep_to_the_two_fake_gpus
     assert "epoch 3/3: lr" in capsys.readouterr().out
 
 
-def test_runs_requeued_by_usr2_and_by_their_time_limit_resume_and_end_as_if_uninterrupted(cluster, tmp_path, tiny_corpus):
+def test_runs_requeued_by_usr2_and_by_their_time_limit_resume_and_end_as_if_uninterrupted(cluster, tmp_path, tiny_corpus, capsys):
     # A: a short run sent USR2 by hand (a preemption); B: a run longer than its one-minute limit
     short = load_grid(make_grid(tmp_path, "short", epochs=30, timeout_min=1, max_requeues=5))
     # B must still train when Slurm warns it. The USR2 is due 15 s before the limit, but slurmctld
@@ -197,7 +197,15 @@ def test_runs_requeued_by_usr2_and_by_their_time_limit_resume_and_end_as_if_unin
     for sweep in (sweep_a, sweep_b):
         status = wait_until(lambda: all_ended(sweep), timeout_s=1200, every_s=2)
         assert status["runs"][0]["state"] == states.COMPLETED, log_text(sweep, status["runs"][0]["key"])
-        assert status["runs"][0]["attempts"] == 1  # requeued in place: the same job, not a new one
+        assert len(sweep.read_manifest()["runs"][status["runs"][0]["key"]]["jobs"]) == 1  # requeued in place
+    # each start of the one job is a try, and `logs` shows each start's output on its own
+    assert collect(sweep_a)["runs"][0]["attempts"] == 2
+    tries_b = collect(sweep_b)["runs"][0]["attempts"]
+    assert tries_b >= 2
+    assert main(["logs", key_b, "--sweep-dir", str(sweep_b.path)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.count(f"==> attempt {job_ids(sweep_b)[key_b]} (slurm), start ") == tries_b
+    assert "resuming from" in shown.split(", start 2 of")[1]
     text_a, text_b = log_text(sweep_a, key_a), log_text(sweep_b, key_b)
     assert "Caught signal SIGUSR2" in text_a and "resuming from" in text_a
     assert "Caught signal SIGUSR2" in text_b and "resuming from" in text_b and "timed-out" in text_b
@@ -217,7 +225,9 @@ def test_cancel_stops_running_and_pending_tasks_and_retry_completes_them(cluster
     status = wait_until(lambda: all_ended(sweep), timeout_s=120, every_s=1)
     assert [r["state"] for r in status["runs"]] == [states.CANCELLED] * 3
     assert RunDir(sweep.run_dir(running.key)).read_state()["state"] == "INTERRUPTED"  # it saved on SIGTERM
-
+    # accounting says CANCELLED a moment before the controller lets go of the job (COMPLETING):
+    # retry leaves a job alone until then
+    wait_until(lambda: not SlurmExecutor().still_held(sweep, list(job_ids(sweep).values())), timeout_s=60, every_s=0.5)
     resubmitted = retry(sweep).submitted
     assert sorted(resubmitted) == sorted(r.key for r in grid.runs)
     status = wait_until(lambda: all_ended(sweep), timeout_s=300, every_s=1)
