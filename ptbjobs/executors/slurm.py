@@ -23,6 +23,7 @@ from typing import Any
 from ptbjobs.core import states
 from ptbjobs.core.atomic import atomic_write_json, read_json_if_any
 from ptbjobs.core.errors import PtbjobsError
+from ptbjobs.core.interrupts import interrupt_held
 from ptbjobs.executors import slurm_commands
 from ptbjobs.executors.base import Executor, JobStates, PartialSubmission
 from ptbjobs.sweep.folder import Sweep
@@ -85,6 +86,9 @@ class SlurmExecutor(Executor):
         packs = [keys[i:i + size] for i in range(0, len(keys), size)]
         ids: dict[str, str] = {}
         for start in range(0, len(packs), limit):
+            if interrupt_held():  # Ctrl-C or TERM while sending: what went out is kept, no more goes
+                raise PartialSubmission(f"interrupted: {len(ids)} of {len(keys)} runs were submitted before it", ids,
+                                        "`ptbjobs submit` again sends the rest")
             chunk = packs[start:start + limit]
             try:
                 # submitit prints sbatch's stderr itself before raising: the error below says it once

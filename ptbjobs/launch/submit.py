@@ -16,6 +16,7 @@ from typing import Any
 
 from ptbjobs.core import states
 from ptbjobs.core.errors import ConfigError, DataError, PtbjobsError
+from ptbjobs.core.interrupts import interrupts_held
 from ptbjobs.executors.base import Executor, PartialSubmission
 from ptbjobs.executors.job import write_spec
 from ptbjobs.launch.executor_choice import get_executor
@@ -218,14 +219,17 @@ def retry(sweep: Sweep, executor: Executor | None = None, keys: list[str] | None
 def _submit_and_record(sweep: Sweep, manifest: dict[str, Any], executor: Executor, keys: list[str],
                        resources: Resources, job_tries: dict[str, int]) -> dict[str, str]:
     """Submit and write every job id into the manifest, also those of a submission that failed
-    part-way (they were accepted and will run: they must be known to status, cancel and retry)."""
-    try:
-        ids = executor.submit(sweep, keys, resources)
-    except PartialSubmission as exc:
-        if exc.submitted:
-            _record_jobs(sweep, manifest, executor.name, exc.submitted, job_tries)
-        raise
-    _record_jobs(sweep, manifest, executor.name, ids, job_tries)
+    part-way (they were accepted and will run: they must be known to status, cancel and retry).
+    Ctrl-C or TERM is held until the ids are written: a job accepted and not recorded would run a
+    second time after the next submit. The executor stops sending at the next array on such a stop."""
+    with interrupts_held():
+        try:
+            ids = executor.submit(sweep, keys, resources)
+        except PartialSubmission as exc:
+            if exc.submitted:
+                _record_jobs(sweep, manifest, executor.name, exc.submitted, job_tries)
+            raise
+        _record_jobs(sweep, manifest, executor.name, ids, job_tries)
     return ids
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_MODEL_TOML
+
 from ptbjobs.cli import main
 from ptbjobs.core import states
 from ptbjobs.core.errors import PtbjobsError
@@ -95,7 +97,10 @@ if name == "sbatch":
     job = int(counter.read_text()) if counter.exists() else 100
     counter.write_text(str(job + 1))
     (state / f"script-{job}.sh").write_text(Path(sys.argv[-1]).read_text())
-    print(f"Submitted batch job {job}")
+    print(f"Submitted batch job {job}", flush=True)
+    if (state / "sbatch.interrupt").exists():  # the user's Ctrl-C (or a TERM) as sbatch returns
+        import signal
+        os.kill(os.getppid(), getattr(signal, (state / "sbatch.interrupt").read_text()))
 elif name == "scontrol":
     print("MaxArraySize            = " + os.environ.get("FAKE_MAX_ARRAY", "1001"))
 elif (state / f"{name}.out").exists():
@@ -469,3 +474,32 @@ def test_submit_resumes_exactly_the_runs_retry_would_and_leaves_revoked_ones_alo
     for state in ended + ["SOME_NEWER_SLURM_STATE"]:
         assert (_action(state) == RESUME) == (state in states.RETRYABLE), state
     assert _action(states.REVOKED) == SKIP_UNKNOWN  # a sibling cluster of a federation runs it
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_submit_interrupted_after_sbatch_accepted_an_array_records_it_and_sends_no_more(
+        tmp_path, fake_slurm, tiny_corpus, signal_name):
+    import subprocess
+    import sys
+
+    grid = tmp_path / "g.toml"
+    grid.write_text('name = "g"\n[defaults]\n' + TINY_MODEL_TOML + '[axes]\nseed = [1, 2, 3, 4]\n')
+    (fake_slurm / "sbatch.interrupt").write_text(signal_name)
+    command = [sys.executable, "-m", "ptbjobs", "submit", "--grid", str(grid), "--executor", "slurm",
+               "--sweep-dir", str(tmp_path / "sweep"), "--data-dir", str(tiny_corpus)]
+    env = {**os.environ, "FAKE_MAX_ARRAY": "2"}  # two arrays of two runs
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == ("ptbjobs: error: interrupted: 2 of 4 runs were submitted before it "
+                           "(`ptbjobs submit` again sends the rest)\n")
+    assert len(calls(fake_slurm, "sbatch")) == 1  # the second array was not sent
+    manifest = Sweep(tmp_path / "sweep").read_manifest()
+    assert {k: [j["job_id"] for j in e["jobs"]] for k, e in manifest["runs"].items()} == {
+        "lstm-d0-s1": ["100_0"], "lstm-d0-s2": ["100_1"], "lstm-d0-s3": [], "lstm-d0-s4": []}
+    # the next submit sends the rest, and only the rest
+    (fake_slurm / "sbatch.interrupt").unlink()
+    (fake_slurm / "sacct.out").write_text("100_[0-1]|PENDING\n")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    manifest = Sweep(tmp_path / "sweep").read_manifest()
+    assert [len(e["jobs"]) for e in manifest["runs"].values()] == [1, 1, 1, 1]
