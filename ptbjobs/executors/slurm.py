@@ -24,7 +24,7 @@ from ptbjobs.core import states
 from ptbjobs.core.atomic import atomic_write_json, read_json_if_any
 from ptbjobs.core.errors import PtbjobsError
 from ptbjobs.core.interrupts import interrupt_held
-from ptbjobs.executors import slurm_commands
+from ptbjobs.executors import slurm_commands, slurm_refusals
 from ptbjobs.executors.base import Executor, JobStates, PartialSubmission
 from ptbjobs.sweep.folder import Sweep
 from ptbjobs.sweep.grid import Resources
@@ -98,8 +98,8 @@ class SlurmExecutor(Executor):
             except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError, OSError,
                     RuntimeError) as exc:
                 done = f" ({len(ids)} runs were submitted before it)" if ids else ""
-                raise PartialSubmission(f"sbatch failed: {_first_meaningful_line(exc)}{done}", ids,
-                                        "check the [resources] against `sinfo`, and that the controller is up") from None
+                message, hint = slurm_refusals.explain(str(exc), resources)
+                raise PartialSubmission(message + done, ids, hint) from None
             ids.update({key: job.job_id for pack, job in zip(chunk, jobs) for key in pack})
         return ids
 
@@ -217,10 +217,3 @@ def _remember(path: Path, found: dict[str, str]) -> None:
         atomic_write_json(path, {**known, "_time": time.time()})
     except OSError:
         pass  # a cache: a sweep folder someone else owns can still be looked at
-
-
-def _first_meaningful_line(exc: BaseException) -> str:
-    for line in str(exc).splitlines():
-        if "error" in line.lower():
-            return line.strip()
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -234,6 +234,45 @@ def refused_by_scancel(stderr: str, job_ids: list[str]) -> set[str]:
     return named & set(job_ids) if named & set(job_ids) else set(job_ids)
 
 
+@dataclass
+class NodeOffer:
+    """What one node of the cluster (or of a partition) has to give a job."""
+
+    name: str
+    cpus: int
+    memory_mb: int
+    gpus: int
+
+
+def parse_sinfo_nodes(text: str) -> list[NodeOffer]:
+    """`sinfo -h -N -o %N|%c|%m|%G` output (a line per node and partition) -> one offer per node.
+    Gres reads like "gpu:2", "gpu:a100:4(S:0-1)", "gpu:a100:4,shard:8" or "(null)"."""
+    offers: dict[str, NodeOffer] = {}
+    for line in text.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) != 4:
+            continue
+        name, cpus, memory, gres = fields
+        gpus = 0
+        for item in gres.split(","):
+            parts = re.sub(r"\(.*?\)", "", item).split(":")
+            if parts[0] == "gpu" and parts[-1].isdigit():
+                gpus += int(parts[-1])
+        offers[name] = NodeOffer(name, int(cpus) if cpus.isdigit() else 0,
+                                 int(memory) if memory.isdigit() else 0, gpus)
+    return list(offers.values())
+
+
+def node_offers(partition: str = "") -> list[NodeOffer]:
+    """The nodes a job may land on: the partition's, or every node where none is named."""
+    command = ["sinfo", "-h", "-N", "-o", "%N|%c|%m|%G"] + (["-p", partition] if partition else [])
+    return parse_sinfo_nodes(_run(command))
+
+
+def partitions() -> list[str]:
+    return sorted({p.rstrip("*") for p in _run(["sinfo", "-h", "-o", "%P"]).split()})
+
+
 def scancel(job_ids: list[str], signal: str | None = None) -> None:
     """Cancel the jobs or array tasks (or, with `signal`, only send it to them). CancelRefused,
     saying which were accepted, when scancel refused any."""

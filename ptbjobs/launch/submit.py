@@ -141,6 +141,17 @@ def submit(grid: Grid, sweep: Sweep, executor: Executor, data_dir: Path | None =
     data = check_data(grid, data_dir)
     if dry_run:
         return plan(grid, sweep, force) if sweep.exists() else [PlannedRun(s, states.NOT_SUBMITTED, SUBMIT) for s in grid.runs]
+    new_folder = not sweep.path.exists()
+    try:
+        return _submit_locked(grid, sweep, executor, data, force)
+    except PtbjobsError as exc:
+        if new_folder and not getattr(exc, "submitted", None):
+            # nothing went out: leave no sweep folder behind, or the next try finds one of runs never sent
+            shutil.rmtree(sweep.path, ignore_errors=True)
+        raise
+
+
+def _submit_locked(grid: Grid, sweep: Sweep, executor: Executor, data: Path, force: bool) -> list[PlannedRun]:
     with sweep.locked():
         job_tries: dict[str, int] = {}
         planned = plan(grid, sweep, force, job_tries)

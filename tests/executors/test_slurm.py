@@ -113,7 +113,7 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
     bin_dir, state = tmp_path / "bin", tmp_path / "fake"
     bin_dir.mkdir()
     state.mkdir()
-    for name in ("sbatch", "sacct", "squeue", "scontrol", "scancel"):
+    for name in ("sbatch", "sacct", "squeue", "scontrol", "scancel", "sinfo"):
         path = bin_dir / name
         path.write_text(FAKE)
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
@@ -157,10 +157,11 @@ def test_runs_per_gpu_packs_runs_into_array_tasks(tmp_path, fake_slurm):
 
 def test_a_refused_submission_is_one_line_naming_what_sbatch_said(tmp_path, fake_slurm, capsys):
     (fake_slurm / "sbatch.fail").write_text(SBATCH_BAD_PARTITION)
+    (fake_slurm / "sinfo.out").write_text("debug*\ngpu\n")
     with pytest.raises(PartialSubmission) as caught:
         SlurmExecutor().submit(Sweep(tmp_path / "s"), ["a", "b"], Resources(partition="nope"))
-    assert "invalid partition specified: nope" in str(caught.value)
-    assert "\n" not in str(caught.value)
+    assert str(caught.value) == ("[resources] partition = 'nope': no such partition (the cluster has: debug, gpu) "
+                                 "(name one of them, or leave partition out for the cluster's default)")
     assert capsys.readouterr().err == ""  # submitit's own print of sbatch's stderr is kept out
 
 
@@ -178,7 +179,9 @@ def test_arrays_accepted_before_sbatch_refused_one_are_recorded_in_the_manifest(
     code = main(["submit", "--grid", str(grid), "--sweep-dir", str(sweep_dir), "--data-dir", str(tiny_corpus),
                  "--executor", "slurm"])
     assert code == 1
-    assert "sbatch failed: sbatch: error: QOSMaxSubmitJobPerUserLimit (2 runs were submitted before it)" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("ptbjobs: error: the cluster caps how many jobs you may queue, and it is reached "
+                                       "(sbatch: QOSMaxSubmitJobPerUserLimit) (2 runs were submitted before it) "
+                                       "(submit again once some have ended: it sends only the runs not yet queued)\n")
     jobs = {k: [j["job_id"] for j in e["jobs"]] for k, e in Sweep(sweep_dir).read_manifest()["runs"].items()}
     assert jobs == {"lstm-d0-s1": ["100_0"], "lstm-d0-s2": ["100_1"], "lstm-d0-s3": [], "lstm-d0-s4": []}
     # once sbatch accepts again, the same submit sends only the two runs that did not go out
@@ -503,3 +506,36 @@ def test_a_submit_interrupted_after_sbatch_accepted_an_array_records_it_and_send
     assert done.returncode == 0, done.stderr
     manifest = Sweep(tmp_path / "sweep").read_manifest()
     assert [len(e["jobs"]) for e in manifest["runs"].values()] == [1, 1, 1, 1]
+
+
+SINFO_NODES = """a1|64|257000|gpu:a100:4(S:0-1)
+a2|64|257000|gpu:a100:4(S:0-1),shard:8
+c1|128|515000|(null)
+"""
+
+
+def test_sinfo_node_lines_give_each_nodes_cpus_memory_and_gpus():
+    offers = slurm.parse_sinfo_nodes(SINFO_NODES + "a1|64|257000|gpu:a100:4(S:0-1)\n")  # a1 in two partitions
+    assert [(n.name, n.cpus, n.memory_mb, n.gpus) for n in offers] == [
+        ("a1", 64, 257000, 4), ("a2", 64, 257000, 4), ("c1", 128, 515000, 0)]
+
+
+@pytest.mark.parametrize("resources, said, expected", [
+    (Resources(gpus_per_node=8), "sbatch: error: Batch job submission failed: Requested node configuration is not available",
+     "[resources] gpus_per_node = 8: no node has 8 GPUs (largest: 4)"),
+    (Resources(mem_gb=1000), "sbatch: error: Memory specification can not be satisfied\n"
+     "sbatch: error: Batch job submission failed: Requested node configuration is not available",
+     "[resources] mem_gb = 1000: no node has 1000 GB of memory (largest: 502.9)"),
+    (Resources(gpus_per_node=1, cpus_per_task=100), "Requested node configuration is not available",
+     "[resources] gpus_per_node = 1, cpus_per_task = 100, mem_gb = 0: no node has all of them at once"),
+    (Resources(), "sbatch: error: AssocMaxSubmitJobLimit\nsbatch: error: Batch job submission failed: Job violates "
+     "accounting/QOS policy (job submit limit, user's size and/or time limits)",
+     "the cluster caps how many jobs you may queue, and it is reached (sbatch: AssocMaxSubmitJobLimit)"),
+    (Resources(constraint="h100"), "sbatch: error: Batch job submission failed: Invalid feature specification",
+     "[resources] constraint = 'h100': no node has these features"),
+])
+def test_sbatch_refusals_name_the_resources_key_and_what_the_cluster_has(fake_slurm, resources, said, expected):
+    from ptbjobs.executors.slurm_refusals import explain
+
+    (fake_slurm / "sinfo.out").write_text(SINFO_NODES)
+    assert explain(said, resources)[0] == expected

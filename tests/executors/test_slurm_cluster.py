@@ -342,3 +342,20 @@ def test_retry_while_accounting_still_says_node_fail_of_a_requeued_job_starts_no
     # (status itself reads NODE_FAIL while accounting says so, then PENDING again)
     wait_until(lambda: collect(sweep)["runs"][0]["state"] == states.COMPLETED, timeout_s=180, every_s=1)
     assert job_ids(sweep) == {key: job} and len(sweep.read_manifest()["runs"][key]["jobs"]) == 1
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("gpus_per_node = 8", "[resources] gpus_per_node = 8: no node has 8 GPUs (largest: 2)"),
+    ("mem_gb = 100000", "[resources] mem_gb = 100000: no node has 100000 GB of memory (largest: 15.6)"),
+    ('partition = "nope"', "[resources] partition = 'nope': no such partition (the cluster has: debug)"),
+])
+def test_a_refused_submit_names_the_resources_key_and_leaves_no_sweep_folder(cluster, tmp_path, tiny_corpus, capsys,
+                                                                             setting, expected):
+    grid = tmp_path / "g.toml"
+    grid.write_text(f'name = "refused"\n[defaults]\n{TINY_MODEL_TOML}[axes]\nseed = [1, 2]\n[resources]\n{setting}\n')
+    sweep_dir = tmp_path / "sweep"
+    assert main(["submit", "--grid", str(grid), "--sweep-dir", str(sweep_dir), "--data-dir", str(tiny_corpus),
+                 "--executor", "slurm"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"ptbjobs: error: {expected} (")
+    assert not sweep_dir.exists()
