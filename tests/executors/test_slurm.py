@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_MODEL_TOML
-
 from ptbjobs.cli import main
 from ptbjobs.core import states
 from ptbjobs.core.errors import PtbjobsError
