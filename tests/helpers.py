@@ -1,5 +1,5 @@
 """Helpers several test modules share: comparing two runs exactly, stopping a trainer at a step,
-and waiting for a sweep's runs to end."""
+waiting for a sweep's runs to end, and a reporter that keeps a run's notes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ptbjobs.launch.status import collect
 from ptbjobs.sweep.folder import Sweep
 from ptbjobs.train import checkpoint
 from ptbjobs.train.run_dir import RunDir
+from ptbjobs.train.trainer import SilentReporter
 
 TIMING_KEYS = {"tokens_per_s", "elapsed_s"}
 
@@ -62,3 +63,13 @@ def wait_until(predicate, timeout_s: float = 120.0, every_s: float = 0.2):
 def all_ended(sweep: Sweep) -> dict:
     status = collect(sweep)
     return status if all(states.is_finished(r["state"]) for r in status["runs"]) else None
+
+
+class NoteTaker(SilentReporter):
+    """A reporter that keeps the notes a run makes (a damaged file, a leftover temp file)."""
+
+    def __init__(self):
+        self.notes: list[str] = []
+
+    def note(self, text):
+        self.notes.append(text)

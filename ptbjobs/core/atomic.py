@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,20 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()
 
 
+# the temp file a write goes through: `.<name>.<mkstemp's 8 random characters>.tmp`
+_TEMP_NAME = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def temp_file_target(name: str) -> str | None:
+    """The file name a temp file of `atomic_write_bytes` was to become; None for any other name."""
+    match = _TEMP_NAME.fullmatch(name)
+    return match.group(1) if match else None
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write to a temp file beside `path`, fsync it, rename it over `path`, fsync the folder (so
-    the rename itself survives a power cut)."""
+    the rename itself survives a power cut). A failed write (a full disk) leaves `path` as it was
+    and removes its temp file where the disk still lets it; its OSError names `path`."""
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as out:
@@ -41,8 +53,13 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+    except BaseException as exc:
+        try:
+            os.unlink(temp_name)
+        except OSError:  # a disk gone read-only: left to a cleanup (a run removes its own at its next start)
+            pass
+        if isinstance(exc, OSError) and exc.filename is None:  # write() and fsync() name no file
+            exc.filename = str(path)
         raise
     descriptor = os.open(path.parent, os.O_RDONLY)
     try:

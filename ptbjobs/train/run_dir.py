@@ -3,7 +3,7 @@
     RUN/
       config.json      the resolved training config and the data it read
       metrics.jsonl    one record per epoch, then a final record (test perplexity, best epoch)
-      best.pt          weights of the best-validation epoch (plain torch.save of a dict)
+      best.pt          weights of the best-validation epoch, naming it (plain torch.save of a dict)
       checkpoints/     the resumable state, newest two
       state.json       RUNNING, COMPLETED, DIVERGED, FAILED or INTERRUPTED, with a timestamp
       progress.json    while training: epoch, step, train ppl, tokens/s, elapsed (the heartbeat)
@@ -12,19 +12,25 @@ Every file is replaced atomically, so a reader (status, report) never sees half 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ptbjobs.core import states
-from ptbjobs.core.atomic import atomic_write_bytes
+from ptbjobs.core.atomic import atomic_write_bytes, temp_file_target
 from ptbjobs.core.errors import ConfigError, PtbjobsError
 
 PROGRESS_FILE = "progress.json"
 _TAIL_BYTES = 4096  # more than a final record takes
+# What the disk under a run folder says when it, not ptbjobs, is at fault: full, over quota, read-only,
+# not ours to write, failing, or a network share gone stale. Others (ENOENT, EISDIR...) stay tracebacks.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                         errno.EIO, errno.ESTALE})
 
 
 class RunDir:
@@ -41,6 +47,43 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(None, f"--out {self.path} is a file, not a folder", "give a folder path")
         self.path.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def disk_errors(self) -> Iterator[None]:
+        """Turn the disk's refusal to write a file of this folder (see DISK_ERRNOS) into one line
+        naming the folder: the user's to fix, and a traceback would bury it. Any other error,
+        and one about a file elsewhere, passes through as it is."""
+        try:
+            yield
+        except OSError as exc:
+            relative = self._relative(exc.filename) if exc.errno in DISK_ERRNOS else None
+            if relative is None:
+                raise
+            raise RunFolderUnwritable(self.path, relative, exc.strerror) from exc
+
+    def _relative(self, filename: Any) -> str | None:
+        """`filename` relative to the folder ("" for the folder itself), or None if not in it."""
+        if not isinstance(filename, (str, os.PathLike)):
+            return None
+        folder, file = os.path.realpath(self.path), os.path.realpath(filename)
+        if os.path.commonpath([folder, file]) != folder:
+            return None
+        relative = Path(os.path.relpath(file, folder))
+        if relative == Path("."):
+            return ""
+        target = temp_file_target(relative.name)  # the file being written, not its temp name
+        return str(relative.with_name(target) if target else relative)
+
+    def remove_leftover_temp_files(self) -> list[Path]:
+        """Remove the temp files of this run's own writes that a killed process left behind
+        (a power cut, SIGKILL); call with the run's lock held, so none is being written now.
+        Temp files of others' files (spec.json, written by submit) are left alone."""
+        own = {"config.json", "metrics.jsonl", "best.pt", "state.json", PROGRESS_FILE}
+        found = [p for p in self.path.glob(".*.tmp") if temp_file_target(p.name) in own]
+        found += [p for p in self.checkpoint_dir.glob(".ckpt-*.tmp") if temp_file_target(p.name)]
+        for path in found:
+            path.unlink(missing_ok=True)
+        return found
 
     def write_json(self, path: Path, value: Any) -> None:
         atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
@@ -133,6 +176,18 @@ class DamagedFile(PtbjobsError):
         super().__init__(f"{path} {problem}", "it is written anew when the run resumes: ptbjobs retry, or train again")
         self.path = path
         self.problem = problem
+
+
+class RunFolderUnwritable(PtbjobsError):
+    """The disk refused a write to the run folder (full, read-only, no permission). The last
+    checkpoint is intact: every write goes through a temp file."""
+
+    def __init__(self, folder: Path, relative: str, problem: str):
+        where = f", writing {relative}" if relative else ""
+        super().__init__(f"cannot write run folder {folder}: {problem}{where}",
+                         "free space there or make it writable, then run the same command: "
+                         "a run resumes from its last checkpoint")
+        self.folder = folder
 
 
 def _read_json(path: Path) -> Any:

@@ -2,12 +2,15 @@
 
 This is what `ptbjobs train` calls, and what every scheduled job runs: the same command on the same
 folder is idempotent. A finished run is not trained again; an unfinished one resumes from its last
-good checkpoint; a folder holding a run of a different config is refused rather than overwritten.
+good checkpoint; a folder holding a run of a different config is refused rather than overwritten, and
+so is a resume on other data than the run started with, or with a best.pt of another epoch. A disk
+that refuses a write (full, read-only) ends the run with one line; the last checkpoint stays intact.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -22,7 +25,10 @@ from ptbjobs.train.corpus import load_corpus
 from ptbjobs.train.ptb_files import CANONICAL_SHA256, SPLITS, sha256_file, split_filename
 from ptbjobs.train.run_dir import DamagedFile, RunDir
 from ptbjobs.train.signals import TrainingInterrupted, stop_on_signals, take_pending_stop
-from ptbjobs.train.trainer import Reporter, SilentReporter, Trainer
+from ptbjobs.train.trainer import Reporter, SilentReporter, Trainer, load_weights, save_weights
+
+log = logging.getLogger(__name__)
+NEW_RUN_HINT = "start a new run with a new --out"
 
 
 def run_training(config: TrainConfig, out: Path, data_dir: Path | str | None = None,
@@ -30,6 +36,13 @@ def run_training(config: TrainConfig, out: Path, data_dir: Path | str | None = N
     """Train the run in `out` to completion and return its final metrics record."""
     reporter = reporter or SilentReporter()
     run = RunDir(out)
+    with run.disk_errors():
+        return _run_training(run, config, data_dir, reporter, handle_signals)
+
+
+def _run_training(run: RunDir, config: TrainConfig, data_dir: Path | str | None, reporter: Reporter,
+                  handle_signals: bool) -> dict[str, Any]:
+    out = run.path
     if run.path.exists() and not run.path.is_dir():
         raise ConfigError(None, f"--out {out} is a file, not a folder", "give a folder path")
     # a damaged file of the folder is written anew; the checkpoint, which holds the config too and
@@ -46,6 +59,8 @@ def run_training(config: TrainConfig, out: Path, data_dir: Path | str | None = N
             return final
     _stop_if_signalled_while_starting(run)  # before the data and the device are made ready
     corpus = load_corpus(data_dir)
+    if existing is not None:
+        _refuse_changed_data(existing, corpus.data_dir)
     trainer = Trainer(config, corpus, run, reporter)  # before any write: a config it rejects leaves nothing
     _stop_if_signalled_while_starting(run)
     run.create()
@@ -57,33 +72,45 @@ def run_training(config: TrainConfig, out: Path, data_dir: Path | str | None = N
 def _train(run: RunDir, trainer: Trainer, config: TrainConfig, data_dir: Path, reporter: Reporter,
            first_start: bool, handle_signals: bool) -> dict[str, Any]:
     """Resume from the newest good checkpoint (if any) and train to the end, keeping state.json."""
+    for leftover in run.remove_leftover_temp_files():
+        reporter.note(f"removed {leftover}, left by a write that was cut off")
     if first_start:
         run.write_json(run.config_path, _config_record(config, data_dir))
     resumed = checkpoint.load_latest(run.checkpoint_dir)
     if resumed is not None:
         state, path = resumed
         trainer.load_state(state)
+        _check_best_weights(run, trainer, reporter)
     reporter.start(config, run, str(resumed[1]) if resumed else None)
     run.write_state(states.RUNNING, epoch=trainer.epoch, step=trainer.global_step, device=trainer.device.type)
     received: list[int] = []
     try:
-        with stop_on_signals(trainer, received, enabled=handle_signals):
+        with run.disk_errors(), stop_on_signals(trainer, received, enabled=handle_signals):
             final = trainer.fit()
     except DivergedError as exc:
-        run.write_state(states.DIVERGED, message=exc.message)
+        _write_end_state(run, states.DIVERGED, message=exc.message)
         raise
     except TrainingInterrupted as exc:
         exc.signals = tuple(received)  # a Slurm job requeues itself after USR2, not after TERM
-        run.write_state(states.INTERRUPTED, message=exc.message, step=trainer.global_step)
+        _write_end_state(run, states.INTERRUPTED, message=exc.message, step=trainer.global_step)
         raise
     except BaseException as exc:
-        run.write_state(states.FAILED, message=f"{type(exc).__name__}: {exc}", step=trainer.global_step)
+        _write_end_state(run, states.FAILED, message=f"{type(exc).__name__}: {exc}", step=trainer.global_step)
         raise
     finally:
         reporter.close()
     run.write_state(states.COMPLETED, test_ppl=final["test_ppl"], best_epoch=final["best_epoch"])
     reporter.finish(final)
     return final
+
+
+def _write_end_state(run: RunDir, state: str, **details: Any) -> None:
+    """state.json as the run ends on an error, where the disk still takes it: a full or read-only
+    disk may refuse this too, and then the error that ended the run is the one to show."""
+    try:
+        run.write_state(state, **details)
+    except OSError as exc:
+        log.debug("could not record %s in %s: %s", state, run.state_path, exc)
 
 
 def _unless_damaged(read: Callable[[], Any], reporter: Reporter) -> Any:
@@ -128,6 +155,57 @@ def _refuse_changed_config(run: RunDir, before: TrainConfig, now: TrainConfig) -
         detail = ", ".join(f"{key} {old.get(key)!r} -> {new[key]!r}" for key in changed)
         raise PtbjobsError(f"{run.path} holds a run with another config ({detail})",
                            "use another --out, or delete that folder to start over")
+
+
+def _refuse_changed_data(config_record: dict[str, Any], data_dir: Path) -> None:
+    """Refuse to go on with data files other than those the run started with (the sha256 that
+    config.json recorded): its epochs would be trained on two corpora. The folder may differ (a
+    copy on another node); the bytes may not. A record without the sha256 is not checked."""
+    try:
+        recorded_sha256 = {split: entry["sha256"] for split, entry in config_record["data"]["files"].items()}
+    except (KeyError, TypeError, AttributeError):
+        return
+    for split in SPLITS:
+        recorded = recorded_sha256.get(split)
+        path = data_dir / split_filename(split)
+        if recorded and (now := sha256_file(path)) != recorded:
+            raise PtbjobsError(f"data file {path} changed since this run started "
+                               f"(sha256 {now[:12]}..., was {recorded[:12]}...)", f"restore it, or {NEW_RUN_HINT}")
+
+
+def _check_best_weights(run: RunDir, trainer: Trainer, reporter: Reporter) -> None:
+    """best.pt must hold the best epoch the checkpoint restored: the test perplexity is measured
+    with it at the end. A checkpoint taken at the end of that very epoch holds those weights too
+    (the run stopped between the two writes), and best.pt is written anew from it; otherwise a
+    best.pt of another epoch, or none, is refused. One from before best.pt named its epoch passes."""
+    if trainer.best_epoch == 0:
+        return  # no epoch has ended: the first to end writes best.pt, whatever is there now
+    problem = _best_weights_problem(run.best_path, trainer)
+    if problem is None:
+        return
+    if (trainer.epoch, trainer.chunk) == (trainer.best_epoch, 0):
+        save_weights(run.best_path, trainer.model, trainer.config, trainer.vocab_size, trainer.best_epoch,
+                     trainer.best_valid_ppl)
+        reporter.note(f"{run.best_path} {problem}: written anew from the checkpoint at the end of that epoch")
+        return
+    raise PtbjobsError(f"{run.best_path} {problem}",
+                       f"put back the best.pt of epoch {trainer.best_epoch}, or {NEW_RUN_HINT}")
+
+
+def _best_weights_problem(path: Path, trainer: Trainer) -> str | None:
+    """What is wrong with best.pt for the restored state, or None if nothing is."""
+    best = f"the best epoch {trainer.best_epoch} (valid ppl {trainer.best_valid_ppl:.2f}) of the checkpoint"
+    if not path.exists():
+        return f"is missing; it must hold {best}"
+    try:
+        saved = load_weights(path)
+    except PtbjobsError:
+        return f"is not a readable weights file; it must hold {best}"
+    epoch, valid_ppl = saved.get("epoch"), saved.get("valid_ppl")
+    if epoch is None or (epoch == trainer.best_epoch and valid_ppl in (None, trainer.best_valid_ppl)):
+        return None
+    holds = f"epoch {epoch}" + (f" (valid ppl {valid_ppl:.2f})" if isinstance(valid_ppl, float) else "")
+    return f"holds {holds}, not {best}"
 
 
 def _config_record(config: TrainConfig, data_dir: Path) -> dict[str, Any]:

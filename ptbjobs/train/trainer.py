@@ -348,13 +348,16 @@ class Trainer:
             "steps": self.global_step,
         }
         self.history.append(record)
-        if valid_ppl < self.best_valid_ppl:
+        improved = valid_ppl < self.best_valid_ppl
+        if improved:
             self.best_valid_ppl, self.best_epoch = valid_ppl, self.epoch + 1
-            save_weights(self.run.best_path, self.model, self.config, self.vocab_size, self.best_epoch, valid_ppl)
         elif self.config.schedule is Schedule.PLATEAU:
             self.lr *= self.config.lr_decay
         self.epoch, self.chunk = self.epoch + 1, 0
+        # the checkpoint first: stopped between the two, a resume writes best.pt from its weights
         self.save_checkpoint()
+        if improved:
+            save_weights(self.run.best_path, self.model, self.config, self.vocab_size, self.best_epoch, valid_ppl)
         self.run.write_metrics(self.history)
         self.reporter.epoch_end(record)
 

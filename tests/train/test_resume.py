@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
-from helpers import assert_same_run, interrupt_at
+from helpers import NoteTaker, assert_same_run, interrupt_at
+from ptbjobs.cli import main
 from ptbjobs.core import states
+from ptbjobs.core.errors import PtbjobsError
 from ptbjobs.train import checkpoint
 from ptbjobs.train.run_dir import RunDir
 from ptbjobs.train.runner import run_training
@@ -184,3 +190,82 @@ def test_a_run_with_a_damaged_folder_file_resumes_from_its_checkpoint_and_writes
     assert_same_run(reference_run, out)
     assert RunDir(out).read_config()["train"] == tiny_config.to_dict()
     assert RunDir(out).read_state()["state"] == states.COMPLETED
+
+
+def stop_at(config, out: Path, corpus: Path, monkeypatch, step: int) -> None:
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, step)
+        with pytest.raises(TrainingInterrupted):
+            run_training(config, out, corpus, handle_signals=False)
+
+
+def test_a_resume_on_changed_data_is_refused_with_one_line(tmp_path, tiny_corpus, tiny_config, reference_run,
+                                                           monkeypatch, capsys):
+    out = tmp_path / "run"
+    stop_at(tiny_config, out, tiny_corpus, monkeypatch, 7)
+    train_file = tiny_corpus / "ptb.train.txt"
+    original = train_file.read_bytes()
+    train_file.write_bytes(original + b" w1 w2 w3 \n")  # words the vocabulary has: only the sha256 can tell
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(tiny_config.to_dict()))
+    command = ["train", "--config", str(config_file), "--out", str(out), "--data-dir"]
+
+    assert main([*command, str(tiny_corpus)]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"ptbjobs: error: data file {train_file} changed since this run started (sha256 ")
+    assert line.endswith("(restore it, or start a new run with a new --out)")
+    assert RunDir(out).read_state()["state"] == states.INTERRUPTED  # refused before any write
+    assert checkpoint.load_latest(out / "checkpoints")[0]["global_step"] == 7
+    # the same bytes in another folder (another node's copy) are the same data
+    copy = shutil.copytree(tiny_corpus, tmp_path / "copy")
+    (copy / "ptb.train.txt").write_bytes(original)
+    assert main([*command, str(copy)]) == 0
+    assert_same_run(reference_run, out)
+
+
+def test_a_resume_with_a_best_pt_of_another_epoch_is_refused(tmp_path, tiny_corpus, tiny_config, reference_run,
+                                                             monkeypatch):
+    steps_per_epoch = RunDir(reference_run).read_metrics()[0]["steps"]
+    out = tmp_path / "run"
+    best = out / "best.pt"
+    for epoch in (1, 2):  # stopped in epochs 2 and 3: best.pt holds epochs 1 and 2 (valid ppl falls)
+        stop_at(tiny_config, out, tiny_corpus, monkeypatch, epoch * steps_per_epoch + 3)
+        assert torch.load(best, weights_only=True)["epoch"] == epoch
+        shutil.copy(best, tmp_path / f"best-{epoch}.pt")
+    shutil.copy(tmp_path / "best-1.pt", best)
+    refusal = (rf"^{re.escape(str(best))} holds epoch 1 \(valid ppl [\d.]+\), not the best epoch 2 "
+               r"\(valid ppl [\d.]+\) of the checkpoint \(put back the best\.pt of epoch 2, "
+               r"or start a new run with a new --out\)$")
+    with pytest.raises(PtbjobsError, match=refusal):
+        run_training(tiny_config, out, tiny_corpus, handle_signals=False)
+    assert best.read_bytes() == (tmp_path / "best-1.pt").read_bytes()  # refused, not overwritten
+    assert RunDir(out).read_state()["state"] == states.INTERRUPTED
+    best.unlink()
+    with pytest.raises(PtbjobsError, match=rf"^{re.escape(str(best))} is missing; it must hold the best epoch 2 "):
+        run_training(tiny_config, out, tiny_corpus, handle_signals=False)
+    # a best.pt from before it named its epoch is taken as it is
+    saved = torch.load(tmp_path / "best-2.pt", weights_only=True)
+    del saved["epoch"], saved["valid_ppl"]
+    torch.save(saved, best)
+    run_training(tiny_config, out, tiny_corpus, handle_signals=False)
+    assert_same_run(reference_run, out)
+
+
+def test_a_stop_between_the_epoch_end_checkpoint_and_best_pt_writes_best_pt_anew_from_the_checkpoint(
+        tmp_path, tiny_corpus, tiny_config, reference_run, monkeypatch):
+    from ptbjobs.train import trainer
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        def power_cut(*args):
+            raise RuntimeError("power cut")
+
+        patch.setattr(trainer, "save_weights", power_cut)
+        with pytest.raises(RuntimeError, match="power cut"):
+            run_training(tiny_config, out, tiny_corpus, handle_signals=False)
+    saved = checkpoint.load_latest(out / "checkpoints")[0]
+    assert (saved["epoch"], saved["chunk"], saved["best_epoch"]) == (1, 0, 1) and not (out / "best.pt").exists()
+    reporter = NoteTaker()
+    run_training(tiny_config, out, tiny_corpus, reporter=reporter, handle_signals=False)
+    assert [note for note in reporter.notes if "best.pt is missing" in note and "written anew" in note]
+    assert_same_run(reference_run, out)
