@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from synthetic import make_sweep
 from test_report import write_run
 
 from ptbjobs.analysis import report
@@ -17,6 +16,7 @@ from ptbjobs.core import states
 from ptbjobs.sweep.folder import Sweep
 from ptbjobs.train.config import TrainConfig
 from ptbjobs.train.run_dir import RunDir
+from synthetic import make_sweep
 
 # what the trainer writes into state.json (DivergedError's message, ptbjobs/train/trainer.py)
 DIVERGED_AT_3 = "training diverged: loss is nan at epoch 3, step 25 (lr 1)"
