@@ -22,7 +22,7 @@ from typing import Any
 
 from ptbjobs.core import states
 from ptbjobs.core.atomic import atomic_write_json, read_json_if_any, try_exclusive_lock
-from ptbjobs.core.errors import DivergedError
+from ptbjobs.core.errors import DivergedError, PtbjobsError
 from ptbjobs.executors.local import (
     DEFAULT_KILL_WAIT_S,
     SUPERVISOR_FILE,
@@ -197,6 +197,10 @@ def work(sweep: Sweep, job_id: str) -> int:
         except DivergedError as exc:
             write_end(folder, job_id, states.FAILED, exc.exit_code, exc.message, starts=requeues + 1)
             print(f"ptbjobs: {exc}", flush=True)
+            return exc.exit_code
+        except PtbjobsError as exc:  # one the user can act on (a full disk, changed data): its one line
+            print(f"ptbjobs: error: {exc}", flush=True)
+            write_end(folder, job_id, states.FAILED, exc.exit_code, exc.message, starts=requeues + 1)
             return exc.exit_code
         except BaseException as exc:  # noqa: BLE001 - every failure must be recorded, then shown in the log
             traceback.print_exc()

@@ -18,6 +18,7 @@ from typing import Any
 import submitit
 
 from ptbjobs.core.atomic import atomic_write_bytes
+from ptbjobs.core.errors import PtbjobsError
 from ptbjobs.executors.job import run_job
 from ptbjobs.train.signals import RESUMABLE_EXIT_CODES, TrainingInterrupted
 
@@ -36,6 +37,11 @@ class CheckpointableRun(submitit.helpers.Checkpointable):
                 # are never half-updated in the checkpoint): now requeue.
                 _requeue_through_submitit()
             raise
+        except PtbjobsError as exc:
+            # one the user can act on (a full disk, changed data): its one line in the log, not a
+            # traceback through submitit; the task ends FAILED with the run's own exit code
+            print(f"ptbjobs: error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(exc.exit_code)
 
     # submitit's Checkpointable.checkpoint returns the same call with the same run folder: the
     # state lives in the folder's checkpoints, so nothing else needs pickling.
