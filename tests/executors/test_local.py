@@ -482,3 +482,22 @@ def test_a_queue_whose_supervisor_on_another_host_stopped_beating_is_taken_over_
     collect(sweep)
     assert json.loads(supervisor.read_text())["host"] == local.this_host()
     assert [r["state"] for r in wait_until(lambda: all_ended(sweep))["runs"]] == [states.COMPLETED] * 4
+
+
+def test_a_job_ending_on_an_error_the_user_can_act_on_says_its_one_line_in_the_log(tmp_path, tiny_corpus):
+    grid_path = tmp_path / "one.toml"
+    grid_path.write_text(GRID.format(epochs=200).replace('cell = ["lstm", "gru"]', 'cell = ["lstm"]')
+                         .replace("dropout = [0.0, 0.2]", "dropout = [0.0]"))
+    grid = load_grid(grid_path)
+    sweep = Sweep(tmp_path / "sweep")
+    submit(grid, sweep, LocalExecutor(max_parallel=1), data_dir=tiny_corpus)
+    key = grid.runs[0].key
+    wait_until(lambda: list((sweep.run_dir(key) / "checkpoints").glob("ckpt-*.pt")), every_s=0.1)
+    cancel(sweep)
+    wait_until(lambda: all_ended(sweep))
+    with open(tiny_corpus / "ptb.train.txt", "a") as train:
+        train.write(" w1 w2 w3\n")  # the data changed under the run: its resume refuses
+    assert retry(sweep).submitted == {key: "L2"}
+    assert wait_until(lambda: all_ended(sweep))["runs"][0]["state"] == states.FAILED
+    log = _log_text(sweep.run_dir(key), "L2")
+    assert "ptbjobs: error: data file" in log and "changed since this run started" in log and "Traceback" not in log
