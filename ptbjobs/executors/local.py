@@ -108,14 +108,13 @@ class LocalExecutor(Executor):
         folder = local_folder(sweep)
         found, attempts, elsewhere = {}, {}, {}
         for job_id in job_ids:
-            end = read_json_if_any(folder / "jobs" / f"{job_id}.end.json")
-            found[job_id] = end["state"] if end else job_state(folder, job_id)
+            end, record = job_files(folder, job_id)
+            found[job_id] = job_state(folder, job_id, end, record)
             if end and end.get("starts", 1) > 1:
                 attempts[job_id] = end["starts"]
-            if not end and found[job_id] == states.RUNNING:
-                host = other_host(read_json_if_any(job_path(folder, job_id)) or {})
-                if host:
-                    elsewhere.setdefault(host, []).append(job_id)
+            host = other_host(record or {}) if found[job_id] == states.RUNNING else None
+            if host:
+                elsewhere.setdefault(host, []).append(job_id)
         queued = sum(1 for state in found.values() if state == states.PENDING)
         if queued and ensure_supervisor(sweep):
             log.warning("%s: the local executor's supervisor had stopped with %d run(s) queued; started it again",
@@ -199,11 +198,19 @@ def visible_gpus() -> list[str]:
 
 # ---- job state, read back by any process ----
 
-def job_state(folder: Path, job_id: str) -> str:
+def job_files(folder: Path, job_id: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """A job's end record, and (while it has none) its job record: each file read once."""
     end = read_json_if_any(folder / "jobs" / f"{job_id}.end.json")
+    return end, None if end else read_json_if_any(job_path(folder, job_id))
+
+
+def job_state(folder: Path, job_id: str, end: dict[str, Any] | None = None,
+              record: dict[str, Any] | None = None) -> str:
+    """The job's state from its files; `end` and `record` as job_files read them, if already read."""
+    if end is None and record is None:
+        end, record = job_files(folder, job_id)
     if end:
         return end["state"]
-    record = read_json_if_any(job_path(folder, job_id))
     if record is None:
         return states.UNKNOWN
     if record["state"] == states.RUNNING and not other_host(record) and not is_alive(record):
