@@ -12,11 +12,10 @@ from pathlib import Path
 
 from ptbjobs.core import states
 from ptbjobs.core.atomic import atomic_write_bytes
-from ptbjobs.sweep.folder import Sweep
+from ptbjobs.sweep.folder import MANIFEST_VERSION, Sweep, stored_config
 from ptbjobs.sweep.grid import config_hash, run_key
-from ptbjobs.train.config import TrainConfig
+from ptbjobs.train.config import FIELD_DEFAULTS, TrainConfig
 from ptbjobs.train.run_dir import PROGRESS_FILE, RunDir
-
 
 # how often each kind of run comes: done (COMPLETED), running, failed, diverged, pending
 DEFAULT_MIX = {"done": 80, "running": 8, "failed": 5, "diverged": 2, "pending": 5}
@@ -34,14 +33,14 @@ def make_sweep(path: Path, runs: int = 1000, epochs: int = 13, seed: int = 0, mi
     sweep = Sweep(path)
     jobs_dir = path / "local" / "jobs"
     jobs_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {"version": 1, "name": path.name, "runs": {}}
+    manifest = {"version": MANIFEST_VERSION, "name": path.name, "runs": {}, "config_defaults": FIELD_DEFAULTS}
     now = time.time()
     for i in range(runs):
         config = TrainConfig(cell="lstm" if i % 2 == 0 else "gru", dropout=[0.0, 0.25][(i // 2) % 2],
                              seed=i // 4 + 1, epochs=epochs)
         key = run_key(config)
         job_id = f"L{i + 1}"
-        manifest["runs"][key] = {"config": config.to_dict(), "config_hash": config_hash(config),
+        manifest["runs"][key] = {"config": stored_config(manifest, config.to_dict()), "config_hash": config_hash(config),
                                  "point": {"cell": config.cell.value, "dropout": config.dropout, "seed": config.seed},
                                  "jobs": [{"job_id": job_id, "executor": "local", "submitted": now - 3600}]}
         kind = rng.choices(list(mix), list(mix.values()))[0]
@@ -74,6 +73,9 @@ def make_sweep(path: Path, runs: int = 1000, epochs: int = 13, seed: int = 0, mi
                                                 "elapsed_s": history[-1]["elapsed_s"] + 40})
         write(run.metrics_path, "".join(json.dumps(record) + "\n" for record in history))
     sweep.write_manifest(manifest)
+    # no slot for the queued jobs: the supervisor a command starts for them starts none of them
+    # (they have nothing to train, and a benchmark must not time a worker failing in the background)
+    write(path / "local" / "settings.json", {"max_parallel": 0, "max_parallel_given": None, "resources": {}})
     return sweep
 
 

@@ -20,9 +20,9 @@ import pandas as pd
 
 from ptbjobs.core import states
 from ptbjobs.core.errors import ConfigError, PtbjobsError, first_line
-from ptbjobs.sweep.folder import Sweep
+from ptbjobs.sweep.folder import Sweep, run_config
 from ptbjobs.sweep.grid import Targets, parse_grid
-from ptbjobs.train.config import FIELD_DEFAULTS, RESUME_NEUTRAL_FIELDS, saved_config
+from ptbjobs.train.config import FIELD_DEFAULTS, RESUME_NEUTRAL_FIELDS
 from ptbjobs.train.run_dir import DamagedFile, RunDir
 
 PTB_VOCAB = 10_000
@@ -69,7 +69,7 @@ def load_sweep(sweep: Sweep) -> SweepData:
         final = records[-1] if records and records[-1].get("final") else None
         for record in epochs:
             epoch_rows.append({"key": key, **{k: v for k, v in record.items()}})
-        run_rows.append(_run_row(key, saved_config(entry["config"]), epochs, final, state.get("device")))
+        run_rows.append(_run_row(key, run_config(manifest, entry), epochs, final, state.get("device")))
         if state.get("state") == states.DIVERGED and not run_rows[-1]["complete"]:
             diverged[key] = diverged_epoch(state, epochs)
     runs = pd.DataFrame(run_rows)

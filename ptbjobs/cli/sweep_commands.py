@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -68,6 +69,7 @@ def status(
     sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=SWEEP_DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="print JSON (schema: see the README)"),
     watch: bool = typer.Option(False, "--watch", help="refresh every 2 s until Ctrl-C"),
+    every_run: bool = typer.Option(False, "--all", help="list every run (above 1,000 runs only those not completed are listed)"),  # status.FULL_TABLE_RUNS
 ) -> None:
     """One row per run: state, epoch, perplexities, elapsed time and ETA."""
     from ptbjobs.launch import status as sweep_status
@@ -81,8 +83,11 @@ def status(
         print(json.dumps(collected))
         return
     out = console()
-    out.print(sweep_status.render_table(collected), end="", no_wrap=True, overflow="ignore", crop=False)
-    out.print(sweep_status.summary_line(collected), no_wrap=True, overflow="ignore", crop=False)
+    if out.is_terminal:
+        out.print(sweep_status.render_table(collected, every_run), end="", no_wrap=True, overflow="ignore", crop=False)
+    else:  # rich's rendering of a table of 100,000 lines takes a minute; plain lines take a second
+        sys.stdout.write(sweep_status.plain_table(collected, every_run))
+    out.print(sweep_status.summary_line(collected, every_run), no_wrap=True, overflow="ignore", crop=False)
 
 
 @app.command()

@@ -79,3 +79,39 @@ def read_json_if_any(path: Path) -> Any:
         return json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
         return None
+
+
+def append_records(path: Path, records: list[Any]) -> None:
+    """Append JSON records to a journal, one line each, in one write, then fsync. A line cut by a
+    crash or a full disk before it is ended first: the records after it stay whole lines. Call with
+    the lock of whatever the journal belongs to held (one writer at a time)."""
+    if not records:
+        return
+    payload = "".join(json.dumps(record, separators=(",", ":")) + "\n" for record in records).encode()
+    with open(path, "ab+") as out:
+        size = out.seek(0, os.SEEK_END)
+        if size:
+            out.seek(size - 1)
+            if out.read(1) != b"\n":
+                payload = b"\n" + payload
+        out.write(payload)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def read_records(path: Path) -> tuple[list[Any], int]:
+    """The records of a journal, and how many of its lines are not records (cut by a crash, a
+    full disk, or damaged): those are skipped, so one bad line never hides the others."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], 0
+    records, bad = [], 0
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            bad += 1
+    return records, bad

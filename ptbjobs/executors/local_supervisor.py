@@ -28,6 +28,7 @@ from ptbjobs.executors.local import (
     SUPERVISOR_FILE,
     SUPERVISOR_HEARTBEAT_S,
     is_alive,
+    job_files,
     job_path,
     job_state,
     local_folder,
@@ -48,17 +49,15 @@ def supervise(sweep: Sweep) -> None:
     with open(folder / "supervisor.lock", "a") as lock:
         if not try_exclusive_lock(lock):
             return  # another supervisor got there first
+        queue = _Queue(folder)
         idle_since = last_beat = time.monotonic()
         while True:
             if time.monotonic() - last_beat > SUPERVISOR_HEARTBEAT_S:
                 _beat(folder)  # for other hosts, which cannot look for this process
                 last_beat = time.monotonic()
-            records = _records(folder)
-            running = [r for r in records if job_state(folder, r["job_id"]) == states.RUNNING]
-            pending = sorted((r for r in records if job_state(folder, r["job_id"]) == states.PENDING),
-                             key=lambda r: r["number"])
+            running, pending = queue.look()
             for record in pending:
-                if not _launch(sweep, folder, record):
+                if not _launch(sweep, folder, queue, record):
                     break  # no free slot
             for record in running:
                 _kill_if_cancel_ignored(sweep, folder, record)
@@ -69,9 +68,49 @@ def supervise(sweep: Sweep) -> None:
                 # while it queues jobs and checks for a supervisor) then either came before and is
                 # seen here, or comes after and finds no supervisor and starts one
                 with sweep.locked():
-                    if not any(job_state(folder, r["job_id"]) == states.PENDING for r in _records(folder)):
+                    if not queue.look()[1]:
                         return
             time.sleep(POLL_S)
+
+
+class _Queue:
+    """The jobs the supervisor looks after: those queued or running. A job that has ended leaves
+    for good, so each look reads the files of the jobs still in hand, not of every job the sweep
+    ever had. Jobs are numbered in the order submit queued them, one after another: a new one is
+    the file after the last seen."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.jobs: dict[str, dict[str, Any]] = {}  # job id -> its record, for jobs not ended
+        self.last_number = 0
+        for path in (folder / "jobs").glob("L*.json"):  # once: what was queued before this supervisor
+            if path.stem[1:].isdigit():
+                self.last_number = max(self.last_number, int(path.stem[1:]))
+                self._add(path.stem)
+
+    def _add(self, job_id: str) -> None:
+        end, record = job_files(self.folder, job_id)
+        if end is None and record and "number" in record:
+            self.jobs[job_id] = record
+
+    def look(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(running, queued in order) now; ended jobs leave the queue."""
+        while job_path(self.folder, f"L{self.last_number + 1}").exists():
+            self.last_number += 1
+            self._add(f"L{self.last_number}")
+        running, pending = [], []
+        for job_id in list(self.jobs):
+            end, record = job_files(self.folder, job_id)
+            state = job_state(self.folder, job_id, end, record)
+            if record:
+                self.jobs[job_id] = record
+            if state == states.RUNNING:
+                running.append(self.jobs[job_id])
+            elif state == states.PENDING:
+                pending.append(self.jobs[job_id])
+            elif not states.is_active(state):
+                del self.jobs[job_id]
+        return running, sorted(pending, key=lambda r: r["number"])
 
 
 def _beat(folder: Path) -> None:
@@ -111,12 +150,7 @@ def _kill_if_cancel_ignored(sweep: Sweep, folder: Path, record: dict[str, Any]) 
         write_end(folder, job_id, states.CANCELLED, -signal.SIGKILL, message)
 
 
-def _records(folder: Path) -> list[dict[str, Any]]:
-    paths = [p for p in (folder / "jobs").glob("L*.json") if p.stem[1:].isdigit()]
-    return [r for r in map(read_json_if_any, paths) if r and "number" in r]
-
-
-def _launch(sweep: Sweep, folder: Path, record: dict[str, Any]) -> bool:
+def _launch(sweep: Sweep, folder: Path, queue: _Queue, record: dict[str, Any]) -> bool:
     """Start a queued job in a free slot; False if there is none. Under the sweep lock from the
     look at the limit and the job to the RUNNING record, so that `cancel` (which holds it too) sees
     either a PENDING job it can cancel in place or a RUNNING one it signals, and a new limit
@@ -124,7 +158,7 @@ def _launch(sweep: Sweep, folder: Path, record: dict[str, Any]) -> bool:
     with sweep.locked():
         settings = read_json_if_any(folder / "settings.json") or {}
         limit = settings.get("max_parallel", 1)
-        running = [r for r in _records(folder) if job_state(folder, r["job_id"]) == states.RUNNING]
+        running = queue.look()[0]
         # after a narrower limit, running jobs may hold slots at or above it: a slot counts as
         # taken modulo the limit, so that slot % GPUs does not put two runs on one GPU, another idle
         taken = {r.get("slot", 0) % limit for r in running}
@@ -133,11 +167,11 @@ def _launch(sweep: Sweep, folder: Path, record: dict[str, Any]) -> bool:
             return False
         if (folder / "jobs" / f"{record['job_id']}.cancel").exists() or job_state(folder, record["job_id"]) != states.PENDING:
             return True
-        _start_worker(sweep, folder, record, free[0], settings)
+        queue.jobs[record["job_id"]] = _start_worker(sweep, folder, record, free[0], settings)
         return True
 
 
-def _start_worker(sweep: Sweep, folder: Path, record: dict[str, Any], slot: int, settings: dict[str, Any]) -> None:
+def _start_worker(sweep: Sweep, folder: Path, record: dict[str, Any], slot: int, settings: dict[str, Any]) -> dict[str, Any]:
     job_id = record["job_id"]
     run_dir = sweep.run_dir(record["run"])
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -152,9 +186,10 @@ def _start_worker(sweep: Sweep, folder: Path, record: dict[str, Any], slot: int,
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    env=env, start_new_session=True)
     start = wait_for_start(process.pid)
-    atomic_write_json(job_path(folder, job_id), {**record, "state": states.RUNNING, "host": this_host(),
-                                                 "pid": process.pid, "pid_start": start, "slot": slot,
-                                                 "started": time.time()})
+    started = {**record, "state": states.RUNNING, "host": this_host(), "pid": process.pid, "pid_start": start,
+               "slot": slot, "started": time.time()}
+    atomic_write_json(job_path(folder, job_id), started)
+    return started
 
 
 # ---- the worker ----

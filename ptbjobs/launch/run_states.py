@@ -9,13 +9,15 @@ from ptbjobs.core import states
 from ptbjobs.core.errors import PtbjobsError
 from ptbjobs.launch.executor_choice import get_executor
 from ptbjobs.sweep.folder import Sweep, latest_job
+from ptbjobs.sweep.index import read_index
 from ptbjobs.train.run_dir import DamagedFile, RunDir
 from ptbjobs.train.signals import RESUMABLE_EXIT_CODES
 
 
 def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None = None,
                live: bool = False, damaged: dict[str, DamagedFile] | None = None,
-               job_tries: dict[str, int] | None = None, held: dict[str, str] | None = None) -> dict[str, str]:
+               job_tries: dict[str, int] | None = None, held: dict[str, str] | None = None,
+               indexed: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
     """Each run's state: its latest job as its executor sees it, merged with its own folder.
     What an executor says of its answer (e.g. "Slurm did not answer: last known states") is
     appended to `notes`. With `live`, last-known states are refused: a command about to submit or
@@ -23,11 +25,15 @@ def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None =
     A run whose folder cannot be read shows DAMAGED, and what is wrong goes into `damaged`.
     `job_tries` gets how many times the executors started each latest job, where more than once.
     With `live`, a run whose job ended for the executor but which its scheduler still holds takes
-    the scheduler's state, and goes into `held` too."""
+    the scheduler's state, and goes into `held` too.
+    Runs in the sweep index (`indexed`, read here if not given) have finished for good: neither
+    their folders nor their jobs are looked at again."""
+    if indexed is None:
+        indexed = read_index(sweep, manifest)
     by_executor: dict[str, list[str]] = {}
-    for entry in manifest["runs"].values():
+    for key, entry in manifest["runs"].items():
         job = latest_job(entry)
-        if job:
+        if job and key not in indexed:
             by_executor.setdefault(job["executor"], []).append(job["job_id"])
     job_states: dict[str, str] = {}
     for name, ids in by_executor.items():
@@ -42,6 +48,9 @@ def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None =
             notes.append(answer.note)
     result = {}
     for key, entry in manifest["runs"].items():
+        if key in indexed:
+            result[key] = indexed[key]["state"]
+            continue
         job = latest_job(entry)
         try:
             folder_state = _folder_state(RunDir(sweep.run_dir(key)))

@@ -22,23 +22,35 @@ from typing import Any
 
 from ptbjobs.core import states
 from ptbjobs.launch.run_states import run_states, run_tries
-from ptbjobs.sweep.folder import Sweep, latest_job
+from ptbjobs.sweep.folder import Sweep, latest_job, run_config
 from ptbjobs.sweep.grid import Resources
+from ptbjobs.sweep.index import add_to_index, read_index
 from ptbjobs.train.run_dir import PROGRESS_FILE, DamagedFile, RunDir
 
 STATUS_SCHEMA_VERSION = 1
 
 
 def collect(sweep: Sweep) -> dict[str, Any]:
+    """The status of every run: a finished run's row from the sweep index, the others' from their
+    folders and one executor query (and the runs found finished are indexed for the next look)."""
+    read_from = time.time()
     manifest = sweep.read_manifest()
+    indexed = read_index(sweep, manifest)
     notes: list[str] = []
     damaged: dict[str, DamagedFile] = {}
     job_tries: dict[str, int] = {}
-    current = run_states(sweep, manifest, notes, damaged=damaged, job_tries=job_tries)
+    current = run_states(sweep, manifest, notes, damaged=damaged, job_tries=job_tries, indexed=indexed)
     now = time.time()
     stall_s = 60 * manifest.get("stall_after_min", Resources().stall_after_min)
-    rows = [_row(sweep, key, entry, current[key], now, damaged.get(key), stall_s, run_tries(entry["jobs"], job_tries))
-            for key, entry in manifest["runs"].items()]
+    rows, new_rows = [], []
+    for key, entry in manifest["runs"].items():
+        if key in indexed:
+            rows.append(indexed[key])
+            continue
+        rows.append(_row(sweep, key, run_config(manifest, entry), entry, current[key], now, damaged.get(key), stall_s,
+                         run_tries(entry["jobs"], job_tries)))
+        new_rows.append(rows[-1])
+    add_to_index(sweep, manifest, new_rows, read_from)
     notes += [f"{row['key']}: {row['problem']}; `ptbjobs retry --run {row['key']}` resumes it from its last checkpoint"
               if row["state"] in states.RETRYABLE else f"{row['key']}: {row['problem']}"
               for row in rows if row["problem"]]
@@ -46,9 +58,8 @@ def collect(sweep: Sweep) -> dict[str, Any]:
             "dir": str(sweep.path), "time": now, "summary": dict(Counter(r["state"] for r in rows)), "notes": notes, "runs": rows}
 
 
-def _row(sweep: Sweep, key: str, entry: dict[str, Any], state: str, now: float,
+def _row(sweep: Sweep, key: str, config: dict[str, Any], entry: dict[str, Any], state: str, now: float,
          damage: DamagedFile | None, stall_s: float, tries: int) -> dict[str, Any]:
-    config = entry["config"]
     run = RunDir(sweep.run_dir(key))
     try:
         epochs_done, last, best_valid, final = _metrics_summary(run)
@@ -183,28 +194,54 @@ COLUMNS = [("run", "<"), ("cell", "<"), ("dropout", ">"), ("seed", ">"), ("job",
            ("elapsed", ">"), ("ETA", ">"), ("tries", ">")]
 
 
-def render_table(status: dict[str, Any]):
-    """The table as one rich Text with aligned columns. (A rich Table measures every cell and
-    takes seconds for 1,000 runs; this takes milliseconds.)"""
-    from rich.text import Text
+# above this many runs the table lists only the runs not completed (a row per completed run of a
+# sweep of 100,000 says nothing at a glance): --all lists every one, and --json has every run
+FULL_TABLE_RUNS = 1000
 
+
+def listed_runs(status: dict[str, Any], every_run: bool = False) -> list[dict[str, Any]]:
+    """The rows the table shows."""
+    if every_run or len(status["runs"]) <= FULL_TABLE_RUNS:
+        return status["runs"]
+    return [r for r in status["runs"] if r["state"] != states.COMPLETED]
+
+
+def table_lines(status: dict[str, Any], rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The table as lines of aligned columns, each cut around its state cell (before, state,
+    after) so that the state alone can be coloured; the first two lines are the header and its rule."""
     cells = [[r["key"], r["cell"], f"{r['dropout']:g}", str(r["seed"]), r["job_id"] or "-", r["state"],
               f"{r['epoch']}/{r['epochs']}", _num(r["train_ppl"]), _num(r["valid_ppl"]), _num(r["best_valid_ppl"]),
-              _num(r["test_ppl"]), _dur(r["elapsed_s"]), _dur(r["eta_s"]), str(r["attempts"])] for r in status["runs"]]
+              _num(r["test_ppl"]), _dur(r["elapsed_s"]), _dur(r["eta_s"]), str(r["attempts"])] for r in rows]
     widths = [max([len(name)] + [len(row[i]) for row in cells]) for i, (name, _) in enumerate(COLUMNS)]
+    header = "  ".join(_align(name, width, align) for (name, align), width in zip(COLUMNS, widths))
+    lines = [(header, "", ""), ("─" * len(header), "", "")]
+    for row in cells:
+        aligned = [_align(value, width, align) for (_, align), width, value in zip(COLUMNS, widths, row)]
+        lines.append(("  ".join(aligned[:5]) + "  ", aligned[5], "  " + "  ".join(aligned[6:])))
+    return lines
+
+
+def render_table(status: dict[str, Any], every_run: bool = False):
+    """The table as one rich Text. (A rich Table measures every cell and takes seconds for 1,000
+    runs; this takes milliseconds.)"""
+    from rich.text import Text
+
     text = Text()
     text.append(f"sweep {status['sweep']}  ({status['dir']})\n", style="bold")
-    header = "  ".join(_align(name, width, align) for (name, align), width in zip(COLUMNS, widths))
-    text.append(header + "\n", style="bold")
-    text.append("─" * len(header) + "\n", style="dim")
-    for row in cells:
-        for i, ((_, align), width, value) in enumerate(zip(COLUMNS, widths, row)):
-            if i:
-                text.append("  ")
-            style = _state_style(value) if i == 5 else ""
-            text.append(_align(value, width, align), style=style)
-        text.append("\n")
+    header, rule, *rows = table_lines(status, listed_runs(status, every_run))
+    text.append(header[0] + "\n", style="bold")
+    text.append(rule[0] + "\n", style="dim")
+    for before, state, after in rows:
+        text.append(before)
+        text.append(state, style=_state_style(state.strip()))
+        text.append(after + "\n")
     return text
+
+
+def plain_table(status: dict[str, Any], every_run: bool = False) -> str:
+    """The table without colours, for a pipe or a file (a 100,000-run sweep with --all in a second)."""
+    lines = table_lines(status, listed_runs(status, every_run))
+    return f"sweep {status['sweep']}  ({status['dir']})\n" + "".join(f"{a}{b}{c}\n" for a, b, c in lines)
 
 
 def _align(value: str, width: int, align: str) -> str:
@@ -215,11 +252,14 @@ def _state_style(state: str) -> str:
     return STATE_STYLES.get(state, "red" if state in states.RETRYABLE else "")
 
 
-def summary_line(status: dict[str, Any]) -> str:
+def summary_line(status: dict[str, Any], every_run: bool = False) -> str:
     counts = status["summary"]
     order = sorted(counts, key=lambda s: (s != states.COMPLETED, s != states.RUNNING, s))
     ended = sum(n for s, n in counts.items() if states.is_finished(s))
     line = f"{len(status['runs'])} runs: " + ", ".join(f"{counts[s]} {s}" for s in order) + f"  ({ended} ended)"
+    unlisted = len(status["runs"]) - len(listed_runs(status, every_run))
+    if unlisted:
+        line += f"\n{unlisted} completed runs not listed (`ptbjobs status --all` lists them; --json has every run)"
     return "\n".join([line] + [f"note: {note}" for note in status.get("notes", [])])
 
 

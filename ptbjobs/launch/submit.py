@@ -21,10 +21,10 @@ from ptbjobs.executors.base import Executor, PartialSubmission
 from ptbjobs.executors.job import write_spec
 from ptbjobs.launch.executor_choice import get_executor
 from ptbjobs.launch.run_states import run_states
-from ptbjobs.sweep.folder import Sweep, latest_job
+from ptbjobs.sweep.folder import Sweep, latest_job, run_config, stored_config
 from ptbjobs.sweep.grid import Grid, Resources, RunSpec, load_grid, parse_grid
 from ptbjobs.sweep.select import select_runs
-from ptbjobs.train.config import saved_config
+from ptbjobs.train.config import FIELD_DEFAULTS
 from ptbjobs.train.ptb_files import SPLITS, missing_data_hint, resolve_data_dir, split_filename
 
 SUBMIT, RESUME, SKIP_COMPLETED, SKIP_ACTIVE, SKIP_DIVERGED, SKIP_UNKNOWN, RESTART = (
@@ -84,7 +84,7 @@ def plan(grid: Grid, sweep: Sweep, force: bool = False, job_tries: dict[str, int
         state = current.get(spec.key, states.NOT_SUBMITTED)
         if entry and entry["config_hash"] != spec.config_hash():
             if not force:
-                conflicts.append(_describe_change(spec, entry))
+                conflicts.append(_describe_change(spec, manifest, entry))
                 continue
             if states.is_active(state):
                 raise PtbjobsError(f"run {spec.key} changed config but is {state}",
@@ -115,8 +115,8 @@ def _action(state: str) -> str:
     return SKIP_UNKNOWN
 
 
-def _describe_change(spec: RunSpec, entry: dict[str, Any]) -> str:
-    old, new = saved_config(entry["config"]), spec.config.to_dict()
+def _describe_change(spec: RunSpec, manifest: dict[str, Any], entry: dict[str, Any]) -> str:
+    old, new = run_config(manifest, entry), spec.config.to_dict()
     changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
     return f"{spec.key} ({', '.join(changed[:3])})"
 
@@ -156,8 +156,6 @@ def _submit_locked(grid: Grid, sweep: Sweep, executor: Executor, data: Path, for
         job_tries: dict[str, int] = {}
         planned = plan(grid, sweep, force, job_tries)
         manifest = sweep.read_manifest()
-        manifest["name"] = grid.name
-        manifest["stall_after_min"] = grid.resources.stall_after_min  # for status, which reads no grid
         to_start = [p for p in planned if p.action in STARTING]
         for item in to_start:
             run_dir = sweep.run_dir(item.spec.key)
@@ -168,12 +166,16 @@ def _submit_locked(grid: Grid, sweep: Sweep, executor: Executor, data: Path, for
             write_spec(run_dir, item.spec.config, data)
             entry = manifest["runs"].get(item.spec.key) if item.action != RESTART else None
             manifest["runs"][item.spec.key] = {
-                "config": item.spec.config.to_dict(), "config_hash": item.spec.config_hash(),
+                "config": stored_config(manifest, item.spec.config.to_dict()), "config_hash": item.spec.config_hash(),
                 "point": {k: getattr(v, "value", v) for k, v in item.spec.point.items()},
                 "jobs": entry["jobs"] if entry else [],
             }
         # the runs must be in the manifest before their jobs can start and be asked about
-        sweep.write_manifest(manifest)
+        top = {"name": grid.name, "stall_after_min": grid.resources.stall_after_min}  # for status, which reads no grid
+        top = {k: v for k, v in top.items() if manifest.get(k) != v}
+        if "config_defaults" not in manifest:  # a manifest of version 1: its new entries are kept short too
+            top["config_defaults"] = FIELD_DEFAULTS
+        sweep.update_manifest(manifest, [p.spec.key for p in to_start], **top)
         sweep.write_grid_copy(grid.text)
         if to_start:
             _submit_and_record(sweep, manifest, executor, [p.spec.key for p in to_start], grid.resources, job_tries)
@@ -253,4 +255,4 @@ def _record_jobs(sweep: Sweep, manifest: dict[str, Any], executor_name: str, ids
             # once a job is no longer the latest nobody asks its executor about it: keep its count
             jobs[-1]["tries"] = job_tries[jobs[-1]["job_id"]]
         jobs.append({"job_id": job_id, "executor": executor_name, "submitted": now})
-    sweep.write_manifest(manifest)
+    sweep.update_manifest(manifest, ids)

@@ -208,23 +208,46 @@ def test_after_a_narrower_limit_a_new_job_takes_no_slot_that_a_running_job_maps_
 
     def start_worker(sweep, folder, record, slot, settings):  # the worker is this process: alive
         started[record["job_id"]] = slot
-        atomic_write_json(local.job_path(folder, record["job_id"]),
-                          {**record, "state": states.RUNNING, "pid": os.getpid(),
-                           "pid_start": local.process_start(os.getpid()), "slot": slot})
+        running = {**record, "state": states.RUNNING, "pid": os.getpid(),
+                   "pid_start": local.process_start(os.getpid()), "slot": slot}
+        atomic_write_json(local.job_path(folder, record["job_id"]), running)
+        return running
 
     monkeypatch.setattr(local_supervisor, "_start_worker", start_worker)
     record = {n: json.loads(local.job_path(folder, f"L{n}").read_text()) for n in range(1, 6)}
-    assert [local_supervisor._launch(sweep, folder, record[n]) for n in range(1, 6)] == [True] * 4 + [False]
+    queue = local_supervisor._Queue(folder)
+    assert [local_supervisor._launch(sweep, folder, queue, record[n]) for n in range(1, 6)] == [True] * 4 + [False]
     assert started == {"L1": 0, "L2": 1, "L3": 2, "L4": 3}
     LocalExecutor(2).apply_max_parallel(sweep)
     for job_id in ("L1", "L2"):
         local.write_end(folder, job_id, states.COMPLETED, 0, "")
-    assert local_supervisor._launch(sweep, folder, record[5]) is False  # 2 still run: the new limit
+    assert local_supervisor._launch(sweep, folder, queue, record[5]) is False  # 2 still run: the new limit
     local.write_end(folder, "L4", states.COMPLETED, 0, "")
     # L3 runs in slot 2, which is slot 0 modulo the limit (with 2 GPUs, GPU 0): L5 takes slot 1
-    assert local_supervisor._launch(sweep, folder, record[5]) is True and started["L5"] == 1
+    assert local_supervisor._launch(sweep, folder, queue, record[5]) is True and started["L5"] == 1
     with pytest.raises(ConfigError, match="has no runs on the local executor"):
         LocalExecutor(2).apply_max_parallel(Sweep(tmp_path / "never-local"))
+
+
+def test_the_supervisor_reads_only_the_files_of_jobs_not_ended_and_finds_new_ones(tmp_path, monkeypatch):
+    monkeypatch.setattr(local, "ensure_supervisor", lambda sweep: None)  # queue only
+    sweep = Sweep(tmp_path / "sweep")
+    folder = sweep.path / "local"
+    LocalExecutor(1).submit(sweep, [f"run{n}" for n in range(1, 7)], Resources())
+    for job_id in ("L1", "L2", "L3", "L4"):
+        local.write_end(folder, job_id, states.COMPLETED, 0, "")
+    queue = local_supervisor._Queue(folder)
+    read = []
+    real_job_files = local_supervisor.job_files
+    monkeypatch.setattr(local_supervisor, "job_files", lambda f, job_id: read.append(job_id) or real_job_files(f, job_id))
+    assert [r["job_id"] for r in queue.look()[1]] == ["L5", "L6"]
+    local.write_end(folder, "L5", states.CANCELLED, None, "")
+    queue.look()
+    LocalExecutor(1).submit(sweep, ["run7"], Resources())  # queued while the supervisor runs
+    read.clear()
+    running, pending = queue.look()
+    assert [r["job_id"] for r in pending] == ["L6", "L7"] and not running
+    assert set(read) == {"L6", "L7"}  # neither the four that ended before it started nor L5
 
 
 def test_a_bad_kill_wait_stops_cancel_before_it_cancels_anything(tmp_path, tiny_corpus, monkeypatch, capsys):

@@ -306,7 +306,7 @@ def test_a_changed_run_is_described_by_what_changed_not_by_a_field_its_manifest_
     saved = TrainConfig(dropout=0.35).to_dict()
     del saved["recurrent_dropout"]
     spec = RunSpec(key="lstm-d0.35-s1", config=TrainConfig(dropout=0.35, epochs=32), point={})
-    assert _describe_change(spec, {"config": saved}) == "lstm-d0.35-s1 (epochs 13 -> 32)"
+    assert _describe_change(spec, {"runs": {}}, {"config": saved}) == "lstm-d0.35-s1 (epochs 13 -> 32)"
 
 
 def test_a_grid_data_dir_that_lacks_the_files_names_the_grid_key(tmp_path, monkeypatch, tiny_corpus):
