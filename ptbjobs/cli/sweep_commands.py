@@ -40,7 +40,13 @@ def submit(
     parallel = done.executor.parallel_in_force
     where = f"{done.executor.name}, {parallel} at once" if parallel else done.executor.name
     out.print(f"{verb} {done.starting} of {len(done.planned)} runs{selected} -> {done.sweep.path} ({where})")
-    out.print(_plan_table(done.planned) if dry_run or len(done.planned) <= PLAN_ROWS_SHOWN else _plan_summary(done.planned))
+    if len(done.planned) <= PLAN_ROWS_SHOWN:
+        out.print(_plan_table(done.planned))
+    elif dry_run:  # every run, as plain lines: a rich table of 100,000 rows takes minutes
+        sys.stdout.write(_plan_lines(done.planned))
+        out.print(_plan_summary(done.planned))
+    else:
+        out.print(_plan_summary(done.planned))
     if wait and not dry_run:
         raise typer.Exit(watch(done.sweep, console(), until_done=True))
 
@@ -51,6 +57,12 @@ def _plan_summary(planned) -> str:
     counts = Counter(p.action for p in planned)
     return "plan: " + ", ".join(f"{n} {action}" for action, n in counts.most_common()) + \
         "  (ptbjobs submit --dry-run lists them; ptbjobs status shows each run)"
+
+
+def _plan_lines(planned) -> str:
+    rows = [("run", "state before", "action")] + [(p.spec.key, p.state, p.action) for p in planned]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return "".join(f"{key.ljust(widths[0])}  {state.ljust(widths[1])}  {action}\n" for key, state, action in rows)
 
 
 def _plan_table(planned):

@@ -104,7 +104,9 @@ class RunSpec:
     point: dict[str, Any]  # the axis values that made this run
 
     def config_hash(self) -> str:
-        return config_hash(self.config)
+        if "_hash" not in self.__dict__:  # asked of every run by the grid's check and by submit's plan
+            object.__setattr__(self, "_hash", config_hash(self.config))
+        return self.__dict__["_hash"]
 
 
 @dataclass
