@@ -56,8 +56,9 @@ class Executor(abc.ABC):
         Raises PartialSubmission when some jobs went out and then the rest could not."""
 
     @abc.abstractmethod
-    def query(self, sweep: Sweep, job_ids: list[str]) -> JobStates:
-        """The state of each job, in one question to the scheduler at most."""
+    def query(self, sweep: Sweep, job_ids: list[str], max_age_s: float = 0.0) -> JobStates:
+        """The state of each job, in one question to the scheduler at most. An answer the sweep got
+        up to `max_age_s` ago may stand in for a new question (0: ask now)."""
 
     @abc.abstractmethod
     def cancel(self, sweep: Sweep, job_ids: list[str]) -> None:

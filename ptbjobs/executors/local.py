@@ -101,8 +101,8 @@ class LocalExecutor(Executor):
                                                      "resources": resources})
         self.parallel_in_force = parallel
 
-    def query(self, sweep: Sweep, job_ids: list[str]) -> JobStates:
-        """The jobs' states, from their files. Queued jobs need the sweep's supervisor: if it died
+    def query(self, sweep: Sweep, job_ids: list[str], max_age_s: float = 0.0) -> JobStates:
+        """The jobs' states, from their files (always read anew: no scheduler to spare). Queued jobs need the sweep's supervisor: if it died
         (killed, say, or its machine rebooted), it is started again here, so that every command
         that looks at the sweep gets its queue moving again."""
         folder = local_folder(sweep)

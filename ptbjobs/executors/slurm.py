@@ -24,7 +24,7 @@ from ptbjobs.core import states
 from ptbjobs.core.atomic import atomic_write_json, read_json_if_any
 from ptbjobs.core.errors import PtbjobsError
 from ptbjobs.core.interrupts import interrupt_held
-from ptbjobs.executors import slurm_commands, slurm_refusals
+from ptbjobs.executors import slurm_answers, slurm_commands, slurm_refusals
 from ptbjobs.executors.base import Executor, JobStates, PartialSubmission
 from ptbjobs.sweep.folder import Sweep
 from ptbjobs.sweep.grid import Resources
@@ -107,19 +107,23 @@ class SlurmExecutor(Executor):
     def _dir(sweep: Sweep, key: str) -> str:
         return str(sweep.run_dir(key).resolve())
 
-    def query(self, sweep: Sweep, job_ids: list[str]) -> JobStates:
+    def query(self, sweep: Sweep, job_ids: list[str], max_age_s: float = 0.0) -> JobStates:
         """Every job's state in one sacct call (plus one squeue call for jobs sacct does not list
-        yet); the last known states, marked stale, when Slurm does not answer."""
+        yet), or the sweep's last answer where it is younger than `max_age_s` (slurm_answers.py);
+        the last known states, marked stale, when Slurm does not answer."""
         if not job_ids:
             return JobStates({})
         folder = _folder(sweep)
-        try:
-            report = slurm_commands.job_states(job_ids)
-        except slurm_commands.SlurmUnavailable as exc:
+        answer = slurm_answers.shared_answer(folder, job_ids, max_age_s, slurm_commands.job_states)
+        slow = answer.slow_note()
+        if answer.failure is not None:
             last = read_json_if_any(folder / "last_states.json") or {}
-            failure = f"Slurm did not answer ({exc.message})"
+            failure = f"Slurm did not answer ({answer.failure})"
             return JobStates({j: last.get(j, states.UNKNOWN) for j in job_ids},
-                             note=f"{failure}: showing the last known states", stale=failure)
+                             note="; ".join(filter(None, [f"{failure}: showing the last known states", slow])),
+                             stale=failure)
+        report = slurm_commands.StateReport({j: answer.states[j] for j in job_ids if j in answer.states},
+                                            "; ".join(filter(None, [answer.note, slow])) or None, answer.attempts)
         found = report.states
         cancelled = set(read_json_if_any(folder / "cancelled.json") or [])
         result = {}
@@ -154,6 +158,7 @@ class SlurmExecutor(Executor):
         # written before scancel: a task scancel stops before it starts leaves no other trace, so
         # a cancel killed right after scancel must find it recorded already
         _record_cancelled(folder, before | set(job_ids))
+        slurm_answers.forget(folder)  # a status right after the cancel must not show the jobs still running
         try:
             slurm_commands.scancel(job_ids)
         except slurm_commands.CancelRefused as exc:

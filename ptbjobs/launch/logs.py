@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 
 from ptbjobs.core import states
 from ptbjobs.core.errors import ConfigError
+from ptbjobs.executors.slurm_answers import ONE_OFF_MAX_AGE_S, poll_interval_s
 from ptbjobs.launch.executor_choice import get_executor
 from ptbjobs.launch.run_states import run_states
 from ptbjobs.sweep.folder import Sweep
@@ -29,7 +30,7 @@ def attempt_logs(sweep: Sweep, key: str) -> list[AttemptLog]:
         raise ConfigError(None, f"no run {key!r} in {sweep.path}", "see `ptbjobs status` for the keys")
     jobs = manifest["runs"][key]["jobs"]
     if jobs:  # asked after, the latest job's executor gets a stalled local queue moving again
-        get_executor(jobs[-1]["executor"], submitting=False).query(sweep, [jobs[-1]["job_id"]])
+        get_executor(jobs[-1]["executor"], submitting=False).query(sweep, [jobs[-1]["job_id"]], ONE_OFF_MAX_AGE_S)
     logs = []
     for job in jobs:
         executor = get_executor(job["executor"], submitting=False)
@@ -54,7 +55,8 @@ def latest_attempt_paths(logs: list[AttemptLog]) -> list[Path]:
 
 
 def run_is_active(sweep: Sweep, key: str) -> bool:
-    return states.is_active(run_states(sweep, sweep.read_manifest())[key])
+    """Asked every second by `logs -f`: Slurm's answer is shared, asked at most once per poll interval."""
+    return states.is_active(run_states(sweep, sweep.read_manifest(), max_age_s=poll_interval_s())[key])
 
 
 def follow(path: Path, active: Callable[[], bool], every_s: float = 1.0) -> Iterator[str]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from ptbjobs.core import states
 from ptbjobs.core.errors import PtbjobsError
+from ptbjobs.executors.slurm_answers import ONE_OFF_MAX_AGE_S
 from ptbjobs.launch.executor_choice import get_executor
 from ptbjobs.sweep.folder import Sweep, latest_job
 from ptbjobs.sweep.index import read_index
@@ -17,7 +18,7 @@ from ptbjobs.train.signals import RESUMABLE_EXIT_CODES
 def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None = None,
                live: bool = False, damaged: dict[str, DamagedFile] | None = None,
                job_tries: dict[str, int] | None = None, held: dict[str, str] | None = None,
-               indexed: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
+               indexed: dict[str, dict[str, Any]] | None = None, max_age_s: float | None = None) -> dict[str, str]:
     """Each run's state: its latest job as its executor sees it, merged with its own folder.
     What an executor says of its answer (e.g. "Slurm did not answer: last known states") is
     appended to `notes`. With `live`, last-known states are refused: a command about to submit or
@@ -27,7 +28,11 @@ def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None =
     With `live`, a run whose job ended for the executor but which its scheduler still holds takes
     the scheduler's state, and goes into `held` too.
     Runs in the sweep index (`indexed`, read here if not given) have finished for good: neither
-    their folders nor their jobs are looked at again."""
+    their folders nor their jobs are looked at again.
+    An executor's answer up to `max_age_s` old may serve (a command that looks again and again
+    passes the poll interval); by default a few seconds, and none with `live`."""
+    if max_age_s is None:
+        max_age_s = 0.0 if live else ONE_OFF_MAX_AGE_S
     if indexed is None:
         indexed = read_index(sweep, manifest)
     by_executor: dict[str, list[str]] = {}
@@ -37,7 +42,7 @@ def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None =
             by_executor.setdefault(job["executor"], []).append(job["job_id"])
     job_states: dict[str, str] = {}
     for name, ids in by_executor.items():
-        answer = get_executor(name, submitting=False).query(sweep, ids)
+        answer = get_executor(name, submitting=False).query(sweep, ids, max_age_s)
         job_states.update(answer.states)
         if job_tries is not None:
             job_tries.update(answer.attempts)

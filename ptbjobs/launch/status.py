@@ -21,6 +21,7 @@ from collections import Counter
 from typing import Any
 
 from ptbjobs.core import states
+from ptbjobs.executors.slurm_answers import poll_interval_s
 from ptbjobs.launch.run_states import run_states, run_tries
 from ptbjobs.sweep.folder import Sweep, latest_job, run_config
 from ptbjobs.sweep.grid import Resources
@@ -30,16 +31,18 @@ from ptbjobs.train.run_dir import PROGRESS_FILE, DamagedFile, RunDir
 STATUS_SCHEMA_VERSION = 1
 
 
-def collect(sweep: Sweep) -> dict[str, Any]:
+def collect(sweep: Sweep, max_age_s: float | None = None) -> dict[str, Any]:
     """The status of every run: a finished run's row from the sweep index, the others' from their
-    folders and one executor query (and the runs found finished are indexed for the next look)."""
+    folders and one executor query, or its answer up to `max_age_s` old (see run_states); the runs
+    found finished are indexed for the next look."""
     read_from = time.time()
     manifest = sweep.read_manifest()
     indexed = read_index(sweep, manifest)
     notes: list[str] = []
     damaged: dict[str, DamagedFile] = {}
     job_tries: dict[str, int] = {}
-    current = run_states(sweep, manifest, notes, damaged=damaged, job_tries=job_tries, indexed=indexed)
+    current = run_states(sweep, manifest, notes, damaged=damaged, job_tries=job_tries, indexed=indexed,
+                         max_age_s=max_age_s)
     now = time.time()
     stall_s = 60 * manifest.get("stall_after_min", Resources().stall_after_min)
     rows, new_rows = [], []
@@ -281,8 +284,10 @@ def watch(sweep: Sweep, console, until_done: bool, every_s: float = 2.0) -> int:
     from rich.console import Group
     from rich.live import Live
 
+    max_age_s = poll_interval_s()  # a refresh every 2 s re-reads the files, not Slurm: it is asked once per interval
+
     def view():
-        collected = collect(sweep)
+        collected = collect(sweep, max_age_s)
         return collected, Group(render_table(collected), summary_line(collected))
 
     collected, renderable = view()

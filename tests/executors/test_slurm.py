@@ -14,7 +14,8 @@ import pytest
 from conftest import TINY_MODEL_TOML
 from ptbjobs.cli import main
 from ptbjobs.core import states
-from ptbjobs.core.errors import PtbjobsError
+from ptbjobs.core.errors import ConfigError, PtbjobsError
+from ptbjobs.executors import slurm_answers
 from ptbjobs.executors import slurm_commands as slurm
 from ptbjobs.executors.base import PartialSubmission
 from ptbjobs.executors.slurm import SlurmExecutor, sbatch_parameters
@@ -241,6 +242,51 @@ def test_without_accounting_states_come_from_squeue_and_say_so(tmp_path, fake_sl
     assert "states from squeue" in found.note
 
 
+def _later(sweep: Sweep, seconds: float = 3600) -> None:
+    """The sweep's last answer from Slurm made older, as if the next command came that much later."""
+    path = sweep.path / "slurm" / "answer.json"
+    answer = json.loads(path.read_text())
+    path.write_text(json.dumps({**answer, "time": answer["time"] - seconds}))
+
+
+def test_commands_share_one_answer_from_slurm_for_the_poll_interval_and_ask_less_often_when_it_is_slow(
+        tmp_path, fake_slurm, monkeypatch):
+    sweep = Sweep(tmp_path / "s")
+    (fake_slurm / "sacct.out").write_text("8_0|RUNNING\n8_1|PENDING\n")
+    executor = SlurmExecutor()
+    for _ in range(3):  # a status typed three times within 5 s
+        assert executor.query(sweep, ["8_0", "8_1"], max_age_s=5).states == {"8_0": "RUNNING", "8_1": "PENDING"}
+    assert len(calls(fake_slurm, "sacct")) == 1
+    assert executor.query(sweep, ["8_0"], max_age_s=5).states == {"8_0": "RUNNING"}  # a part of what was asked
+    executor.query(sweep, ["8_0", "8_2"], max_age_s=5)  # a job the answer does not cover: asked anew
+    executor.query(sweep, ["8_0"], max_age_s=0)  # submit, retry, cancel: always anew
+    assert len(calls(fake_slurm, "sacct")) == 3
+    _later(sweep, 20)
+    executor.query(sweep, ["8_0"], max_age_s=30)  # a watcher: 20 s old is young enough
+    assert len(calls(fake_slurm, "sacct")) == 3
+    _later(sweep, 20)
+    executor.query(sweep, ["8_0"], max_age_s=30)
+    assert len(calls(fake_slurm, "sacct")) == 4
+    # an answer that took longer than SLOW_ANSWER_S: the next is asked for twice as late, and it says so
+    clock = iter([0.0, 12.0, 100.0, 100.5])
+    monkeypatch.setattr(slurm_answers, "_clock", lambda: next(clock))
+    _later(sweep, 40)
+    slow = executor.query(sweep, ["8_0"], max_age_s=30)
+    assert "answered slowly (12.0 s)" in slow.note and len(calls(fake_slurm, "sacct")) == 5
+    _later(sweep, 40)
+    executor.query(sweep, ["8_0"], max_age_s=30)  # 40 s old: under twice the interval
+    assert len(calls(fake_slurm, "sacct")) == 5
+    _later(sweep, 30)
+    assert executor.query(sweep, ["8_0"], max_age_s=30).note is None  # asked again, quickly: back to the usual interval
+    assert len(calls(fake_slurm, "sacct")) == 6
+
+
+def test_a_bad_poll_interval_is_one_line_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("PTBJOBS_POLL_S", "soon")
+    with pytest.raises(ConfigError, match="PTBJOBS_POLL_S: must be a number of seconds"):
+        slurm_answers.poll_interval_s()
+
+
 def test_when_slurm_does_not_answer_status_shows_the_last_known_states_and_a_note(tmp_path, fake_slurm, capsys):
     sweep = Sweep(tmp_path / "s")
     sweep.path.mkdir()
@@ -253,11 +299,13 @@ def test_when_slurm_does_not_answer_status_shows_the_last_known_states_and_a_not
     capsys.readouterr()
     (fake_slurm / "sacct.fail").write_text(SACCT_DOWN)
     (fake_slurm / "squeue.fail").write_text(SQUEUE_DOWN)
+    _later(sweep)
     assert main(["status", "--sweep-dir", str(sweep.path), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert [r["state"] for r in shown["runs"]] == ["RUNNING", "PENDING"]
     assert shown["notes"] == ["Slurm did not answer (squeue failed: slurm_load_jobs error: Unable to contact slurm "
-                              "controller (connect failure)): showing the last known states"]
+                              "controller (connect failure)): showing the last known states; "
+                              "ptbjobs asks it less often until it answers"]
     assert main(["status", "--sweep-dir", str(sweep.path)]) == 0
     out = capsys.readouterr().out
     assert "2 runs: 1 RUNNING, 1 PENDING" in out and "note: Slurm did not answer" in out
