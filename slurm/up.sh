@@ -10,6 +10,11 @@
 #   SLURM_CPUS    CPUs the node declares (default 8, whatever the machine has: tests need several
 #                 small jobs at once; slurmd is told to trust the config, not the hardware)
 #   SLURM_MEM_MB  memory the node declares (default 16000); each CPU gets SLURM_MEM_MB / SLURM_CPUS
+# A site's limits, to try a sweep against them (running up.sh again without one lifts it):
+#   SLURM_MAX_SUBMIT_JOBS  jobs (each array task counts) one user may have queued or running: the
+#                          users' MaxSubmitJobs in accounting (applied at once, no restart)
+#   SLURM_MAX_ARRAY_SIZE   MaxArraySize (default 1001); SLURM_MAX_JOB_COUNT  MaxJobCount (default
+#                          10000): both restart slurmctld, which keeps its queue
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=slurm/common.sh
@@ -48,7 +53,8 @@ write_configs() {
         [[ -e /dev/fakegpu$i ]] || mknod /dev/fakegpu$i c 1 3
     done
     sed -e "s/@HOST@/$host/g" -e "s/@CPUS@/$cpus/g" -e "s/@MEM@/$mem/g" \
-        -e "s/@MEM_PER_CPU@/$((mem / cpus))/g" "$here/slurm.conf.in" >/etc/slurm/slurm.conf.new
+        -e "s/@MEM_PER_CPU@/$((mem / cpus))/g" -e "s/@MAX_ARRAY_SIZE@/${SLURM_MAX_ARRAY_SIZE:-1001}/g" \
+        -e "s/@MAX_JOB_COUNT@/${SLURM_MAX_JOB_COUNT:-10000}/g" "$here/slurm.conf.in" >/etc/slurm/slurm.conf.new
     install_if_changed /etc/slurm/slurm.conf.new /etc/slurm/slurm.conf 644
     cp "$here/gres.conf" /etc/slurm/gres.conf.new
     install_if_changed /etc/slurm/gres.conf.new /etc/slurm/gres.conf 644
@@ -118,6 +124,20 @@ start_slurmctld() {
     local user
     for user in root ${SUDO_USER:-}; do
         sacctmgr -n -P list user format=user | grep -qx "$user" || sacctmgr -i add user "$user" account=ptbjobs >/dev/null
+    done
+    apply_submit_limit
+}
+
+# apply_submit_limit: each user's MaxSubmitJobs as SLURM_MAX_SUBMIT_JOBS says, or none (-1 lifts it)
+apply_submit_limit() {
+    local want="${SLURM_MAX_SUBMIT_JOBS:-}" user have
+    [[ -z $want || $want =~ ^[1-9][0-9]*$ ]] || die "SLURM_MAX_SUBMIT_JOBS must be a whole number > 0, got '$want'"
+    for user in root ${SUDO_USER:-}; do
+        have="$(sacctmgr -n -P show assoc where user="$user" format=MaxSubmit | head -n 1)"
+        [[ $have == "$want" ]] && continue
+        sacctmgr -i modify user "$user" set MaxSubmitJobs="${want:--1}" >/dev/null \
+            || die "could not set MaxSubmitJobs of $user"
+        say "MaxSubmitJobs of $user: ${want:-no limit}"
     done
 }
 

@@ -47,8 +47,11 @@ def submit(
         out.print(_plan_summary(done.planned))
     else:
         out.print(_plan_summary(done.planned))
+    if done.waiting:
+        out.print(f"{done.waiting} runs wait in the sweep (QUEUED_LOCALLY): the cluster's limit on queued jobs is "
+                  "reached; they go out as earlier ones end")
     if wait and not dry_run:
-        raise typer.Exit(watch(done.sweep, console(), until_done=True))
+        raise typer.Exit(watch(done.sweep, console(), until_done=True, feeding=True))
 
 
 def _plan_summary(planned) -> str:
@@ -133,8 +136,38 @@ def retry(
         print("nothing to retry: no run has failed, timed out or been cancelled")
     for key, job_id in retried.submitted.items():
         print(f"{key}: resubmitted as job {job_id}")
+    if retried.waiting:
+        print(f"{len(retried.waiting)} runs wait in the sweep for room on the cluster (QUEUED_LOCALLY): "
+              "they go out as earlier ones end")
     if retried.local_parallel:
         print(f"local executor: {retried.local_parallel} at once")
+
+
+@app.command(hidden=True)
+def feed(
+    sweep_dir: Path = typer.Option(..., "--sweep-dir", help="the sweep folder"),
+    as_feeder: bool = typer.Option(False, "--as-feeder", help="the sweep's feeder job: requeue itself while runs still wait"),
+) -> None:
+    """Send the sweep's runs that wait for room on the cluster, as many as fit now (each Slurm task runs this as it ends)."""
+    import os
+
+    from ptbjobs.launch.feed import feed as feed_sweep
+    from ptbjobs.sweep.folder import find_sweep
+
+    own_job = os.environ.get("SLURM_JOB_ID")
+    for name in [n for n in os.environ if n.startswith(("SLURM_", "SBATCH_"))]:
+        # run inside a job (the feeder, an ending task): the jobs it submits must not inherit its
+        # allocation (its --mem and the partition's memory per CPU together make srun refuse them)
+        del os.environ[name]
+    sent, left = feed_sweep(find_sweep(sweep_dir))
+    if sent or left:
+        print(f"ptbjobs feed: sent {len(sent)} waiting run(s)" + (f" ({', '.join(sent)})" if len(sent) <= 10 else "")
+              + f"; {left} still wait", flush=True)
+    if as_feeder and left and own_job:
+        from ptbjobs.executors import slurm_commands
+
+        slurm_commands.requeue(own_job)  # back in the queue, to look again
+        print("ptbjobs feed: requeued to look again", flush=True)
 
 
 @app.command()

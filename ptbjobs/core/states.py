@@ -14,7 +14,10 @@ REQUEUED = "REQUEUED"
 # RUNNING, but its heartbeat is older than the grid's stall_after_min (stopped, hung on a dead
 # filesystem): still the scheduler's job, so cancel and retry treat it as running
 STALLED = "STALLED"
-ACTIVE = frozenset({PENDING, RUNNING, REQUEUED, STALLED, "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
+# waiting in the sweep, not yet sent: the cluster's limit on what one user may queue was reached,
+# and the run goes out as earlier ones end (launch/feed.py)
+QUEUED_LOCALLY = "QUEUED_LOCALLY"
+ACTIVE = frozenset({PENDING, RUNNING, REQUEUED, STALLED, QUEUED_LOCALLY, "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
                     "REQUEUE_HOLD", "REQUEUE_FED", "SPECIAL_EXIT", "STOPPED", "RESV_DEL_HOLD", "SIGNALING",
                     "STAGE_OUT"})  # held or stopped jobs are still Slurm's: resubmitting would double them
 
@@ -40,7 +43,7 @@ INTERRUPTED = "INTERRUPTED"  # a run folder's: stopped on request (a signal) aft
 # checkpoint, which writes the file anew; never taken for a completed run
 DAMAGED = "DAMAGED"
 
-OWN_STATES = frozenset({NOT_SUBMITTED, DIVERGED, LOST, UNKNOWN, INTERRUPTED, DAMAGED})
+OWN_STATES = frozenset({NOT_SUBMITTED, QUEUED_LOCALLY, DIVERGED, LOST, UNKNOWN, INTERRUPTED, DAMAGED})
 # What a run folder's state.json says: written by the training process itself. FAILED there means
 # an error stopped it; it resumes from its last checkpoint.
 FOLDER_STATES = frozenset({RUNNING, COMPLETED, DIVERGED, FAILED, INTERRUPTED})

@@ -80,6 +80,18 @@ class Executor(abc.ABC):
         needs it: after a node failure it requeues the job while accounting still says NODE_FAIL."""
         return {}
 
+    def room(self, sweep: Sweep, resources: Resources) -> int | None:
+        """How many more runs may go out now within the scheduler's limits; None: no limit (the
+        local executor queues every run itself)."""
+        return None
+
+    def feeder_alive(self, sweep: Sweep) -> bool:
+        """Is the sweep's feeder (the job that sends runs waiting for room) queued or running?"""
+        return True
+
+    def start_feeder(self, sweep: Sweep, resources: Resources) -> None:
+        """Queue the sweep's feeder; it takes one of the user's slots."""
+
     def apply_max_parallel(self, sweep: Sweep) -> None:
         """Give the sweep this executor's limit on runs at once, when a command starts nothing.
         Only the local executor has such a limit (on Slurm it is array_parallelism)."""

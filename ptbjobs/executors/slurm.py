@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from ptbjobs.sweep.grid import Resources
 # comes up to 30 s earlier than asked. A short limit gets a quarter of it: with one minute, USR2
 # comes 15 to 45 s in, never before the run has started, and always a look (30 s) before the kill.
 SIGNAL_DELAY_S = 90
+LIMITS_KEPT_S = 600.0  # the cluster's limits are asked again after this long
 
 
 def sbatch_parameters(resources: Resources, job_name: str, array_size_limit: int) -> dict[str, Any]:
@@ -75,10 +78,10 @@ class SlurmExecutor(Executor):
 
         from ptbjobs.executors.slurm_tasks import CheckpointableRun, PackedRuns
 
-        limit = slurm_commands.max_array_size()
+        limit = self.limits(sweep, resources).max_array_size
         executor = submitit.SlurmExecutor(folder=_folder(sweep) / "%j", max_num_timeout=resources.max_requeues)
         try:
-            executor.update_parameters(**sbatch_parameters(resources, f"ptbjobs-{sweep.path.name}", limit))
+            executor.update_parameters(**sbatch_parameters(resources, job_name(sweep), limit))
         except ValueError as exc:
             raise PtbjobsError(f"[resources]: submitit refused them: {str(exc).splitlines()[0]}") from None
         # with runs_per_gpu, each task trains a pack of runs side by side
@@ -102,6 +105,68 @@ class SlurmExecutor(Executor):
                 raise PartialSubmission(message + done, ids, hint) from None
             ids.update({key: job.job_id for pack, job in zip(chunk, jobs) for key in pack})
         return ids
+
+    def limits(self, sweep: Sweep, resources: Resources) -> slurm_commands.ClusterLimits:
+        """The cluster's limits, asked at most every LIMITS_KEPT_S (they are a site's settings)."""
+        path = _folder(sweep) / "limits.json"
+        kept = read_json_if_any(path)
+        if isinstance(kept, dict) and time.time() - kept.get("time", 0) < LIMITS_KEPT_S and kept.get("qos") == resources.qos:
+            return slurm_commands.ClusterLimits(**kept["limits"])
+        try:
+            limits = slurm_commands.cluster_limits(resources.qos)
+        except slurm_commands.SlurmUnavailable as exc:
+            raise PtbjobsError(f"cannot read the cluster's limits ({exc.message})",
+                               "nothing was submitted; try again when Slurm answers (scontrol ping)") from None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, {"time": time.time(), "qos": resources.qos, "limits": limits.__dict__})
+        except OSError:
+            pass  # a cache
+        return limits
+
+    def room(self, sweep: Sweep, resources: Resources) -> int | None:
+        """How many more runs may go out now: the user's jobs below MaxSubmitJobs (the
+        association's, the QOS's, or the grid's max_queued, the smallest), every job below the
+        cluster's MaxJobCount, and the sweep's own below array_parallelism; a pack of runs_per_gpu
+        runs is one job. One squeue call."""
+        limits = self.limits(sweep, resources)
+        try:
+            census = slurm_commands.queue_census(job_name(sweep))
+        except slurm_commands.SlurmUnavailable as exc:
+            raise PtbjobsError(f"cannot count the jobs queued ({exc.message})",
+                               "nothing was submitted; try again when Slurm answers (scontrol ping)") from None
+        caps = [cap - held for cap, held in ((limits.max_submit_jobs, census.user_active),
+                                             (resources.max_queued, census.user_active),
+                                             (limits.max_job_count, census.held),
+                                             (resources.array_parallelism, census.named_active)) if cap]
+        return max(0, min(caps)) * resources.runs_per_gpu if caps else None
+
+    def feeder_alive(self, sweep: Sweep) -> bool:
+        feeder = read_json_if_any(_folder(sweep) / "feeder.json") or {}
+        if not feeder.get("job_id"):
+            return False
+        try:
+            held = slurm_commands.squeue_states([feeder["job_id"]])
+        except slurm_commands.SlurmUnavailable:
+            return True  # cannot tell: never a second feeder on a guess
+        return states.is_active(held.get(feeder["job_id"], states.COMPLETED))
+
+    def start_feeder(self, sweep: Sweep, resources: Resources) -> None:
+        """The feeder: a job of one CPU that sends the runs waiting for room (`ptbjobs feed
+        --as-feeder`), then requeues itself while any still wait. A requeued job waits out the
+        credential lifetime (2 minutes by default) before it starts again: one look per couple of
+        minutes, holding one slot of the user's allowance, pending nearly all the time."""
+        folder = _folder(sweep)
+        options = [f"--job-name=ptbjobs-feed-{sweep.path.name}", "--ntasks=1", "--cpus-per-task=1", "--mem=500M",
+                   "--time=10", "--requeue", f"--output={folder.resolve() / 'feeder.log'}", "--open-mode=append"]
+        options += [f"--{name}={getattr(resources, name)}" for name in ("partition", "account", "qos") if getattr(resources, name)]
+        command = f"{shlex.quote(sys.executable)} -m ptbjobs feed --sweep-dir {shlex.quote(str(sweep.path.resolve()))} --as-feeder"
+        try:
+            job_id = slurm_commands.sbatch(options, command)
+        except slurm_commands.SlurmUnavailable as exc:
+            raise PtbjobsError(f"could not queue the sweep's feeder ({exc.message})",
+                               "the waiting runs go out when a run ends, or at the next `ptbjobs submit`") from None
+        atomic_write_json(folder / "feeder.json", {"job_id": job_id, "submitted": time.time()})
 
     @staticmethod
     def _dir(sweep: Sweep, key: str) -> str:
@@ -196,6 +261,11 @@ def _split_before(text: str, marker: str) -> list[str]:
             started = True
         current.append(line)
     return parts + ["".join(current)]
+
+
+def job_name(sweep: Sweep) -> str:
+    """Every job of a sweep carries its name (how `room` counts the sweep's own jobs in squeue)."""
+    return f"ptbjobs-{sweep.path.name}"
 
 
 def _folder(sweep: Sweep) -> Path:

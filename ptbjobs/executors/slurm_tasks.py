@@ -29,19 +29,27 @@ class CheckpointableRun(submitit.helpers.Checkpointable):
     def __call__(self, run_dir: str) -> dict[str, Any]:
         _use_allocated_cpus()
         try:
-            return run_job(Path(run_dir))
+            result = run_job(Path(run_dir))
         except TrainingInterrupted as exc:
             if signal.SIGUSR2 in exc.signals and signal.SIGTERM not in exc.signals:
                 # (TERM as well means a cancel, or Slurm's own requeue on preemption: no requeue of ours.)
                 # The runner caught USR2 and saved the state at a step boundary (the trainer's weights
-                # are never half-updated in the checkpoint): now requeue.
+                # are never half-updated in the checkpoint): now requeue. (It exits: the task keeps
+                # its place in the queue, and frees no room for the sweep's waiting runs.)
                 _requeue_through_submitit()
+            feed_the_sweep(run_dir)
             raise
         except PtbjobsError as exc:
             # one the user can act on (a full disk, changed data): its one line in the log, not a
             # traceback through submitit; the task ends FAILED with the run's own exit code
             print(f"ptbjobs: error: {exc}", file=sys.stderr, flush=True)
+            feed_the_sweep(run_dir)
             sys.exit(exc.exit_code)
+        except Exception:
+            feed_the_sweep(run_dir)
+            raise
+        feed_the_sweep(run_dir)
+        return result
 
     # submitit's Checkpointable.checkpoint returns the same call with the same run folder: the
     # state lives in the folder's checkpoints, so nothing else needs pickling.
@@ -93,10 +101,29 @@ class PackedRuns(submitit.helpers.Checkpointable):
         stopped = [d for d, c in codes.items() if c in RESUMABLE_EXIT_CODES]
         if stopped and signal.SIGUSR2 in received and signal.SIGTERM not in received:
             _requeue_through_submitit()
+        feed_the_sweep(run_dirs[0])
         failed = [Path(d).name for d, c in codes.items() if c != 0]
         if failed:
             raise RuntimeError(f"runs not finished: {', '.join(failed)} (see their logs/{job_id}.log)")
         return codes
+
+
+FEED_TIMEOUT_S = 300
+
+
+def feed_the_sweep(run_dir: str) -> None:
+    """The task is ending: the room it leaves goes to the sweep's runs waiting for it, if any
+    (`ptbjobs feed`, launch/feed.py). A failure to feed is a line in the task's log, never the
+    task's own failure: the next task to end, or any `submit`, sends them."""
+    command = [sys.executable, "-m", "ptbjobs", "feed", "--sweep-dir", str(Path(run_dir).parent)]
+    try:
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, timeout=FEED_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"ptbjobs: could not send the sweep's waiting runs ({exc})", file=sys.stderr, flush=True)
+        return
+    if done.returncode != 0:
+        print(f"ptbjobs: could not send the sweep's waiting runs (exit {done.returncode}); "
+              "the next task to end, or `ptbjobs submit`, sends them", file=sys.stderr, flush=True)
 
 
 def _start_child(run_dir: str, job_id: str, env: dict[str, str]) -> subprocess.Popen:

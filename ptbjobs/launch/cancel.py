@@ -18,6 +18,14 @@ def cancel(sweep: Sweep, keys: list[str] | None = None) -> list[str]:
             if unknown:
                 raise ConfigError(None, f"--run: no run {unknown[0]!r} in {sweep.path}", "see `ptbjobs status` for the keys")
         current = run_states(sweep, manifest, live=True)
+        # runs waiting for room in the sweep have no job: they stop waiting (first, so that a task
+        # ending under this cancel finds none of them to send)
+        withdrawn = [k for k, s in current.items() if s == states.QUEUED_LOCALLY and (not keys or k in keys)]
+        for key in withdrawn:
+            manifest["runs"][key].pop("waiting")
+        if withdrawn:
+            sweep.update_manifest(manifest, withdrawn)
+        current = {k: s for k, s in current.items() if k not in withdrawn}
         chosen = [k for k, s in current.items() if states.is_active(s) and (not keys or k in keys)]
         # a job may train several runs (runs_per_gpu): cancelling it stops all of them
         job_ids = {latest_job(manifest["runs"][k])["job_id"] for k in chosen}
@@ -29,4 +37,4 @@ def cancel(sweep: Sweep, keys: list[str] | None = None) -> list[str]:
                 by_executor.setdefault(job["executor"], []).append(job["job_id"])
         for name, ids in by_executor.items():
             get_executor(name, submitting=False).cancel(sweep, ids)
-    return chosen
+    return withdrawn + chosen

@@ -38,7 +38,7 @@ def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None =
     by_executor: dict[str, list[str]] = {}
     for key, entry in manifest["runs"].items():
         job = latest_job(entry)
-        if job and key not in indexed:
+        if job and key not in indexed and not entry.get("waiting"):
             by_executor.setdefault(job["executor"], []).append(job["job_id"])
     job_states: dict[str, str] = {}
     for name, ids in by_executor.items():
@@ -55,6 +55,9 @@ def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None =
     for key, entry in manifest["runs"].items():
         if key in indexed:
             result[key] = indexed[key]["state"]
+            continue
+        if entry.get("waiting"):  # not sent yet: the cluster's limit was reached (launch/feed.py)
+            result[key] = states.QUEUED_LOCALLY
             continue
         job = latest_job(entry)
         try:

@@ -21,7 +21,9 @@ from collections import Counter
 from typing import Any
 
 from ptbjobs.core import states
+from ptbjobs.core.errors import PtbjobsError
 from ptbjobs.executors.slurm_answers import poll_interval_s
+from ptbjobs.launch.feed import feed, feed_if_stuck
 from ptbjobs.launch.run_states import run_states, run_tries
 from ptbjobs.sweep.folder import Sweep, latest_job, run_config
 from ptbjobs.sweep.grid import Resources
@@ -54,6 +56,9 @@ def collect(sweep: Sweep, max_age_s: float | None = None) -> dict[str, Any]:
                          run_tries(entry["jobs"], job_tries)))
         new_rows.append(rows[-1])
     add_to_index(sweep, manifest, new_rows, read_from)
+    stuck = feed_if_stuck(sweep, manifest, current)
+    if stuck:
+        notes.append(stuck)
     notes += [f"{row['key']}: {row['problem']}; `ptbjobs retry --run {row['key']}` resumes it from its last checkpoint"
               if row["state"] in states.RETRYABLE else f"{row['key']}: {row['problem']}"
               for row in rows if row["problem"]]
@@ -188,6 +193,7 @@ def _eta(config: dict[str, Any], epochs_done: int, last: dict[str, Any] | None, 
 # ---- rendering ----
 
 STATE_STYLES = {states.COMPLETED: "green", states.RUNNING: "cyan", states.PENDING: "yellow",
+                states.QUEUED_LOCALLY: "yellow",
                 states.REQUEUED: "yellow", states.NOT_SUBMITTED: "dim italic", states.DIVERGED: "bold magenta",
                 states.LOST: "bold magenta", states.UNKNOWN: "dim italic", states.STALLED: "bold red"}
 
@@ -278,9 +284,10 @@ def _dur(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def watch(sweep: Sweep, console, until_done: bool, every_s: float = 2.0) -> int:
+def watch(sweep: Sweep, console, until_done: bool, every_s: float = 2.0, feeding: bool = False) -> int:
     """The live status table on `console` (rich), refreshed every `every_s`, until Ctrl-C or, with
-    `until_done`, until every run has ended: then 0 if all completed, 1 if any did not."""
+    `until_done`, until every run has ended: then 0 if all completed, 1 if any did not. With
+    `feeding` (submit --wait), runs waiting for room are sent as it frees, once per poll interval."""
     from rich.console import Group
     from rich.live import Live
 
@@ -291,9 +298,16 @@ def watch(sweep: Sweep, console, until_done: bool, every_s: float = 2.0) -> int:
         return collected, Group(render_table(collected), summary_line(collected))
 
     collected, renderable = view()
+    fed = time.monotonic()
     with Live(renderable, refresh_per_second=1, console=console) as live:
         while not until_done or not all(states.is_finished(r["state"]) for r in collected["runs"]):
             time.sleep(every_s)
+            if feeding and collected["summary"].get(states.QUEUED_LOCALLY) and time.monotonic() - fed >= max_age_s:
+                try:
+                    feed(sweep)  # runs waiting for room: what ended since frees it (also done by each ending task)
+                except PtbjobsError:
+                    pass  # Slurm busy or down: the next round tries again, and the table says what it knows
+                fed = time.monotonic()
             collected, renderable = view()
             live.update(renderable)
     return 0 if all(r["state"] == states.COMPLETED for r in collected["runs"]) else 1

@@ -16,13 +16,13 @@ from typing import Any
 
 from ptbjobs.core import states
 from ptbjobs.core.errors import ConfigError, DataError, PtbjobsError
-from ptbjobs.core.interrupts import interrupts_held
-from ptbjobs.executors.base import Executor, PartialSubmission
+from ptbjobs.executors.base import Executor
 from ptbjobs.executors.job import write_spec
 from ptbjobs.launch.executor_choice import get_executor
+from ptbjobs.launch.feed import send, waiting_runs
 from ptbjobs.launch.run_states import run_states
 from ptbjobs.sweep.folder import Sweep, latest_job, run_config, stored_config
-from ptbjobs.sweep.grid import Grid, Resources, RunSpec, load_grid, parse_grid
+from ptbjobs.sweep.grid import Grid, RunSpec, load_grid, parse_grid
 from ptbjobs.sweep.select import select_runs
 from ptbjobs.train.config import FIELD_DEFAULTS
 from ptbjobs.train.ptb_files import SPLITS, missing_data_hint, resolve_data_dir, split_filename
@@ -51,6 +51,8 @@ class Submission:
     planned: list[PlannedRun]
     grid_runs: int  # runs in the whole grid, before --only chose some
 
+    waiting: int = 0  # runs that wait in the sweep for room on the cluster (QUEUED_LOCALLY)
+
     @property
     def starting(self) -> int:
         return sum(1 for p in self.planned if p.action in STARTING)
@@ -70,7 +72,8 @@ def submit_grid(grid_path: Path, sweep_dir: Path | None = None, executor: str = 
         raise ConfigError(None, f"--sweep-dir {sweep.path} is a file, not a folder", "give a folder path")
     chosen = get_executor(executor, max_parallel, sweep=sweep)
     planned = submit(grid, sweep, chosen, data_dir=data_dir, force=force, dry_run=dry_run)
-    return Submission(sweep, chosen, planned, grid_runs)
+    waiting = 0 if dry_run else sum(1 for entry in sweep.read_manifest()["runs"].values() if entry.get("waiting"))
+    return Submission(sweep, chosen, planned, grid_runs, waiting)
 
 
 def plan(grid: Grid, sweep: Sweep, force: bool = False, job_tries: dict[str, int] | None = None) -> list[PlannedRun]:
@@ -177,9 +180,9 @@ def _submit_locked(grid: Grid, sweep: Sweep, executor: Executor, data: Path, for
             top["config_defaults"] = FIELD_DEFAULTS
         sweep.update_manifest(manifest, [p.spec.key for p in to_start], **top)
         sweep.write_grid_copy(grid.text)
-        if to_start:
-            _submit_and_record(sweep, manifest, executor, [p.spec.key for p in to_start], grid.resources, job_tries)
-        else:
+        if to_start or waiting_runs(manifest):  # runs waiting for room go out first, as it allows
+            send(sweep, manifest, executor, [p.spec.key for p in to_start], grid.resources, job_tries)
+        if not to_start:
             executor.apply_max_parallel(sweep)  # a --max-parallel holds even when nothing starts
     return planned
 
@@ -193,6 +196,8 @@ class Retried:
     # runs left alone though their job ended for accounting: the scheduler still holds the job
     # (requeued after a node failure, or still COMPLETING): run key -> the scheduler's state
     held: dict[str, str] = field(default_factory=dict)
+    # runs that wait in the sweep for room on the cluster (QUEUED_LOCALLY), sent as earlier ones end
+    waiting: list[str] = field(default_factory=list)
 
 
 def retry(sweep: Sweep, executor: Executor | None = None, keys: list[str] | None = None,
@@ -224,35 +229,7 @@ def retry(sweep: Sweep, executor: Executor | None = None, keys: list[str] | None
         retried = Retried({}, held=held)
         for name, run_keys in by_executor.items():
             runner = executor or get_executor(name, max_parallel)
-            retried.submitted.update(_submit_and_record(sweep, manifest, runner, run_keys, resources, job_tries))
+            retried.submitted.update(send(sweep, manifest, runner, run_keys, resources, job_tries))
+            retried.waiting += [k for k in run_keys if manifest["runs"][k].get("waiting")]
             retried.local_parallel = retried.local_parallel or runner.parallel_in_force
     return retried
-
-
-def _submit_and_record(sweep: Sweep, manifest: dict[str, Any], executor: Executor, keys: list[str],
-                       resources: Resources, job_tries: dict[str, int]) -> dict[str, str]:
-    """Submit and write every job id into the manifest, also those of a submission that failed
-    part-way (they were accepted and will run: they must be known to status, cancel and retry).
-    Ctrl-C or TERM is held until the ids are written: a job accepted and not recorded would run a
-    second time after the next submit. The executor stops sending at the next array on such a stop."""
-    with interrupts_held():
-        try:
-            ids = executor.submit(sweep, keys, resources)
-        except PartialSubmission as exc:
-            if exc.submitted:
-                _record_jobs(sweep, manifest, executor.name, exc.submitted, job_tries)
-            raise
-        _record_jobs(sweep, manifest, executor.name, ids, job_tries)
-    return ids
-
-
-def _record_jobs(sweep: Sweep, manifest: dict[str, Any], executor_name: str, ids: dict[str, str],
-                 job_tries: dict[str, int]) -> None:
-    now = time.time()
-    for key, job_id in ids.items():
-        jobs = manifest["runs"][key]["jobs"]
-        if jobs and job_tries.get(jobs[-1]["job_id"], 1) > 1:
-            # once a job is no longer the latest nobody asks its executor about it: keep its count
-            jobs[-1]["tries"] = job_tries[jobs[-1]["job_id"]]
-        jobs.append({"job_id": job_id, "executor": executor_name, "submitted": now})
-    sweep.update_manifest(manifest, ids)

@@ -79,7 +79,9 @@ class Resources:
     mem_gb: float = 0.0  # 0: the cluster's default (DefMemPerCPU)
     timeout_min: int = 120
     max_requeues: int = 3
-    array_parallelism: int = 0  # 0: no limit
+    array_parallelism: int = 0  # the sweep's runs queued or running at once, all arrays together (0: no limit)
+    # jobs of this user queued or running at once, below the cluster's own limit (0: the cluster's)
+    max_queued: int = 0
     runs_per_gpu: int = 1  # runs packed into one job, sharing its GPU (or splitting its CPUs)
     # a running run whose heartbeat (progress.json) is older than this shows STALLED (0: never)
     stall_after_min: float = 30.0

@@ -7,11 +7,16 @@ before it starts again, so the requeue tests are few and share their waits.
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import json
 import math
 import os
 import shutil
 import subprocess
+import sys
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -283,20 +288,22 @@ def restart_cluster() -> None:
 
 @needs_root
 def test_with_accounting_stopped_status_falls_back_to_squeue_and_says_so(cluster, tmp_path, tiny_corpus, capsys):
-    grid = load_grid(make_grid(tmp_path, "nodbd", epochs=1))
+    # a held job: its state is Slurm's to say (a finished run's folder says it, and Slurm is not asked)
+    grid = load_grid(make_grid(tmp_path, "nodbd", epochs=1, extra=["--hold"]))
     sweep = Sweep(tmp_path / "sweep")
     submit(grid, sweep, SlurmExecutor(), data_dir=tiny_corpus)
-    wait_until(lambda: all_ended(sweep), timeout_s=120, every_s=0.5)
+    wait_until(lambda: collect(sweep, max_age_s=0)["runs"][0]["state"] == states.PENDING, timeout_s=60, every_s=0.5)
     stop_daemon("slurmdbd")
     try:
-        status = collect(sweep)
-        assert status["runs"][0]["state"] == states.COMPLETED
+        status = collect(sweep, max_age_s=0)
+        assert status["runs"][0]["state"] == states.PENDING
         assert len(status["notes"]) == 1 and status["notes"][0].startswith("accounting unavailable (sacct failed:")
         assert main(["status", "--sweep-dir", str(sweep.path)]) == 0
         assert "note: accounting unavailable" in capsys.readouterr().out
     finally:
         restart_cluster()
-    assert collect(sweep)["notes"] == []
+    assert collect(sweep, max_age_s=0)["notes"] == []
+    assert main(["cancel", "--sweep-dir", str(sweep.path)]) == 0
 
 
 @needs_root
@@ -362,3 +369,102 @@ def test_a_refused_submit_names_the_resources_key_and_leaves_no_sweep_folder(clu
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"ptbjobs: error: {expected} (")
     assert not sweep_dir.exists()
+
+
+def test_two_status_watches_and_a_submit_wait_ask_sacct_at_most_three_times_a_minute(cluster, tmp_path, tiny_corpus):
+    """Slurm's manual: no sacct from loops. Three terminals watching one sweep share one answer per
+    30 s (the default PTBJOBS_POLL_S), counted by a sacct that logs each call."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "sacct-calls"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {shutil.which("sacct")} "$@"\n')
+    (bin_dir / "sacct").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env.pop("PTBJOBS_POLL_S", None)
+    grid = make_grid(tmp_path, "polite", epochs=1, seeds=(1, 2), extra=["--hold"])  # nothing ends in the minute
+    sweep = Sweep(tmp_path / "sweep")
+    ptbjobs = [sys.executable, "-m", "ptbjobs"]
+    started = time.monotonic()
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
+    terminals = [subprocess.Popen(ptbjobs + ["submit", "--grid", str(grid), "--sweep-dir", str(sweep.path), "--executor",
+                                             "slurm", "--data-dir", str(tiny_corpus), "--wait"], **quiet)]
+    try:
+        wait_until(lambda: sweep.exists() and all(e["jobs"] for e in sweep.read_manifest()["runs"].values()), timeout_s=30)
+        terminals += [subprocess.Popen(ptbjobs + ["status", "--watch", "--sweep-dir", str(sweep.path)], **quiet)
+                      for _ in range(2)]
+        time.sleep(max(0.0, 60 - (time.monotonic() - started)))
+        assert all(t.poll() is None for t in terminals)  # all three still watching
+    finally:
+        for terminal in terminals:
+            terminal.terminate()
+            terminal.wait(timeout=30)
+        main(["cancel", "--sweep-dir", str(sweep.path)])
+    asked = calls.read_text().splitlines() if calls.exists() else []
+    assert 1 <= len(asked) <= 3, asked
+
+
+@contextlib.contextmanager
+def submit_limit(jobs: int):
+    """The cluster's per-user MaxSubmitJobs (slurm/up.sh applies it in accounting; lifted after)."""
+    subprocess.run(["bash", str(REPO / "slurm" / "up.sh")], check=True, capture_output=True,
+                   env={**os.environ, "SLURM_MAX_SUBMIT_JOBS": str(jobs)})
+    try:
+        yield
+    finally:
+        env = {k: v for k, v in os.environ.items() if k != "SLURM_MAX_SUBMIT_JOBS"}
+        subprocess.run(["bash", str(REPO / "slurm" / "up.sh")], check=True, capture_output=True, env=env)
+
+
+class QueueWatch:
+    """The most jobs of this user squeue listed at once, looked at every 0.3 s in a thread."""
+
+    def __init__(self):
+        self.most, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self):
+        while not self._stop.is_set():
+            out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"], capture_output=True,
+                                 text=True).stdout
+            self.most = max(self.most, len(out.split()))
+            time.sleep(0.3)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.most
+
+
+def folders_completed(sweep: Sweep) -> bool:
+    """Every run's own folder says COMPLETED (read directly: no ptbjobs command, which could feed)."""
+    return all((RunDir(sweep.run_dir(k)).read_state() or {}).get("state") == states.COMPLETED
+               for k in sweep.read_manifest()["runs"])
+
+
+@needs_root
+@pytest.mark.parametrize("wait", [True, False], ids=["submit-wait", "no-terminal"])
+def test_with_a_limit_of_three_jobs_a_ten_run_grid_completes_each_run_on_one_job(cluster, tmp_path, tiny_corpus,
+                                                                                  wait):
+    grid = make_grid(tmp_path, f"limit3-{wait}", epochs=1, seeds=range(1, 11))
+    sweep = Sweep(tmp_path / "sweep")
+    with submit_limit(3):
+        queue = QueueWatch()
+        try:
+            command = ["submit", "--grid", str(grid), "--sweep-dir", str(sweep.path), "--executor", "slurm",
+                       "--data-dir", str(tiny_corpus)]
+            if wait:
+                env = {**os.environ, "PTBJOBS_POLL_S": "2"}  # a short interval: the test takes a minute, not five
+                done = subprocess.run([sys.executable, "-m", "ptbjobs"] + command + ["--wait"], env=env,
+                                      capture_output=True, text=True, timeout=600)
+                assert done.returncode == 0, done.stderr
+                assert "8 runs wait in the sweep (QUEUED_LOCALLY)" in done.stdout  # 2 sent, a slot for the feeder
+            else:
+                assert main(command) == 0  # and nothing else: the ending tasks send the rest
+                wait_until(lambda: folders_completed(sweep), timeout_s=600, every_s=1)
+        finally:
+            most = queue.stop()
+    runs = sweep.read_manifest()["runs"]
+    assert len(runs) == 10 and all(len(entry["jobs"]) == 1 and not entry.get("waiting") for entry in runs.values())
+    assert len({entry["jobs"][0]["job_id"] for entry in runs.values()}) == 10
+    assert 1 <= most <= 3
+    assert {r["state"] for r in collect(sweep, max_age_s=0)["runs"]} == {states.COMPLETED}

@@ -1,0 +1,140 @@
+"""Feeding a sweep within the cluster's limits.
+
+A cluster caps the jobs one user may have queued or running (MaxSubmitJobs: 100 to 20,000 at real
+centres; every array task counts), and all users' together (MaxJobCount, 10,000 by default). A
+submit sends the runs that fit (Executor.room: one squeue call, the limits asked once per 10
+minutes); the others wait in the sweep, QUEUED_LOCALLY (`"waiting": true` in their manifest
+entries), in the order they were planned, and go out as room frees, with no one typing `submit`:
+
+- each Slurm task, as it ends for good (not when it is requeued), runs `ptbjobs feed`, which sends
+  the next waiting runs into the room it and any other ended job left. It needs no process of its
+  own (a feeder job would hold a slot of the user's allowance, and could itself die); a task
+  requeued after a node failure feeds when it ends later.
+- `submit --wait` feeds once per poll interval while it watches, and any `submit` or `retry` feeds.
+- `status` feeds where runs wait and none of the sweep's jobs is queued or running: every task that
+  would have fed them ended without doing so (killed by the kernel's OOM killer, say).
+
+Every feed holds the sweep lock from its count of the queue to the job ids in the manifest, so two
+tasks ending together cannot both fill the same room, and no run is sent twice.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ptbjobs.core import states
+from ptbjobs.core.errors import PtbjobsError
+from ptbjobs.core.interrupts import interrupts_held
+from ptbjobs.executors.base import Executor, PartialSubmission
+from ptbjobs.executors.slurm_answers import poll_interval_s
+from ptbjobs.launch.executor_choice import get_executor
+from ptbjobs.sweep.folder import Sweep
+from ptbjobs.sweep.grid import Resources, parse_grid
+
+
+def waiting_runs(manifest: dict[str, Any]) -> list[str]:
+    return [key for key, entry in manifest["runs"].items() if entry.get("waiting")]
+
+
+def send(sweep: Sweep, manifest: dict[str, Any], executor: Executor, keys: list[str], resources: Resources,
+         job_tries: dict[str, int]) -> dict[str, str]:
+    """Submit, in order, the runs already waiting and then `keys`, as many as the executor has room
+    for; the rest wait (recorded in the manifest), and the sweep's feeder is queued to send them
+    (in a slot kept for it). Returns run key -> job id of those sent. Call with the lock held."""
+    candidates = [k for k in waiting_runs(manifest) if k not in keys] + list(keys)
+    room = executor.room(sweep, resources)
+    feeder_needed = room is not None and room < len(candidates) and not executor.feeder_alive(sweep)
+    if feeder_needed:
+        room = max(0, room - resources.runs_per_gpu)  # one job's slot kept for the feeder
+    going = candidates if room is None else candidates[:room]
+    _mark_waiting(sweep, manifest, candidates[len(going):])
+    sent: dict[str, str] = {}
+    if going:
+        for key in going:
+            manifest["runs"][key].pop("waiting", None)  # recorded with the run's job id
+        try:
+            sent = submit_and_record(sweep, manifest, executor, going, resources, job_tries)
+        except PartialSubmission as exc:
+            _mark_waiting(sweep, manifest, [k for k in going if k not in exc.submitted])
+            raise
+    if feeder_needed:
+        executor.start_feeder(sweep, resources)
+    return sent
+
+
+def _mark_waiting(sweep: Sweep, manifest: dict[str, Any], keys: list[str]) -> None:
+    changed = [k for k in keys if not manifest["runs"][k].get("waiting")]
+    for key in changed:
+        manifest["runs"][key]["waiting"] = True
+    if changed:
+        sweep.update_manifest(manifest, changed)
+
+
+def feed(sweep: Sweep) -> tuple[dict[str, str], int]:
+    """Send the sweep's waiting runs that fit now; (run key -> job id of those sent, runs still
+    waiting). A refusal by Slurm (the limit reached by other jobs meanwhile) leaves them waiting."""
+    with sweep.locked():
+        manifest = sweep.read_manifest()
+        waiting = waiting_runs(manifest)
+        if not waiting:
+            return {}, 0
+        resources = parse_grid(sweep.grid_path.read_text(), sweep.grid_path).resources
+        try:
+            sent = send(sweep, manifest, get_executor("slurm"), [], resources, {})
+        except PartialSubmission as exc:
+            sent = exc.submitted
+        return sent, len(waiting) - len(sent)
+
+
+def feed_if_stuck(sweep: Sweep, manifest: dict[str, Any], current: dict[str, str]) -> str | None:
+    """Feed a sweep whose runs wait while none of its jobs is queued or running (nothing would
+    feed them otherwise); a line for the user about it, or None where there was nothing to do."""
+    waiting = [k for k, s in current.items() if s == states.QUEUED_LOCALLY]
+    if not waiting or any(states.is_active(s) and s != states.QUEUED_LOCALLY for s in current.values()):
+        return None
+    tried = sweep.path / "slurm" / "fed-when-stuck"
+    try:  # a status --watch looks every 2 s: Slurm is asked for room once per poll interval at most
+        if time.time() - tried.stat().st_mtime < poll_interval_s():
+            return f"{len(waiting)} runs wait for room on the cluster, and none of the sweep's jobs is left to send them"
+    except FileNotFoundError:
+        pass
+    try:
+        tried.parent.mkdir(parents=True, exist_ok=True)
+        tried.touch()
+    except OSError:
+        pass
+    try:
+        sent, left = feed(sweep)
+    except PtbjobsError as exc:
+        return f"{len(waiting)} runs wait for room on the cluster, and none of the sweep's jobs is left to send them: {exc.message}"
+    return f"{len(waiting)} runs waited with none of the sweep's jobs left to send them: sent {len(sent)}, {left} still wait"
+
+
+def submit_and_record(sweep: Sweep, manifest: dict[str, Any], executor: Executor, keys: list[str],
+                      resources: Resources, job_tries: dict[str, int]) -> dict[str, str]:
+    """Submit and write every job id into the manifest, also those of a submission that failed
+    part-way (they were accepted and will run: they must be known to status, cancel and retry).
+    Ctrl-C or TERM is held until the ids are written: a job accepted and not recorded would run a
+    second time after the next submit. The executor stops sending at the next array on such a stop."""
+    with interrupts_held():
+        try:
+            ids = executor.submit(sweep, keys, resources)
+        except PartialSubmission as exc:
+            if exc.submitted:
+                _record_jobs(sweep, manifest, executor.name, exc.submitted, job_tries)
+            raise
+        _record_jobs(sweep, manifest, executor.name, ids, job_tries)
+    return ids
+
+
+def _record_jobs(sweep: Sweep, manifest: dict[str, Any], executor_name: str, ids: dict[str, str],
+                 job_tries: dict[str, int]) -> None:
+    now = time.time()
+    for key, job_id in ids.items():
+        jobs = manifest["runs"][key]["jobs"]
+        if jobs and job_tries.get(jobs[-1]["job_id"], 1) > 1:
+            # once a job is no longer the latest nobody asks its executor about it: keep its count
+            jobs[-1]["tries"] = job_tries[jobs[-1]["job_id"]]
+        jobs.append({"job_id": job_id, "executor": executor_name, "submitted": now})
+    sweep.update_manifest(manifest, ids)
