@@ -51,12 +51,13 @@ def send(sweep: Sweep, manifest: dict[str, Any], executor: Executor, keys: list[
     _mark_waiting(sweep, manifest, candidates[len(going):])
     sent: dict[str, str] = {}
     if going:
-        for key in going:
-            manifest["runs"][key].pop("waiting", None)  # recorded with the run's job id
+        waited = {k for k in going if manifest["runs"][k].pop("waiting", None)}  # recorded with the run's job id
         try:
             sent = submit_and_record(sweep, manifest, executor, going, resources, job_tries)
         except PartialSubmission as exc:
-            _mark_waiting(sweep, manifest, [k for k in going if k not in exc.submitted])
+            # those that waited wait on; new ones stay unsent, as the error says (submit sends them)
+            for key in waited - set(exc.submitted):
+                manifest["runs"][key]["waiting"] = True
             raise
     if feeder_needed:
         executor.start_feeder(sweep, resources)

@@ -504,7 +504,9 @@ def test_retry_asks_squeue_once_and_leaves_out_jobs_the_controller_still_holds(t
     (fake_slurm / "sacct.out").write_text("8_0|NODE_FAIL\n8_1|NODE_FAIL\n8_2|RUNNING\n")
     (fake_slurm / "squeue.out").write_text("8_0|PENDING\n8_1|NODE_FAIL\n8_2|RUNNING\n")
     assert retry(sweep).submitted == {"b": "100"}  # b alone
-    assert len(calls(fake_slurm, "squeue")) == 1
+    # one question about the sweep's jobs; the other squeue call counts the queue for the room left
+    assert len([c for c in calls(fake_slurm, "squeue") if "-j" in c]) == 1
+    assert len(calls(fake_slurm, "squeue")) == 2
 
 
 def test_nothing_is_resubmitted_when_squeue_cannot_confirm_the_job_ended(tmp_path, fake_slurm, capsys):
@@ -586,3 +588,19 @@ def test_sbatch_refusals_name_the_resources_key_and_what_the_cluster_has(fake_sl
 
     (fake_slurm / "sinfo.out").write_text(SINFO_NODES)
     assert explain(said, resources)[0] == expected
+
+
+def test_the_smallest_submit_limit_that_applies_is_read_from_accounting():
+    assoc = "|normal\n40|\n"  # two associations of the user; one caps it at 40
+    qos_table = "normal|\nshort|25\nlong|100\n"
+    assert slurm.parse_submit_limits(assoc, qos_table) == 40
+    assert slurm.parse_submit_limits(assoc, qos_table, qos="short") == 25  # the grid's qos, stricter
+    assert slurm.parse_submit_limits("|long\n", qos_table) == 100  # the association's default QOS
+    assert slurm.parse_submit_limits("|\n", qos_table) is None  # no limit anywhere
+
+
+def test_the_census_counts_each_array_task_and_only_this_users_queued_or_running_jobs():
+    out = ("7_[3-5]|PENDING|ana|ptbjobs-s\n7_0|RUNNING|ana|ptbjobs-s\n7_1|COMPLETED|ana|ptbjobs-s\n"
+           "8|RUNNING|ana|ptbjobs-feed-s\n9|PENDING|bob|ptbjobs-s\n")
+    census = slurm.parse_census(out, "ana", "ptbjobs-s")
+    assert (census.user_active, census.held, census.named_active) == (5, 7, 4)

@@ -1,0 +1,86 @@
+"""Sending what fits and keeping the rest waiting (launch/feed.py), against a scheduler faked at the
+executor's interface: the same logic runs against the real cluster in test_slurm_cluster.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from ptbjobs.core import states
+from ptbjobs.executors.base import Executor, JobStates, PartialSubmission
+from ptbjobs.launch.feed import send, waiting_runs
+from ptbjobs.launch.run_states import run_states
+from ptbjobs.sweep.folder import Sweep
+from ptbjobs.sweep.grid import Resources
+
+
+class Cluster(Executor):
+    """A scheduler with a cap on queued jobs; `refuse_after` makes sbatch refuse once so many are in."""
+
+    name = "slurm"
+
+    def __init__(self, cap: int, refuse_after: int | None = None):
+        self.cap, self.refuse_after, self.queued, self.feeder = cap, refuse_after, [], False
+
+    def submit(self, sweep, keys, resources):
+        ids = {}
+        for key in keys:
+            if self.refuse_after is not None and len(self.queued) >= self.refuse_after:
+                raise PartialSubmission("sbatch: limit", ids)
+            self.queued.append(key)
+            ids[key] = f"{len(self.queued)}"
+        return ids
+
+    def room(self, sweep, resources):
+        return self.cap - len(self.queued) - self.feeder
+
+    def feeder_alive(self, sweep):
+        return self.feeder
+
+    def start_feeder(self, sweep, resources):
+        self.feeder = True
+
+    def query(self, sweep, job_ids, max_age_s=0.0):
+        return JobStates(dict.fromkeys(job_ids, states.PENDING))
+
+    def cancel(self, sweep, job_ids):
+        pass
+
+    def log_paths(self, sweep, key, job_ids):
+        return []
+
+
+def _sweep(tmp_path, runs: int) -> tuple[Sweep, dict]:
+    sweep = Sweep(tmp_path / "s")
+    with sweep.locked():
+        manifest = sweep.read_manifest()
+        for n in range(runs):
+            manifest["runs"][f"r{n}"] = {"config": {"seed": n}, "config_hash": str(n), "point": {}, "jobs": []}
+        sweep.update_manifest(manifest, list(manifest["runs"]))
+    return sweep, manifest
+
+
+def test_what_does_not_fit_waits_in_order_with_a_slot_kept_for_the_feeder(tmp_path):
+    sweep, manifest = _sweep(tmp_path, 6)
+    cluster = Cluster(cap=3)
+    with sweep.locked():
+        sent = send(sweep, manifest, cluster, list(manifest["runs"]), Resources(), {})
+    assert list(sent) == ["r0", "r1"] and cluster.feeder  # 2 runs and the feeder: 3 jobs
+    saved = sweep.read_manifest()
+    assert waiting_runs(saved) == ["r2", "r3", "r4", "r5"]
+    assert [s for s in run_states(sweep, saved).values()].count(states.QUEUED_LOCALLY) == 4
+    cluster.queued.remove("r0")  # a run ended: the next waiting one goes, in order
+    with sweep.locked():
+        assert list(send(sweep, saved, cluster, [], Resources(), {})) == ["r2"]
+    assert waiting_runs(sweep.read_manifest()) == ["r3", "r4", "r5"]
+
+
+def test_a_refusal_part_way_keeps_waiting_runs_waiting_and_records_what_went_out(tmp_path):
+    sweep, manifest = _sweep(tmp_path, 4)
+    cluster = Cluster(cap=2)
+    with sweep.locked():
+        send(sweep, manifest, cluster, list(manifest["runs"]), Resources(), {})  # r0, the feeder; r1-r3 wait
+        cluster.cap, cluster.refuse_after = 10, 2  # room again, but sbatch refuses after one more
+        with pytest.raises(PartialSubmission):
+            send(sweep, sweep.read_manifest(), cluster, [], Resources(), {})
+    saved = sweep.read_manifest()
+    assert [j["job_id"] for j in saved["runs"]["r1"]["jobs"]] == ["2"] and waiting_runs(saved) == ["r2", "r3"]
