@@ -19,6 +19,7 @@ locking is not safe.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -41,19 +42,44 @@ def index_path(sweep: Sweep) -> Path:
     return sweep.path / INDEX_FILE
 
 
+# A line is a JSON list: the format's version, the run's key, the config hash and job it finished
+# with, the size and time of its metrics.jsonl and state.json, then its status row's values in
+# ROW_FIELDS order (a list, not an object: at 100,000 runs the names would double what is read).
+INDEX_FORMAT = 1
+ROW_FIELDS = ("cell", "dropout", "seed", "executor", "job_id", "attempts", "state", "epoch", "epochs", "train_ppl",
+              "valid_ppl", "best_valid_ppl", "test_ppl", "elapsed_s")
+_HEAD = 8  # version, key, config hash, job id, two (size, time) pairs
+
+
 def read_index(sweep: Sweep, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Run key -> its indexed status row, for the runs whose line still holds (see above)."""
-    found: dict[str, dict[str, Any]] = {}
-    records, _ = read_records(index_path(sweep))
-    for record in records:
-        if isinstance(record, dict) and isinstance(record.get("row"), dict):
-            found[record["row"].get("key")] = record  # a run indexed again: its last line counts
+    found: dict[str, list[Any]] = {}
+    for line in _lines(index_path(sweep)):
+        if isinstance(line, list) and len(line) == _HEAD + len(ROW_FIELDS) and line[0] == INDEX_FORMAT:
+            found[line[1]] = line  # a run indexed again: its last line counts
     holding = {}
-    for key, record in found.items():
+    base = str(sweep.path)
+    for key, line in found.items():
         entry = manifest["runs"].get(key)
-        if entry is not None and _still_holds(sweep, key, entry, record):
-            holding[key] = record["row"]
+        if entry is None or line[2] != entry["config_hash"] or line[3] != _job_id(entry):
+            continue  # set aside and started afresh, say
+        if _stamps(f"{base}/{key}") != line[4:_HEAD]:
+            continue  # a file changed since: damaged, or rewritten
+        row = dict(zip(ROW_FIELDS, line[_HEAD:]))
+        holding[key] = {"key": key, **row, "eta_s": None, "problem": None}
     return holding
+
+
+def _lines(path: Path) -> list[Any]:
+    """The index's lines, parsed in one call (a line cut by a crash: then line by line, skipping it)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    try:
+        return json.loads(b"[" + b",".join(line for line in data.split(b"\n") if line) + b"]")
+    except ValueError:
+        return read_records(path)[0]
 
 
 def add_to_index(sweep: Sweep, manifest: dict[str, Any], rows: list[dict[str, Any]], read_from: float) -> None:
@@ -69,36 +95,33 @@ def add_to_index(sweep: Sweep, manifest: dict[str, Any], rows: list[dict[str, An
         with sweep.locked(wait=False) as held:
             if not held:
                 return
-            records = []
+            lines = []
             for row in rows:
                 entry = manifest["runs"][row["key"]]
-                stamps = _stamps(os.path.join(sweep.path, row["key"]))
-                if stamps is None or any(mtime_ns >= (read_from - CLOCK_SLACK_S) * 1e9 for _, mtime_ns in stamps):
+                stamps = _stamps(f"{sweep.path}/{row['key']}")
+                if stamps is None or any(mtime_ns >= (read_from - CLOCK_SLACK_S) * 1e9 for mtime_ns in stamps[1::2]):
                     continue
-                job = latest_job(entry)
-                records.append({"row": row, "job_id": job["job_id"] if job else None,
-                                "config_hash": entry["config_hash"], "files": stamps})
+                lines.append([INDEX_FORMAT, row["key"], entry["config_hash"], _job_id(entry), *stamps,
+                              *(row[name] for name in ROW_FIELDS)])
             index_path(sweep).parent.mkdir(exist_ok=True)
-            append_records(index_path(sweep), records)
+            append_records(index_path(sweep), lines)
     except OSError:
         pass  # read-only, full or someone else's: the index is only a cache
 
 
-def _still_holds(sweep: Sweep, key: str, entry: dict[str, Any], record: dict[str, Any]) -> bool:
+def _job_id(entry: dict[str, Any]) -> str | None:
     job = latest_job(entry)
-    if record.get("job_id") != (job["job_id"] if job else None) or record.get("config_hash") != entry["config_hash"]:
-        return False
-    return _stamps(os.path.join(sweep.path, key)) == record.get("files")
+    return job["job_id"] if job else None
 
 
-def _stamps(run_dir: str) -> list[list[int]] | None:
-    """(size, mtime in ns) of a run folder's metrics.jsonl and state.json; None if either is
-    missing. (Plain strings: at 100,000 runs a Path per file costs as much as the stat.)"""
+def _stamps(run_dir: str) -> list[int] | None:
+    """Size and mtime (ns) of a run folder's metrics.jsonl, then of its state.json; None if either
+    is missing. (Plain strings: at 100,000 runs a Path per file costs as much as the stat.)"""
     stamps = []
     for name in (METRICS_FILE, STATE_FILE):
         try:
-            info = os.stat(os.path.join(run_dir, name))
+            info = os.stat(f"{run_dir}/{name}")
         except OSError:
             return None
-        stamps.append([info.st_size, info.st_mtime_ns])
+        stamps += [info.st_size, info.st_mtime_ns]
     return stamps

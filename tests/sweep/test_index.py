@@ -7,6 +7,7 @@ import os
 import time
 
 from ptbjobs.core import states
+from ptbjobs.core.atomic import read_records
 from ptbjobs.launch import run_states as run_states_module
 from ptbjobs.launch import status as status_module
 from ptbjobs.launch.status import collect
@@ -33,8 +34,9 @@ def _reads(monkeypatch) -> list[str]:
     return read
 
 
-def _index_lines(sweep: Sweep) -> list[dict]:
-    return [json.loads(line) for line in index_path(sweep).read_text().splitlines()]
+def _indexed_keys(sweep: Sweep) -> list[str]:
+    """The run key of each whole line of the index (its second item)."""
+    return [line[1] for line in read_records(index_path(sweep))[0]]
 
 
 def test_a_finished_run_is_indexed_once_and_its_folder_never_read_again(tmp_path, monkeypatch):
@@ -42,21 +44,21 @@ def test_a_finished_run_is_indexed_once_and_its_folder_never_read_again(tmp_path
     _age(sweep)
     first = collect(sweep)
     finished = {r["key"] for r in first["runs"] if r["state"] in FINISHED}
-    assert finished and {line["row"]["key"] for line in _index_lines(sweep)} == finished
+    assert finished and set(_indexed_keys(sweep)) == finished
     read = _reads(monkeypatch)
     second = collect(sweep)
     assert second["runs"] == first["runs"]  # the same rows, from the index
     assert set(read) == {r["key"] for r in first["runs"]} - finished  # only the runs not finished
-    assert len(_index_lines(sweep)) == len(finished)  # nothing indexed twice
+    assert len(_indexed_keys(sweep)) == len(finished)  # nothing indexed twice
 
 
 def test_a_run_that_finished_a_moment_ago_is_indexed_at_the_next_look(tmp_path):
     sweep = make_sweep(tmp_path / "s", runs=12)  # every file written just now
     collect(sweep)
-    assert not index_path(sweep).exists() or not _index_lines(sweep)
+    assert not index_path(sweep).exists() or not _indexed_keys(sweep)
     _age(sweep)
     collect(sweep)
-    assert _index_lines(sweep)
+    assert _indexed_keys(sweep)
 
 
 def test_a_run_damaged_after_it_was_indexed_is_shown_damaged_not_as_indexed(tmp_path):
@@ -94,10 +96,9 @@ def test_a_cut_line_of_the_index_costs_only_its_own_run(tmp_path, monkeypatch):
     index_path(sweep).write_bytes(b"".join(lines[:-1]) + lines[-1][:25])  # a crash mid-append
     read = _reads(monkeypatch)
     assert collect(sweep)["runs"] == first["runs"]
-    cut = json.loads(lines[-1])["row"]["key"]
-    assert cut in read and len(set(read) & {json.loads(line)["row"]["key"] for line in lines}) == 1
-    # and indexed again, on a line of its own after the cut one
-    assert cut in {line["row"]["key"] for line in map(json.loads, index_path(sweep).read_text().splitlines()[-1:])}
+    cut = json.loads(lines[-1])[1]
+    assert cut in read and len(set(read) & {json.loads(line)[1] for line in lines}) == 1
+    assert _indexed_keys(sweep)[-1] == cut  # indexed again, on a line of its own after the cut one
 
 
 def test_the_manifest_journal_records_a_change_as_a_line_and_folds_in_when_large(tmp_path, monkeypatch):
