@@ -38,6 +38,7 @@ _NAMED_WHEN_ON = {"tie_weights": "tied", "variational_dropout": "variational", "
 REFERENCES_RESOURCE = "references.csv"
 # the trainer's DivergedError message, which state.json keeps: "training diverged: loss is nan at epoch 4, step ..."
 _DIVERGED_AT = re.compile(r"\bat epoch (\d+)\b")
+EPOCH_COLUMNS = ("key", "epoch", "lr", "train_ppl", "valid_ppl", "tokens_per_s", "elapsed_s", "steps")
 
 
 @dataclass
@@ -56,25 +57,29 @@ def load_sweep(sweep: Sweep) -> SweepData:
     targets = Targets()
     if sweep.grid_path.is_file():
         targets = parse_grid(sweep.grid_path.read_text(), sweep.grid_path).targets
-    epoch_rows, run_rows, damaged, diverged = [], [], {}, {}
+    # the epochs as columns, not a dict per epoch: a sweep of 100,000 runs has 1.3 million of them
+    epoch_columns: dict[str, list] = {name: [] for name in EPOCH_COLUMNS}
+    run_rows, damaged, diverged = [], {}, {}
     for key, entry in manifest["runs"].items():
         run = RunDir(sweep.run_dir(key))
         try:  # a run whose files cannot be read is left out, and named; the others are reported
             records = run.read_metrics()
-            state = run.read_state() or {}
+            final = records[-1] if records and records[-1].get("final") else None
+            # a run that finished says all in its final record; state.json only for the others
+            state = {} if final and not final.get("truncated") else run.read_state() or {}
         except DamagedFile as exc:
             damaged[key] = f"{exc.path} {exc.problem}"
             continue
         epochs = [r for r in records if "epoch" in r]
-        final = records[-1] if records and records[-1].get("final") else None
         for record in epochs:
-            epoch_rows.append({"key": key, **{k: v for k, v in record.items()}})
+            record["key"] = key
+            for name, column in epoch_columns.items():
+                column.append(record.get(name))
         run_rows.append(_run_row(key, run_config(manifest, entry), epochs, final, state.get("device")))
         if state.get("state") == states.DIVERGED and not run_rows[-1]["complete"]:
             diverged[key] = diverged_epoch(state, epochs)
     runs = pd.DataFrame(run_rows)
-    epochs_frame = pd.DataFrame(epoch_rows, columns=["key", "epoch", "lr", "train_ppl", "valid_ppl",
-                                                     "tokens_per_s", "elapsed_s", "steps"])
+    epochs_frame = pd.DataFrame(epoch_columns)
     if epochs_frame.empty:
         raise PtbjobsError(f"no run of {sweep.path} has finished an epoch yet",
                            "wait for the first epochs (see `ptbjobs status`)")
@@ -196,7 +201,8 @@ def _reference_for(run: pd.Series) -> str:
 
 def incomplete_runs(data: SweepData) -> list[str]:
     """Runs not (yet) finished: still going, failed or cut short; not the diverged ones."""
-    return [row["key"] for _, row in data.runs.iterrows() if not row["complete"] and row["key"] not in data.diverged]
+    runs = data.runs
+    return runs.loc[~runs["complete"].astype(bool) & ~runs["key"].isin(list(data.diverged)), "key"].tolist()
 
 
 def published_references() -> pd.DataFrame:
