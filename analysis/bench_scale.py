@@ -15,7 +15,9 @@ is timed apart ("first look"): it is the one that finds the finished runs and in
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import shutil
 import statistics
 import subprocess
@@ -60,8 +62,18 @@ def main() -> None:
     try:
         run_bench(ptbjobs, scratch, args)
     finally:
+        _stop_supervisor(scratch / "runs" / "synthetic")
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _stop_supervisor(sweep: Path) -> None:
+    """The synthetic queued runs keep the local executor's supervisor (started by the first status)
+    waiting for a slot that never comes: stop it with the benchmark."""
+    try:
+        os.kill(json.loads((sweep / "local" / "supervisor.json").read_text())["pid"], signal.SIGTERM)
+    except (OSError, ValueError, KeyError):
+        pass
 
 
 def run_bench(ptbjobs: str, scratch: Path, args: argparse.Namespace) -> None:

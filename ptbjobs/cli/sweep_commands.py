@@ -97,11 +97,11 @@ def status(
     if as_json:
         print(json.dumps(collected))
         return
+    if not sys.stdout.isatty():  # a pipe or a file: plain lines, without loading rich (a 100,000-line table in a second)
+        sys.stdout.write(sweep_status.plain_table(collected, every_run) + sweep_status.summary_line(collected, every_run) + "\n")
+        return
     out = console()
-    if out.is_terminal:
-        out.print(sweep_status.render_table(collected, every_run), end="", no_wrap=True, overflow="ignore", crop=False)
-    else:  # rich's rendering of a table of 100,000 lines takes a minute; plain lines take a second
-        sys.stdout.write(sweep_status.plain_table(collected, every_run))
+    out.print(sweep_status.render_table(collected, every_run), end="", no_wrap=True, overflow="ignore", crop=False)
     out.print(sweep_status.summary_line(collected, every_run), no_wrap=True, overflow="ignore", crop=False)
 
 
