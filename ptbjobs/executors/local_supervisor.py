@@ -83,10 +83,15 @@ class _Queue:
         self.folder = folder
         self.jobs: dict[str, dict[str, Any]] = {}  # job id -> its record, for jobs not ended
         self.last_number = 0
-        for path in (folder / "jobs").glob("L*.json"):  # once: what was queued before this supervisor
-            if path.stem[1:].isdigit():
-                self.last_number = max(self.last_number, int(path.stem[1:]))
-                self._add(path.stem)
+        # once: what was queued before this supervisor, from one listing (a job with an end record
+        # is not even read: a sweep of 100,000 runs has few jobs in hand)
+        names = set(os.listdir(folder / "jobs"))
+        for name in names:
+            job_id = name[:-len(".json")]
+            if name.endswith(".json") and job_id[:1] == "L" and job_id[1:].isdigit():
+                self.last_number = max(self.last_number, int(job_id[1:]))
+                if f"{job_id}.end.json" not in names:
+                    self._add(job_id)
 
     def _add(self, job_id: str) -> None:
         end, record = job_files(self.folder, job_id)
