@@ -105,6 +105,11 @@ class _Queue:
             self._add(f"L{self.last_number}")
         running, pending = [], []
         for job_id in list(self.jobs):
+            if self.jobs[job_id]["state"] == states.PENDING and not (self.folder / "jobs" / f"{job_id}.end.json").exists():
+                # a queued job changes only by this supervisor starting it, or by a cancel writing
+                # its end record: a look at that file's name is enough (thousands may be queued)
+                pending.append(self.jobs[job_id])
+                continue
             end, record = job_files(self.folder, job_id)
             state = job_state(self.folder, job_id, end, record)
             if record:
