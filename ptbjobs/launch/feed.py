@@ -6,13 +6,15 @@ submit sends the runs that fit (Executor.room: one squeue call, the limits asked
 minutes); the others wait in the sweep, QUEUED_LOCALLY (`"waiting": true` in their manifest
 entries), in the order they were planned, and go out as room frees, with no one typing `submit`:
 
+- the sweep's feeder: a job of one CPU, queued in a slot kept for it when runs first wait
+  (SlurmExecutor.start_feeder), runs `ptbjobs feed --as-feeder` and requeues itself while any still
+  wait. The tasks cannot do it alone: a task counts against the limit while it runs, so a feed from
+  inside it finds no room for what its own end frees, and a round of tasks ending together stalls.
 - each Slurm task, as it ends for good (not when it is requeued), runs `ptbjobs feed`, which sends
-  the next waiting runs into the room it and any other ended job left. It needs no process of its
-  own (a feeder job would hold a slot of the user's allowance, and could itself die); a task
-  requeued after a node failure feeds when it ends later.
-- `submit --wait` feeds once per poll interval while it watches, and any `submit` or `retry` feeds.
-- `status` feeds where runs wait and none of the sweep's jobs is queued or running: every task that
-  would have fed them ended without doing so (killed by the kernel's OOM killer, say).
+  runs into room that tasks ended before it freed.
+- `submit --wait` feeds once per poll interval while it watches, and any `submit` or `retry` feeds
+  (and queues a feeder again where none is left).
+- `status` feeds where runs wait and none of the sweep's jobs is queued or running.
 
 Every feed holds the sweep lock from its count of the queue to the job ids in the manifest, so two
 tasks ending together cannot both fill the same room, and no run is sent twice.
