@@ -41,6 +41,7 @@ from typing import Any
 
 from ptbjobs.core import states
 from ptbjobs.core.atomic import atomic_write_json, read_json_if_any, try_exclusive_lock
+from ptbjobs.core.env import seconds_from_env
 from ptbjobs.core.errors import ConfigError, PtbjobsError
 from ptbjobs.executors.base import Executor, JobStates
 from ptbjobs.sweep.folder import Sweep
@@ -161,17 +162,7 @@ class LocalExecutor(Executor):
 
 def kill_wait_s() -> float:
     """How long a cancelled job may take to stop before it is killed: $PTBJOBS_KILL_WAIT_S, else 120 s."""
-    given = os.environ.get("PTBJOBS_KILL_WAIT_S")
-    if given is None:
-        return DEFAULT_KILL_WAIT_S
-    try:
-        seconds = float(given)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise ConfigError(None, f"PTBJOBS_KILL_WAIT_S: must be a number of seconds >= 0, got {given!r}",
-                          "unset it for the default of 120 s")
-    return seconds
+    return seconds_from_env("PTBJOBS_KILL_WAIT_S", DEFAULT_KILL_WAIT_S)
 
 
 def default_parallelism(resources: Resources) -> int:

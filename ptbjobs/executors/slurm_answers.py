@@ -15,14 +15,13 @@ cancel) always ask afresh: they are typed, not looped.
 from __future__ import annotations
 
 import fcntl
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ptbjobs.core.atomic import atomic_write_json, read_json_if_any
-from ptbjobs.core.errors import ConfigError
+from ptbjobs.core.env import seconds_from_env
 from ptbjobs.executors.slurm_commands import SlurmUnavailable, StateReport
 
 DEFAULT_POLL_S = 30.0
@@ -34,17 +33,7 @@ _clock = time.monotonic  # how long an answer took (a test sets the time it take
 
 def poll_interval_s() -> float:
     """How old an answer a command that looks again and again may take: $PTBJOBS_POLL_S, else 30 s."""
-    given = os.environ.get("PTBJOBS_POLL_S")
-    if given is None:
-        return DEFAULT_POLL_S
-    try:
-        seconds = float(given)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds <= MAX_INTERVAL_S:
-        raise ConfigError(None, f"PTBJOBS_POLL_S: must be a number of seconds from 0 to {MAX_INTERVAL_S:g}, got {given!r}",
-                          f"unset it for the default of {DEFAULT_POLL_S:g} s")
-    return seconds
+    return seconds_from_env("PTBJOBS_POLL_S", DEFAULT_POLL_S, MAX_INTERVAL_S)
 
 
 @dataclass
