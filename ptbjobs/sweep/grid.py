@@ -36,7 +36,8 @@ import tomllib
 
 from ptbjobs.core.errors import ConfigError
 from ptbjobs.sweep.grid_lines import GridError, KeyLocator
-from ptbjobs.train.config import FIELD_DEFAULTS, LATER_FIELDS, RESUME_NEUTRAL_FIELDS, TrainConfig, coerce
+from ptbjobs.sweep.identity import config_hash, hash_of_changes
+from ptbjobs.train.config import FIELD_DEFAULTS, TrainConfig, coerce
 
 TOP_LEVEL_KEYS = ("name", "data_dir", "defaults", "axes", "overrides", "include", "exclude", "resources", "targets")
 MAX_RUNS_WITHOUT_YES = 10_000
@@ -127,12 +128,6 @@ def _full_hash(config: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
 
 
-def config_hash(config: TrainConfig) -> str:
-    """A short hash of everything that decides what a run computes (a field added in a later
-    version counts only away from its default, so existing runs keep their hash)."""
-    identity = {k: v for k, v in config.to_dict().items()
-                if k not in RESUME_NEUTRAL_FIELDS and not (k in LATER_FIELDS and v == FIELD_DEFAULTS[k])}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def load_grid(path: Path, allow_large: bool = False) -> Grid:
@@ -279,7 +274,7 @@ def _expand(where: KeyLocator, defaults: dict, axes: dict, overrides: list, excl
                 values.update(fields)
         values.update(extra)
         try:
-            config = TrainConfig.from_mapping(values)
+            config = TrainConfig(**values)  # each value was coerced and range-checked as the grid was read
         except ConfigError as exc:
             # the line where the field is first set; the value may come from defaults or an override
             line = where.line_of("", exc.field) if exc.field else None
@@ -288,6 +283,7 @@ def _expand(where: KeyLocator, defaults: dict, axes: dict, overrides: list, excl
                             exc.hint or "fix the fields it takes from defaults and overrides") from None
         # an included point's own fields go into its key, as an axis would: it differs by them
         run = RunSpec(key=run_key(config, list(axes) + list(extra)), config=config, point=point)
+        object.__setattr__(run, "_hash", hash_of_changes(values))  # what run.config_hash() gives, faster
         config_hash = run.config_hash()
         same = run_of_config.get(config_hash)
         if same is not None and include_index is not None:

@@ -92,15 +92,14 @@ class TrainConfig:
     checkpoint_every_steps: int = _opt(0, "also save it every this many steps (0: off)")
 
     def __post_init__(self) -> None:
-        for name in _ENUM_FIELDS:
-            enum_type = _FIELD_TYPES[name]
-            value = getattr(self, name)
-            if not isinstance(value, enum_type):
-                object.__setattr__(self, name, _to_enum(name, enum_type, value))
-        for name in _FIELD_NAMES:
-            value = getattr(self, name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(name, f"must be a finite number, got {value}")
+        # written for speed as much as for checking: a grid of 100,000 runs builds 100,000 configs
+        values = self.__dict__
+        for name, enum_type in _ENUM_TYPES:
+            if values[name].__class__ is not enum_type:
+                object.__setattr__(self, name, _to_enum(name, enum_type, values[name]))
+        for name in _FLOAT_FIELDS:
+            if not math.isfinite(values[name]):
+                raise ConfigError(name, f"must be a finite number, got {values[name]}")
         if self.seed >= 2**63:
             raise ConfigError("seed", f"must be below 2**63, got {self.seed}")
         for name in ("emb_size", "hidden_size", "num_layers", "batch_size", "bptt",
@@ -135,7 +134,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (enums as their strings)."""
-        values = {name: getattr(self, name) for name in _FIELD_NAMES}
+        values = {name: self.__dict__[name] for name in _FIELD_NAMES}
         for name in _ENUM_FIELDS:
             values[name] = values[name].value
         return values
@@ -168,6 +167,8 @@ _FIELD_TYPES: dict[str, type] = typing.get_type_hints(TrainConfig)
 # the fields in order, looked up once: a grid of 100,000 runs builds and hashes 100,000 configs
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
 _ENUM_FIELDS = tuple(name for name in _FIELD_NAMES if isinstance(_FIELD_TYPES[name], type) and issubclass(_FIELD_TYPES[name], enum.Enum))
+_ENUM_TYPES = tuple((name, _FIELD_TYPES[name]) for name in _ENUM_FIELDS)
+_FLOAT_FIELDS = tuple(name for name in _FIELD_NAMES if _FIELD_TYPES[name] is float)
 FIELD_HELP: dict[str, str] = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
 
 

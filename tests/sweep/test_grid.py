@@ -102,6 +102,26 @@ weight_decay = 1e-5
     assert [r.key for r in grid.runs] == ["lstm-d0-s1", "lstm-d0-s2-lr0.5", "lstm-d0-s2"]
 
 
+def test_config_hash_is_the_hash_of_the_sorted_identity_json_however_it_is_built():
+    import hashlib
+    import json
+
+    from ptbjobs.sweep.grid import config_hash
+    from ptbjobs.train.config import FIELD_DEFAULTS, LATER_FIELDS, RESUME_NEUTRAL_FIELDS
+
+    def reference(config):  # the definition every stored run's hash was made with
+        identity = {k: v for k, v in config.to_dict().items()
+                    if k not in RESUME_NEUTRAL_FIELDS and not (k in LATER_FIELDS and v == FIELD_DEFAULTS[k])}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+
+    grid = parse('name = "s"\n[defaults]\nepochs = 3\ndevice = "cpu"\n[axes]\ncell = ["lstm", "gru"]\n'
+                 'dropout = [0.0, -0.0, 0.5]\nweight_decay = [0.0, 1e-5]\ntie_weights = [true, false]\n'
+                 '[[overrides]]\nmatch = { cell = "gru" }\nlr = 0.5\n')
+    for run in grid.runs:  # the grid's own (built from the fields it sets) and the general one
+        assert run.config_hash() == config_hash(run.config) == reference(run.config), run.key
+    assert grid.runs[0].config_hash() != grid.runs[1].config_hash()  # -0.0 is not 0.0 for json, nor here
+
+
 def test_any_training_field_can_be_an_axis_and_shows_in_the_key():
     grid = parse('name = "s"\n[axes]\nlr = [0.5, 1.0]\ntie_weights = [true]\n')
     assert [r.key for r in grid.runs] == ["lstm-d0-s1-lr0.5-tieweightsT", "lstm-d0-s1-lr1-tieweightsT"]
