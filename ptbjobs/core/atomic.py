@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import fcntl
 import json
 import os
@@ -64,6 +66,45 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     descriptor = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def replace_unsynced(path: Path, payload: bytes) -> None:
+    """Like `atomic_write_bytes`, without its two fsyncs: a reader sees the old content or the new,
+    but a power cut may lose the write. For many small files written in one go (a submit's 100,000
+    spec.json) followed by one `flush_filesystem`: two fsyncs each cost a 100,000-run submit
+    minutes. The temp name carries the pid, so two writers never share one."""
+    temp = path.parent / f".{path.name}.{os.getpid() % 16**8:08x}.tmp"
+    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
+    try:
+        try:
+            os.write(descriptor, payload)
+        finally:
+            os.close(descriptor)
+        os.replace(temp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
+def flush_filesystem(path: Path) -> None:
+    """Make every write so far to the filesystem holding `path` durable: syncfs(2) where the C
+    library has it (one filesystem, not every mount of the machine as sync(2) would), else sync."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        os.sync()
+        return
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(descriptor) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error), str(path))
     finally:
         os.close(descriptor)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from ptbjobs.core.errors import PtbjobsError
 from ptbjobs.sweep.folder import Sweep
@@ -43,6 +43,17 @@ class PartialSubmission(PtbjobsError):
         self.submitted = submitted
 
 
+class SendLedger(Protocol):
+    """Where an executor notes each batch of runs it sends (one sbatch, or a local submit), so a
+    submit killed anywhere (kill -9 included) never sends a run twice: the batch is marked as being
+    sent before the scheduler sees it, and its job ids recorded, with the mark cleared, as soon as
+    it accepts it. A mark left by a kill is settled by the next send (`Executor.find_sent`)."""
+
+    def sending(self, token: str, keys: list[str]) -> None: ...
+
+    def sent(self, token: str, ids: dict[str, str]) -> None: ...
+
+
 class Executor(abc.ABC):
     name: ClassVar[str]  # what the manifest records for each job ("local", "slurm")
     # the limit on runs at once that this executor set for the sweep in this command (the local
@@ -50,10 +61,19 @@ class Executor(abc.ABC):
     parallel_in_force: int | None = None
 
     @abc.abstractmethod
-    def submit(self, sweep: Sweep, keys: list[str], resources: Resources) -> dict[str, str]:
+    def submit(self, sweep: Sweep, keys: list[str], resources: Resources,
+               ledger: SendLedger | None = None) -> dict[str, str]:
         """Start a job for each run key (the run folders' spec.json written already); returns
         key -> job id. Call with the sweep lock held. Returns as soon as the jobs are queued.
-        Raises PartialSubmission when some jobs went out and then the rest could not."""
+        Raises PartialSubmission when some jobs went out and then the rest could not. Each batch
+        is noted in `ledger` before and after it goes out, under a token the scheduler keeps."""
+
+    @abc.abstractmethod
+    def find_sent(self, sweep: Sweep, token: str, keys: list[str], resources: Resources,
+                  since: float) -> dict[str, str]:
+        """The jobs of a batch marked as being sent at `since` whose submit was killed before it
+        recorded them: run key -> job id, {} where the scheduler never got it. Raises PtbjobsError
+        where the scheduler cannot tell (nothing may be sent then: it might be a second time)."""
 
     @abc.abstractmethod
     def query(self, sweep: Sweep, job_ids: list[str], max_age_s: float = 0.0) -> JobStates:

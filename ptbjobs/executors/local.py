@@ -31,6 +31,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -43,7 +44,7 @@ from ptbjobs.core import states
 from ptbjobs.core.atomic import atomic_write_json, read_json_if_any, try_exclusive_lock
 from ptbjobs.core.env import seconds_from_env
 from ptbjobs.core.errors import ConfigError, PtbjobsError
-from ptbjobs.executors.base import Executor, JobStates
+from ptbjobs.executors.base import Executor, JobStates, SendLedger
 from ptbjobs.sweep.folder import Sweep
 from ptbjobs.sweep.grid import Resources
 
@@ -64,7 +65,8 @@ class LocalExecutor(Executor):
     def __init__(self, max_parallel: int | None = None):
         self.max_parallel = max_parallel  # --max-parallel of this command, if given
 
-    def submit(self, sweep: Sweep, keys: list[str], resources: Resources) -> dict[str, str]:
+    def submit(self, sweep: Sweep, keys: list[str], resources: Resources,
+               ledger: SendLedger | None = None) -> dict[str, str]:
         """Queue one job per run key; returns key -> job id. Call with the sweep lock held.
         A sweep keeps the last --max-parallel given to it: a later submit or retry without the
         flag (resuming a timed-out run, adding runs) must not fall back to the default."""
@@ -73,15 +75,33 @@ class LocalExecutor(Executor):
         given = self.max_parallel or (read_json_if_any(folder / "settings.json") or {}).get("max_parallel_given")
         self._write_settings(folder, given, given or default_parallelism(resources), resources.to_dict())
         number = _last_job_number(folder)
+        token = secrets.token_hex(4)
+        if ledger:
+            ledger.sending(token, keys)
         ids = {}
         for key in keys:
             number += 1
             job_id = f"L{number}"
-            atomic_write_json(job_path(folder, job_id), {"job_id": job_id, "number": number, "run": key,
+            atomic_write_json(job_path(folder, job_id), {"job_id": job_id, "number": number, "run": key, "batch": token,
                                                    "state": states.PENDING, "submitted": time.time()})
             ids[key] = job_id
+        if ledger:
+            ledger.sent(token, ids)
         ensure_supervisor(sweep)
         return ids
+
+    def find_sent(self, sweep: Sweep, token: str, keys: list[str], resources: Resources,
+                  since: float) -> dict[str, str]:
+        """The job records of the batch. Asked only after a submit was killed: reading every
+        job record here is no steady cost."""
+        jobs = local_folder(sweep) / "jobs"
+        found = {}
+        for path in jobs.glob("L*.json") if jobs.is_dir() else []:
+            if path.stem[1:].isdigit():
+                record = read_json_if_any(path)
+                if isinstance(record, dict) and record.get("batch") == token and record.get("run") in keys:
+                    found[record["run"]] = record["job_id"]
+        return found
 
     def apply_max_parallel(self, sweep: Sweep) -> None:
         """Give the sweep the --max-parallel of a submit or retry that started nothing, so that the

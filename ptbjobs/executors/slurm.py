@@ -1,7 +1,9 @@
 """The Slurm executor: a sweep's runs as Slurm job arrays, through submitit.
 
     <sweep>/slurm/
-      <job id>/            submitit's folder per job: the pickled call, <job id>_0_log.out
+      <array id>/          submitit's folder per job array (or plain job): the array's pickled calls
+                           (<array id>_array.pkl, linked as each task's <job id>_submitted.pkl),
+                           each task's <job id>_0_log.out
       cancelled.json       array tasks `ptbjobs cancel` cancelled (a pending task cancelled before
                            it started leaves no trace in sacct)
       last_states.json     what Slurm last said of every job: shown when the controller is down
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import secrets
 import shlex
 import sys
 import time
@@ -23,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from ptbjobs.core import states
-from ptbjobs.core.atomic import atomic_write_json, read_json_if_any
+from ptbjobs.core.atomic import atomic_write_json, flush_filesystem, read_json_if_any, replace_unsynced
 from ptbjobs.core.errors import PtbjobsError
 from ptbjobs.core.interrupts import interrupt_held
 from ptbjobs.executors import slurm_answers, slurm_commands, slurm_refusals
-from ptbjobs.executors.base import Executor, JobStates, PartialSubmission
+from ptbjobs.executors.base import Executor, JobStates, PartialSubmission, SendLedger
 from ptbjobs.sweep.folder import Sweep
 from ptbjobs.sweep.grid import Resources
 
@@ -71,15 +75,17 @@ def sbatch_parameters(resources: Resources, job_name: str, array_size_limit: int
 class SlurmExecutor(Executor):
     name = "slurm"
 
-    def submit(self, sweep: Sweep, keys: list[str], resources: Resources) -> dict[str, str]:
+    def submit(self, sweep: Sweep, keys: list[str], resources: Resources,
+               ledger: SendLedger | None = None) -> dict[str, str]:
         """One job array per MaxArraySize runs; returns run key -> job id ("123_4"). Returns as soon
-        as sbatch has accepted them."""
+        as sbatch has accepted them. Each array carries its batch token in its job name
+        (`ptbjobs-<sweep>:<token>`), where `find_sent` looks for it after a kill."""
         import submitit  # here, not at the top: status and cancel need none of it
 
         from ptbjobs.executors.slurm_tasks import CheckpointableRun, PackedRuns
 
         limit = self.limits(sweep, resources).max_array_size
-        executor = submitit.SlurmExecutor(folder=_folder(sweep) / "%j", max_num_timeout=resources.max_requeues)
+        executor = submitit.SlurmExecutor(folder=_folder(sweep) / "%A", max_num_timeout=resources.max_requeues)
         try:
             executor.update_parameters(**sbatch_parameters(resources, job_name(sweep), limit))
         except ValueError as exc:
@@ -87,24 +93,52 @@ class SlurmExecutor(Executor):
         # with runs_per_gpu, each task trains a pack of runs side by side
         size = resources.runs_per_gpu
         packs = [keys[i:i + size] for i in range(0, len(keys), size)]
+        root = sweep.path.resolve()  # once: resolving 100,000 run folders one by one costs seconds
+        run_dirs = {key: os.path.join(root, key) for key in keys}
         ids: dict[str, str] = {}
         for start in range(0, len(packs), limit):
             if interrupt_held():  # Ctrl-C or TERM while sending: what went out is kept, no more goes
                 raise PartialSubmission(f"interrupted: {len(ids)} of {len(keys)} runs were submitted before it", ids,
                                         "`ptbjobs submit` again sends the rest")
             chunk = packs[start:start + limit]
+            calls = [submitit.helpers.DelayedSubmission(CheckpointableRun(), run_dirs[pack[0]]) if size == 1 else
+                     submitit.helpers.DelayedSubmission(PackedRuns(), [run_dirs[key] for key in pack])
+                     for pack in chunk]
+            token = secrets.token_hex(4)
+            if ledger:
+                ledger.sending(token, [key for pack in chunk for key in pack])
+            executor.update_parameters(job_name=f"{job_name(sweep)}:{token}")
             try:
                 # submitit prints sbatch's stderr itself before raising: the error below says it once
-                with contextlib.redirect_stderr(io.StringIO()), executor.batch():
-                    jobs = [executor.submit(CheckpointableRun(), self._dir(sweep, pack[0])) if size == 1 else
-                            executor.submit(PackedRuns(), [self._dir(sweep, key) for key in pack]) for pack in chunk]
+                with contextlib.redirect_stderr(io.StringIO()):
+                    job_ids = submit_array(executor, calls)
             except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError, OSError,
                     RuntimeError) as exc:
+                # the batch stays marked as being sent: the next send asks Slurm whether it went out
                 done = f" ({len(ids)} runs were submitted before it)" if ids else ""
                 message, hint = slurm_refusals.explain(str(exc), resources)
                 raise PartialSubmission(message + done, ids, hint) from None
-            ids.update({key: job.job_id for pack, job in zip(chunk, jobs) for key in pack})
+            sent = {key: job_id for pack, job_id in zip(chunk, job_ids) for key in pack}
+            if ledger:
+                ledger.sent(token, sent)
+            ids.update(sent)
         return ids
+
+    def find_sent(self, sweep: Sweep, token: str, keys: list[str], resources: Resources,
+                  since: float) -> dict[str, str]:
+        """The array named with the batch's token, from squeue (or sacct, where it has ended and
+        left the queue): its tasks in the order of the batch's runs, packed by runs_per_gpu."""
+        try:
+            found = slurm_commands.job_named(f"{job_name(sweep)}:{token}", since)
+        except slurm_commands.SlurmUnavailable as exc:
+            raise PtbjobsError(f"cannot tell whether {len(keys)} runs a killed submit was sending went out "
+                               f"({exc.message})", "nothing was submitted; try again when Slurm answers (scontrol ping)") from None
+        if found is None:
+            return {}
+        size = resources.runs_per_gpu
+        packs = [keys[i:i + size] for i in range(0, len(keys), size)]
+        ids = [found] if len(packs) == 1 else [f"{found}_{index}" for index in range(len(packs))]
+        return {key: job_id for pack, job_id in zip(packs, ids) for key in pack}
 
     def limits(self, sweep: Sweep, resources: Resources) -> slurm_commands.ClusterLimits:
         """The cluster's limits, asked at most every LIMITS_KEPT_S (they are a site's settings)."""
@@ -167,10 +201,6 @@ class SlurmExecutor(Executor):
             raise PtbjobsError(f"could not queue the sweep's feeder ({exc.message})",
                                "the waiting runs go out when a run ends, or at the next `ptbjobs submit`") from None
         atomic_write_json(folder / "feeder.json", {"job_id": job_id, "submitted": time.time()})
-
-    @staticmethod
-    def _dir(sweep: Sweep, key: str) -> str:
-        return str(sweep.run_dir(key).resolve())
 
     def query(self, sweep: Sweep, job_ids: list[str], max_age_s: float = 0.0) -> JobStates:
         """Every job's state in one sacct call (plus one squeue call for jobs sacct does not list
@@ -239,7 +269,7 @@ class SlurmExecutor(Executor):
         paths = []
         for job_id in job_ids:
             own = sweep.run_dir(key) / "logs" / f"{job_id}.log"
-            paths += ([own] if own.exists() else []) + [_folder(sweep) / job_id / f"{job_id}_0_log.out"]
+            paths += ([own] if own.exists() else []) + [task_folder(sweep, job_id) / f"{job_id}_0_log.out"]
         return paths
 
 
@@ -248,6 +278,49 @@ class SlurmExecutor(Executor):
         # each start of a task (the first, and each after a requeue) opens with submitit's line
         # "submitit INFO (...) - Starting with JobEnvironment(job_id=..., ...)"
         return _split_before(log_text, "Starting with JobEnvironment(")
+
+
+def submit_array(executor: Any, calls: list[Any]) -> list[str]:
+    """Submit `calls` (submitit DelayedSubmissions of Checkpointable callables) as one job array
+    through submitit's executor, whose folder is per array (`%A`); returns the tasks' job ids. A
+    single call goes out as submitit sends it (a plain job).
+
+    An array's calls go into one pickle (`ArrayTasks`: task i runs call i), and each task's pickle,
+    where submitit's task loader looks, is a hard link to it, made once sbatch has answered (a task
+    that starts first waits for it, as with submitit's own batches). submitit's batch pickles each
+    call to a temp file and moves it into a folder of its own: about 0.35 ms and two new files a
+    task, over a minute of a 100,000-run submit on a slow disk; a link is one directory entry."""
+    import pickle
+
+    import submitit
+
+    from ptbjobs.executors.slurm_tasks import ArrayTasks
+
+    if len(calls) == 1:
+        with executor.batch():
+            job = executor.submit(calls[0].function, *calls[0].args)
+        return [job.job_id]
+    array = submitit.SlurmExecutor(executor.folder, executor.max_num_timeout)
+    array.update_parameters(**executor.parameters)
+    array.parameters["map_count"] = len(calls)
+    first = array._submit_command(array._submitit_command_str)  # sbatch; creates the array's folder
+    folder = Path(str(executor.folder).replace("%A", first.job_id))
+    whole = submitit.helpers.DelayedSubmission(ArrayTasks(), [(call.function, call.args) for call in calls])
+    whole.set_timeout(executor.parameters.get("time", 5), executor.max_num_timeout)
+    shared = folder / f"{first.job_id}_array.pkl"
+    replace_unsynced(shared, pickle.dumps(whole, pickle.HIGHEST_PROTOCOL))
+    job_ids = [f"{first.job_id}_{index}" for index in range(len(calls))]
+    for job_id in job_ids:
+        os.link(shared, folder / f"{job_id}_submitted.pkl")
+    flush_filesystem(folder)
+    return job_ids
+
+
+def task_folder(sweep: Sweep, job_id: str) -> Path:
+    """submitit's folder of a job: one per array (`<array id>/`), or, for sweeps submitted before
+    that, one per array task (`<job id>/`)."""
+    own = _folder(sweep) / job_id
+    return own if own.is_dir() else _folder(sweep) / job_id.split("_")[0]
 
 
 def _split_before(text: str, marker: str) -> list[str]:

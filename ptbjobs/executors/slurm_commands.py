@@ -13,6 +13,7 @@ import getpass
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 
 from ptbjobs.core import states
@@ -289,8 +290,26 @@ def parse_census(text: str, user: str, job_name: str) -> QueueCensus:
             held += 1
             if owner == user and states.is_active(states.normalise_slurm_state(state)):
                 user_active += 1
-                named += name == job_name
+                named += is_named(name, job_name)
     return QueueCensus(user_active, held, named)
+
+
+def is_named(name: str, job_name: str) -> bool:
+    """Is a job's name `job_name`, or `job_name:<token>` (a batch's token: 8 hex digits)?"""
+    return name == job_name or (name.startswith(job_name + ":") and re.fullmatch(r"[0-9a-f]{8}", name[len(job_name) + 1:]) is not None)
+
+
+def job_named(name: str, since: float) -> str | None:
+    """The id of the job (an array's base id) named `name`, submitted after `since` (epoch
+    seconds): from squeue while Slurm holds it, else from sacct; None where neither knows it.
+    squeue and sacct both filter by name, so this is one short answer however large the queue."""
+    out = _run(["squeue", "-h", "--name", name, "-o", "%F"])
+    found = [line.strip() for line in out.splitlines() if line.strip().isdigit()]
+    if not found:
+        start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 60))
+        out = _run(["sacct", "-X", "-n", "-P", "--name", name, "-S", start, "-o", "JobID"])
+        found = [base_id(line.strip()) for line in out.splitlines() if base_id(line.strip()).isdigit()]
+    return found[0] if found else None
 
 
 class CancelRefused(SlurmUnavailable):

@@ -55,6 +55,29 @@ class CheckpointableRun(submitit.helpers.Checkpointable):
     # state lives in the folder's checkpoints, so nothing else needs pickling.
 
 
+class ArrayTasks(submitit.helpers.Checkpointable):
+    """The one pickled call of a whole job array: task i runs `calls[i]` (a callable and its
+    arguments), i from SLURM_ARRAY_TASK_ID. Every task's pickle is a hard link to the same file,
+    written once, so a 100,000-run submit writes 100 pickles, not 100,000. At its first requeue a
+    task's pickle becomes its own call (`checkpoint`; submitit replaces the link, never writes
+    through it)."""
+
+    def __call__(self, calls: list[tuple[Any, tuple]]) -> Any:
+        function, args = calls[_array_index(len(calls))]
+        return function(*args)
+
+    def checkpoint(self, calls: list[tuple[Any, tuple]]) -> submitit.helpers.DelayedSubmission:
+        function, args = calls[_array_index(len(calls))]
+        return function.checkpoint(*args)
+
+
+def _array_index(tasks: int) -> int:
+    index = os.environ.get("SLURM_ARRAY_TASK_ID", "")
+    if not index.isdigit() or int(index) >= tasks:
+        raise RuntimeError(f"SLURM_ARRAY_TASK_ID is {index!r}; this array has tasks 0 to {tasks - 1}")
+    return int(index)
+
+
 def _requeue_through_submitit() -> None:
     """Hand USR2 to submitit's own handler (the runner put it back when training stopped): it
     counts the time limit, pickles `checkpoint()`'s call, runs `scontrol requeue` and exits."""

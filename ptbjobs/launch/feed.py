@@ -44,7 +44,9 @@ def send(sweep: Sweep, manifest: dict[str, Any], executor: Executor, keys: list[
     """Submit, in order, the runs already waiting and then `keys`, as many as the executor has room
     for; the rest wait (recorded in the manifest), and the sweep's feeder is queued to send them
     (in a slot kept for it). Returns run key -> job id of those sent. Call with the lock held."""
+    found = settle_sending(sweep, manifest, executor, resources, job_tries)
     candidates = [k for k in waiting_runs(manifest) if k not in keys] + list(keys)
+    candidates = [k for k in candidates if k not in found]  # a killed submit sent them
     room = executor.room(sweep, resources)
     feeder_needed = room is not None and room < len(candidates) and not executor.feeder_alive(sweep)
     if feeder_needed:
@@ -116,28 +118,64 @@ def feed_if_stuck(sweep: Sweep, manifest: dict[str, Any], current: dict[str, str
 
 def submit_and_record(sweep: Sweep, manifest: dict[str, Any], executor: Executor, keys: list[str],
                       resources: Resources, job_tries: dict[str, int]) -> dict[str, str]:
-    """Submit and write every job id into the manifest, also those of a submission that failed
-    part-way (they were accepted and will run: they must be known to status, cancel and retry).
-    Ctrl-C or TERM is held until the ids are written: a job accepted and not recorded would run a
-    second time after the next submit. The executor stops sending at the next array on such a stop."""
+    """Submit and write every job id into the manifest, batch by batch as the scheduler accepts
+    them (also those of a submission that failed part-way: they will run, and must be known to
+    status, cancel and retry). Ctrl-C or TERM is held until the ids are written, and the executor
+    stops sending at the next batch on such a stop; a kill -9, which cannot be held, leaves at most
+    one batch marked as being sent, settled by the next send (`settle_sending`)."""
     with interrupts_held():
-        try:
-            ids = executor.submit(sweep, keys, resources)
-        except PartialSubmission as exc:
-            if exc.submitted:
-                _record_jobs(sweep, manifest, executor.name, exc.submitted, job_tries)
-            raise
-        _record_jobs(sweep, manifest, executor.name, ids, job_tries)
-    return ids
+        return executor.submit(sweep, keys, resources, _Ledger(sweep, manifest, executor.name, job_tries))
 
 
-def _record_jobs(sweep: Sweep, manifest: dict[str, Any], executor_name: str, ids: dict[str, str],
-                 job_tries: dict[str, int]) -> None:
+class _Ledger:
+    """The manifest's "sending" marks (executors.base.SendLedger): token -> the batch's runs, its
+    executor and when, written to the journal before the batch goes out; its job ids recorded,
+    and the mark cleared, in one journal write once it is accepted."""
+
+    def __init__(self, sweep: Sweep, manifest: dict[str, Any], executor_name: str, job_tries: dict[str, int]):
+        self.sweep, self.manifest, self.executor_name, self.job_tries = sweep, manifest, executor_name, job_tries
+
+    def sending(self, token: str, keys: list[str]) -> None:
+        marks = {**self.manifest.get("sending", {}),
+                 token: {"runs": keys, "executor": self.executor_name, "time": time.time()}}
+        self.sweep.update_manifest(self.manifest, sending=marks)
+
+    def sent(self, token: str, ids: dict[str, str]) -> None:
+        _record_jobs(self.manifest, self.executor_name, ids, self.job_tries)
+        marks = {t: mark for t, mark in self.manifest.get("sending", {}).items() if t != token}
+        self.sweep.update_manifest(self.manifest, ids, sending=marks)
+
+
+def settle_sending(sweep: Sweep, manifest: dict[str, Any], executor: Executor, resources: Resources,
+                   job_tries: dict[str, int]) -> dict[str, str]:
+    """Batches a killed submit marked as being sent and never recorded: their jobs, found by the
+    executor under the batch's token, are recorded (they were sent: sending them again would run
+    them twice); a batch the scheduler never got is forgotten. Returns run key -> job id of the
+    runs found sent. Raises where the scheduler cannot tell."""
+    marks = manifest.get("sending") or {}
+    found: dict[str, str] = {}
+    for token, mark in marks.items():
+        runner = executor if mark["executor"] == executor.name else get_executor(mark["executor"])
+        runs = [k for k in mark["runs"] if k in manifest["runs"]]
+        sent = runner.find_sent(sweep, token, runs, resources, mark["time"])
+        _record_jobs(manifest, mark["executor"], sent, job_tries)
+        found.update(sent)
+    if marks:
+        for key in found:  # sent, so no longer waiting
+            manifest["runs"][key].pop("waiting", None)
+        sweep.update_manifest(manifest, found, sending={})
+    return found
+
+
+def _record_jobs(manifest: dict[str, Any], executor_name: str, ids: dict[str, str], job_tries: dict[str, int]) -> None:
+    """Append each run's new job to its manifest entry (the caller writes the entries). A job
+    already recorded as the run's latest is not added again."""
     now = time.time()
     for key, job_id in ids.items():
         jobs = manifest["runs"][key]["jobs"]
+        if jobs and jobs[-1]["job_id"] == job_id:
+            continue
         if jobs and job_tries.get(jobs[-1]["job_id"], 1) > 1:
             # once a job is no longer the latest nobody asks its executor about it: keep its count
             jobs[-1]["tries"] = job_tries[jobs[-1]["job_id"]]
         jobs.append({"job_id": job_id, "executor": executor_name, "submitted": now})
-    sweep.update_manifest(manifest, ids)

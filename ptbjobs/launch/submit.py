@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ptbjobs.core import states
+from ptbjobs.core.atomic import flush_filesystem
 from ptbjobs.core.errors import ConfigError, DataError, PtbjobsError
 from ptbjobs.executors.base import Executor
 from ptbjobs.executors.job import write_spec
@@ -166,13 +167,16 @@ def _submit_locked(grid: Grid, sweep: Sweep, executor: Executor, data: Path, for
                 aside = sweep.path / "_superseded" / f"{item.spec.key}-{time.strftime('%Y%m%d-%H%M%S')}"
                 aside.parent.mkdir(exist_ok=True)
                 shutil.move(str(run_dir), aside)
-            write_spec(run_dir, item.spec.config, data)
+            config = item.spec.config.to_dict()
+            write_spec(run_dir, config, data, durable=False)
             entry = manifest["runs"].get(item.spec.key) if item.action != RESTART else None
             manifest["runs"][item.spec.key] = {
-                "config": stored_config(manifest, item.spec.config.to_dict()), "config_hash": item.spec.config_hash(),
+                "config": stored_config(manifest, config), "config_hash": item.spec.config_hash(),
                 "point": {k: getattr(v, "value", v) for k, v in item.spec.point.items()},
                 "jobs": entry["jobs"] if entry else [],
             }
+        if to_start:  # one flush for every spec.json, before the manifest names the runs or a job reads one
+            flush_filesystem(sweep.path)
         # the runs must be in the manifest before their jobs can start and be asked about
         top = {"name": grid.name, "stall_after_min": grid.resources.stall_after_min}  # for status, which reads no grid
         top = {k: v for k, v in top.items() if manifest.get(k) != v}

@@ -96,7 +96,9 @@ class Sweep:
         """Record the entries of `keys` as they are now in `manifest`, and top-level `fields`
         (set in `manifest` too): a journal line each. Call with the lock held."""
         manifest.update(fields)
-        changes = ([{"set": fields}] if fields else []) + [{"run": key, "entry": manifest["runs"][key]} for key in keys]
+        # the fields last: a line cut by a crash loses them before any run entry (the send ledger
+        # clears a batch's "sending" mark only where its runs' job ids are on record)
+        changes = [{"run": key, "entry": manifest["runs"][key]} for key in keys] + ([{"set": fields}] if fields else [])
         if not self.manifest_path.exists():
             self.write_manifest(manifest)  # a new sweep's first entries: the manifest itself
             return

@@ -137,22 +137,45 @@ def test_runs_beyond_max_array_size_are_split_into_several_arrays(tmp_path, fake
     first, last = (fake_slurm / "script-100.sh").read_text(), (fake_slurm / "script-102.sh").read_text()
     assert "#SBATCH --array=0-1%1" in first and "--array" not in last  # one run left: a plain job
     assert "#SBATCH --time=10" in first and "#SBATCH --signal=USR2@90" in first
-    # each task's pickled call names its run folder
-    assert (sweep.path / "slurm" / "100_1" / "100_1_submitted.pkl").is_file()
+    # each task's pickle is a link to its array's one pickle, whose call i names task i's run folder
+    folder = sweep.path / "slurm" / "100"
+    assert os.path.samefile(folder / "100_0_submitted.pkl", folder / "100_1_submitted.pkl")
+    assert [args for _, args in _pickled_call(folder / "100_1_submitted.pkl").args[0]] == [
+        (str(sweep.run_dir(key).resolve()),) for key in ("run0", "run1")]
+    assert _pickled_call(sweep.path / "slurm" / "102" / "102_submitted.pkl").args == (str(sweep.run_dir("run4").resolve()),)
+
+
+def _pickled_call(path: Path):
+    import pickle
+
+    with open(path, "rb") as handle:
+        return pickle.load(handle)
+
+
+def test_an_array_task_runs_its_own_call_and_requeues_as_it(monkeypatch):
+    from submitit.helpers import DelayedSubmission
+
+    from ptbjobs.executors.slurm_tasks import ArrayTasks, CheckpointableRun
+
+    calls = [(CheckpointableRun(), ("/runs/a",)), (CheckpointableRun(), ("/runs/b",))]
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    own = ArrayTasks().checkpoint(calls)  # what submitit pickles for the task at its requeue
+    assert isinstance(own, DelayedSubmission) and isinstance(own.function, CheckpointableRun)
+    assert own.args == ("/runs/b",)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    with pytest.raises(RuntimeError, match="SLURM_ARRAY_TASK_ID is '2'; this array has tasks 0 to 1"):
+        ArrayTasks()(calls)
 
 
 def test_runs_per_gpu_packs_runs_into_array_tasks(tmp_path, fake_slurm):
-    import pickle
-
     sweep = Sweep(tmp_path / "sweep")
     keys = [f"run{i}" for i in range(5)]
     ids = SlurmExecutor().submit(sweep, keys, Resources(runs_per_gpu=2, gpus_per_node=1))
     assert ids == {"run0": "100_0", "run1": "100_0", "run2": "100_1", "run3": "100_1", "run4": "100_2"}
     assert "#SBATCH --array=0-2%" in (fake_slurm / "script-100.sh").read_text()
-    with open(sweep.path / "slurm" / "100_1" / "100_1_submitted.pkl", "rb") as handle:
-        call = pickle.load(handle)
-    assert type(call.function).__name__ == "PackedRuns"
-    assert call.args == ([str(sweep.run_dir("run2").resolve()), str(sweep.run_dir("run3").resolve())],)
+    function, args = _pickled_call(sweep.path / "slurm" / "100" / "100_1_submitted.pkl").args[0][1]
+    assert type(function).__name__ == "PackedRuns"
+    assert args == ([str(sweep.run_dir("run2").resolve()), str(sweep.run_dir("run3").resolve())],)
 
 
 def test_a_refused_submission_is_one_line_naming_what_sbatch_said(tmp_path, fake_slurm, capsys):

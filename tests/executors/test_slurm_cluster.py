@@ -468,3 +468,43 @@ def test_with_a_limit_of_three_jobs_a_ten_run_grid_completes_each_run_on_one_job
     assert len({entry["jobs"][0]["job_id"] for entry in runs.values()}) == 10
     assert 1 <= most <= 3
     assert {r["state"] for r in collect(sweep, max_age_s=0)["runs"]} == {states.COMPLETED}
+
+
+@pytest.mark.parametrize("moment", ["before", "after"])
+def test_a_submit_killed_around_sbatch_and_run_again_sends_no_run_twice(cluster, tmp_path, tiny_corpus, moment):
+    """kill -9 cannot be held off: an sbatch that kills its caller just before it runs, or just
+    after Slurm accepted the array (the worst moment: the jobs exist, and the manifest has none)."""
+    grid = make_grid(tmp_path, f"killed-{moment}", epochs=1, seeds=range(1, 5), extra=["--hold"])
+    sweep = Sweep(tmp_path / f"killed-{moment}")
+    killing = tmp_path / "bin" / "sbatch"
+    killing.parent.mkdir()
+    real = shutil.which("sbatch")
+    run_real = f'{real} "$@"; rc=$?'
+    killing.write_text(f"#!/bin/bash\n{run_real if moment == 'after' else 'rc=1'}\nkill -9 $PPID\nexit $rc\n")
+    killing.chmod(0o755)
+    command = [sys.executable, "-m", "ptbjobs", "submit", "--grid", str(grid), "--sweep-dir", str(sweep.path),
+               "--executor", "slurm", "--data-dir", str(tiny_corpus)]
+    name = f"ptbjobs-{sweep.path.name}"
+
+    def tasks_queued() -> list[str]:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%j"], capture_output=True, text=True, check=True).stdout
+        return [line.split("|")[0] for line in out.split() if line.split("|")[1].startswith(name + ":")]
+
+    try:
+        killed = subprocess.run(command, env={**os.environ, "PATH": f"{killing.parent}{os.pathsep}{os.environ['PATH']}"},
+                                capture_output=True, text=True, timeout=120)
+        assert killed.returncode == -9, killed.stderr
+        left = sweep.read_manifest()
+        assert all(entry["jobs"] == [] for entry in left["runs"].values()) and len(left["sending"]) == 1
+        assert len(tasks_queued()) == (4 if moment == "after" else 0)
+        again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        runs = sweep.read_manifest()["runs"]
+        assert all(len(entry["jobs"]) == 1 for entry in runs.values())
+        recorded = sorted(entry["jobs"][0]["job_id"] for entry in runs.values())
+        assert sorted(tasks_queued()) == recorded and len(set(recorded)) == 4  # each run once, on its own task
+        assert sweep.read_manifest()["sending"] == {}
+    finally:
+        arrays = {slurm.base_id(job_id) for job_id in tasks_queued()}
+        if arrays:
+            subprocess.run(["scancel", *arrays], capture_output=True)

@@ -20,15 +20,29 @@ class Cluster(Executor):
 
     def __init__(self, cap: int, refuse_after: int | None = None):
         self.cap, self.refuse_after, self.queued, self.feeder = cap, refuse_after, [], False
+        self.names: dict[str, str] = {}  # job id -> the batch token it was sent under
+        self.die = None  # "before" or "after" sbatch of the second batch: the submit is killed there
 
-    def submit(self, sweep, keys, resources):
+    def submit(self, sweep, keys, resources, ledger=None):
+        """One batch (an sbatch) per run."""
         ids = {}
         for key in keys:
             if self.refuse_after is not None and len(self.queued) >= self.refuse_after:
                 raise PartialSubmission("sbatch: limit", ids)
+            token = f"t{key}"
+            ledger.sending(token, [key])
+            if self.die == "before" and ids:
+                raise Killed
             self.queued.append(key)
+            self.names[f"{len(self.queued)}"] = token
+            if self.die == "after" and ids:
+                raise Killed
             ids[key] = f"{len(self.queued)}"
+            ledger.sent(token, {key: ids[key]})
         return ids
+
+    def find_sent(self, sweep, token, keys, resources, since):
+        return {keys[0]: job_id for job_id, name in self.names.items() if name == token}
 
     def room(self, sweep, resources):
         return self.cap - len(self.queued) - self.feeder
@@ -47,6 +61,10 @@ class Cluster(Executor):
 
     def log_paths(self, sweep, key, job_ids):
         return []
+
+
+class Killed(BaseException):
+    """kill -9: nothing after it runs in the killed process."""
 
 
 def _sweep(tmp_path, runs: int) -> tuple[Sweep, dict]:
@@ -84,3 +102,21 @@ def test_a_refusal_part_way_keeps_waiting_runs_waiting_and_records_what_went_out
             send(sweep, sweep.read_manifest(), cluster, [], Resources(), {})
     saved = sweep.read_manifest()
     assert [j["job_id"] for j in saved["runs"]["r1"]["jobs"]] == ["2"] and waiting_runs(saved) == ["r2", "r3"]
+
+
+@pytest.mark.parametrize("moment", ["before", "after"])
+def test_a_submit_killed_around_an_sbatch_sends_nothing_twice_when_run_again(tmp_path, moment):
+    sweep, manifest = _sweep(tmp_path, 3)
+    cluster = Cluster(cap=10)
+    cluster.die = moment
+    with pytest.raises(Killed), sweep.locked():
+        send(sweep, manifest, cluster, list(manifest["runs"]), Resources(), {})
+    cluster.die = None
+    saved = sweep.read_manifest()  # what the killed process left on disk
+    assert [len(saved["runs"][k]["jobs"]) for k in ("r0", "r1")] == [1, 0] and list(saved["sending"]) == ["tr1"]
+    with sweep.locked():  # the next submit plans r1 and r2 again: they have no job on record
+        send(sweep, saved, cluster, ["r1", "r2"], Resources(), {})
+    assert sorted(cluster.queued) == ["r0", "r1", "r2"]  # r1 sbatch'ed once, whether it went out or not
+    final = sweep.read_manifest()
+    assert {k: [j["job_id"] for j in e["jobs"]] for k, e in final["runs"].items()} == {"r0": ["1"], "r1": ["2"], "r2": ["3"]}
+    assert final["sending"] == {}
