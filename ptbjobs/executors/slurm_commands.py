@@ -327,10 +327,43 @@ _KILL_ERROR = re.compile(r"Kill job error on job id (\S+):")
 
 
 def refused_by_scancel(stderr: str, job_ids: list[str]) -> set[str]:
-    """The jobs scancel's error output names; all of them when it names none (it failed as a
-    whole). Jobs already ended or unknown are not errors for scancel: it is silent about them."""
-    named = set(_KILL_ERROR.findall(stderr))
+    """The jobs scancel's error output names (a task, or a range of an array's tasks); all of
+    them when it names none (it failed as a whole). Jobs already ended or unknown are not errors
+    for scancel: it is silent about them."""
+    named = {job_id for listed in _KILL_ERROR.findall(stderr) for job_id in expand_job_ids(listed)}
     return named & set(job_ids) if named & set(job_ids) else set(job_ids)
+
+
+def compress_job_ids(job_ids: list[str], max_chars: int = 2000) -> list[str]:
+    """Job ids as scancel takes them, in few words: an array's tasks as ranges, "123_[0-499,501-999]"
+    (one request to the controller per word, not per task: 100,000 ids as words took minutes and
+    did not all go through), at most `max_chars` of ranges a word. Plain jobs stay as they are."""
+    words, tasks = [], {}
+    for job_id in job_ids:
+        array, _, index = job_id.partition("_")
+        if index.isdigit():
+            tasks.setdefault(array, set()).add(int(index))
+        else:
+            words.append(job_id)
+    for array, indices in tasks.items():
+        ranges: list[str] = []
+        ordered = sorted(indices)
+        start = previous = ordered[0]
+        for index in ordered[1:] + [None]:
+            if index is not None and index == previous + 1:
+                previous = index
+                continue
+            ranges.append(f"{start}-{previous}" if previous > start else f"{start}")
+            if index is not None:
+                start = previous = index
+        chunk: list[str] = []
+        for part in ranges + [None]:
+            if part is None or (chunk and len(",".join(chunk)) + len(part) + 1 > max_chars):
+                words.append(f"{array}_{chunk[0]}" if len(chunk) == 1 and "-" not in chunk[0] else f"{array}_[{','.join(chunk)}]")
+                chunk = []
+            if part is not None:
+                chunk.append(part)
+    return words
 
 
 @dataclass
@@ -386,7 +419,7 @@ def scancel(job_ids: list[str], signal: str | None = None) -> None:
     saying which were accepted, when scancel refused any."""
     if not job_ids:
         return
-    command = ["scancel"] + ([f"--signal={signal}"] if signal else []) + list(job_ids)
+    command = ["scancel"] + ([f"--signal={signal}"] if signal else []) + compress_job_ids(job_ids)
     try:
         done = _call(command)
     except SlurmUnavailable as exc:

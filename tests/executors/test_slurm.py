@@ -241,7 +241,7 @@ def test_a_cancelled_pending_array_task_without_a_record_reads_cancelled(tmp_pat
     (fake_slurm / "sacct.out").write_text("8_0|COMPLETED\n")
     executor = SlurmExecutor()
     executor.cancel(sweep, ["8_5", "8_4"])
-    assert calls(fake_slurm, "scancel") == [["8_5", "8_4"]]
+    assert calls(fake_slurm, "scancel") == [["8_[4-5]"]]
     assert executor.query(sweep, ["8_0", "8_5", "8_6"]).states == {"8_0": "COMPLETED", "8_5": "CANCELLED", "8_6": "LOST"}
     # accounting may go on listing the cancelled tasks in the array's stale pending range
     (fake_slurm / "sacct.out").write_text("8_0|COMPLETED\n8_[4-6]|PENDING\n")
@@ -368,6 +368,17 @@ def test_only_the_jobs_scancel_accepted_are_recorded_as_cancelled(tmp_path, fake
     assert json.loads((sweep.path / "slurm" / "cancelled.json").read_text()) == ["8_0", "8_2"]
     # a failure that names no job (scancel not answering at all) accepted none
     assert slurm.refused_by_scancel("scancel: error: Socket timed out", ["8_3", "8_4"]) == {"8_3", "8_4"}
+    # a range it refused stands for each of its tasks
+    assert slurm.refused_by_scancel("scancel: error: Kill job error on job id 8_[3-4,7]: Socket timed out",
+                                    ["8_2", "8_3", "8_4", "8_7"]) == {"8_3", "8_4", "8_7"}
+
+
+def test_scancel_gets_an_arrays_tasks_as_ranges_in_few_words():
+    assert slurm.compress_job_ids(["8_1", "8_3", "9", "8_2", "7_0", "8_10"]) == ["9", "8_[1-3,10]", "7_0"]
+    every_other = [f"5_{i}" for i in range(0, 100_000, 2)]
+    words = slurm.compress_job_ids(every_other, max_chars=2000)
+    assert 100 < len(words) < 200 and all(len(w) <= 2000 + len("5_[]") for w in words)
+    assert [j for w in words for j in slurm.expand_job_ids(w)] == every_other  # each task once, none lost
 
 
 def test_auto_picks_slurm_where_sbatch_is_on_path_and_local_elsewhere(fake_slurm, monkeypatch):
