@@ -49,7 +49,8 @@ def submit(
         out.print(_plan_summary(done.planned))
     if done.waiting:
         out.print(f"{done.waiting} runs wait in the sweep (QUEUED_LOCALLY): the cluster's limit on queued jobs is "
-                  "reached; they go out as earlier ones end")
+                  "reached; they go out as earlier ones end (under a limit of 1 job, only as `ptbjobs status` "
+                  "or `submit --wait` finds room)")
     if wait and not dry_run:
         raise typer.Exit(watch(done.sweep, console(), until_done=True, feeding=True))
 

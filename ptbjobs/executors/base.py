@@ -105,6 +105,10 @@ class Executor(abc.ABC):
         local executor queues every run itself)."""
         return None
 
+    def feeder_possible(self, sweep: Sweep, resources: Resources) -> bool:
+        """Can a feeder job be queued at all within the scheduler's limits?"""
+        return True
+
     def feeder_alive(self, sweep: Sweep) -> bool:
         """Is the sweep's feeder (the job that sends runs waiting for room) queued or running?"""
         return True

@@ -175,6 +175,13 @@ class SlurmExecutor(Executor):
                                              (resources.array_parallelism, census.named_active)) if cap]
         return max(0, min(caps)) * resources.runs_per_gpu if caps else None
 
+    def feeder_possible(self, sweep: Sweep, resources: Resources) -> bool:
+        """The feeder holds one of the user's slots: under a limit of 1 it would hold the only one,
+        and the runs would wait for ever."""
+        limits = self.limits(sweep, resources)
+        caps = [cap for cap in (limits.max_submit_jobs, resources.max_queued, limits.max_job_count) if cap]
+        return not caps or min(caps) >= 2
+
     def feeder_alive(self, sweep: Sweep) -> bool:
         feeder = read_json_if_any(_folder(sweep) / "feeder.json") or {}
         if not feeder.get("job_id"):

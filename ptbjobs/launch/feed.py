@@ -48,7 +48,8 @@ def send(sweep: Sweep, manifest: dict[str, Any], executor: Executor, keys: list[
     candidates = [k for k in waiting_runs(manifest) if k not in keys] + list(keys)
     candidates = [k for k in candidates if k not in found]  # a killed submit sent them
     room = executor.room(sweep, resources)
-    feeder_needed = room is not None and room < len(candidates) and not executor.feeder_alive(sweep)
+    feeder_needed = (room is not None and room < len(candidates) and not executor.feeder_alive(sweep)
+                     and executor.feeder_possible(sweep, resources))  # else `status` and `submit --wait` feed
     if feeder_needed:
         room = max(0, room - resources.runs_per_gpu)  # one job's slot kept for the feeder
     going = candidates if room is None else candidates[:room]

@@ -50,6 +50,9 @@ class Cluster(Executor):
     def feeder_alive(self, sweep):
         return self.feeder
 
+    def feeder_possible(self, sweep, resources):
+        return self.cap >= 2
+
     def start_feeder(self, sweep, resources):
         self.feeder = True
 
@@ -90,6 +93,14 @@ def test_what_does_not_fit_waits_in_order_with_a_slot_kept_for_the_feeder(tmp_pa
     with sweep.locked():
         assert list(send(sweep, saved, cluster, [], Resources(), {})) == ["r2"]
     assert waiting_runs(sweep.read_manifest()) == ["r3", "r4", "r5"]
+
+
+def test_under_a_limit_of_one_job_no_feeder_takes_the_only_slot(tmp_path):
+    sweep, manifest = _sweep(tmp_path, 3)
+    cluster = Cluster(cap=1)
+    with sweep.locked():
+        assert list(send(sweep, manifest, cluster, list(manifest["runs"]), Resources(), {})) == ["r0"]
+    assert not cluster.feeder and waiting_runs(sweep.read_manifest()) == ["r1", "r2"]
 
 
 def test_a_refusal_part_way_keeps_waiting_runs_waiting_and_records_what_went_out(tmp_path):
