@@ -52,6 +52,8 @@ def supervise(sweep: Sweep) -> None:
         queue = _Queue(folder)
         idle_since = last_beat = time.monotonic()
         while True:
+            if not os.path.isdir(folder / "jobs"):
+                return  # the sweep folder was deleted: nothing is left to run or to look after
             if time.monotonic() - last_beat > SUPERVISOR_HEARTBEAT_S:
                 _beat(folder)  # for other hosts, which cannot look for this process
                 last_beat = time.monotonic()

@@ -526,3 +526,25 @@ def test_a_job_ending_on_an_error_the_user_can_act_on_says_its_one_line_in_the_l
     assert wait_until(lambda: all_ended(sweep))["runs"][0]["state"] == states.FAILED
     log = _log_text(sweep.run_dir(key), "L2")
     assert "ptbjobs: error: data file" in log and "changed since this run started" in log and "Traceback" not in log
+
+
+def test_a_supervisor_whose_sweep_folder_was_deleted_leaves(tmp_path):
+    import shutil
+
+    from synthetic import make_sweep
+
+    sweep = make_sweep(tmp_path / "s", runs=4, mix={"pending": 1})  # queued jobs and no slot: it would wait for ever
+    assert local.ensure_supervisor(sweep)
+    pid = json.loads((sweep.path / "local" / local.SUPERVISOR_FILE).read_text())["pid"]
+    time.sleep(1)
+    assert local.is_alive(json.loads((sweep.path / "local" / local.SUPERVISOR_FILE).read_text()))
+    shutil.rmtree(sweep.path)
+    wait_until(lambda: _exited(pid), timeout_s=10, every_s=0.1)
+
+
+def _exited(pid: int) -> bool:
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)  # this test's own child: reaped here
+    except ChildProcessError:
+        return True
+    return finished == pid
