@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_scale import timed  # noqa: E402 - one way of timing a command for both benchmarks
+
 from synthetic import synthetic_grid  # noqa: E402
 
 
