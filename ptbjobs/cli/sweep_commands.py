@@ -116,7 +116,8 @@ def cancel(
     from ptbjobs.sweep.folder import find_sweep
 
     cancelled = cancel_runs(find_sweep(sweep_dir), run or None)
-    print(f"cancelled {len(cancelled)} run(s)" + (f": {', '.join(cancelled)}" if cancelled else ""))
+    shown = ", ".join(cancelled[:10]) + (f" and {len(cancelled) - 10} more (ptbjobs status lists them)" if len(cancelled) > 10 else "")
+    print(f"cancelled {len(cancelled)} run(s)" + (f": {shown}" if cancelled else ""))
 
 
 @app.command()
@@ -135,8 +136,11 @@ def retry(
               "retry it once it has gone from squeue")
     if not retried.submitted and not retried.held:
         print("nothing to retry: no run has failed, timed out or been cancelled")
-    for key, job_id in retried.submitted.items():
+    resubmitted = list(retried.submitted.items())
+    for key, job_id in resubmitted if len(resubmitted) <= 20 else resubmitted[:10]:  # not 100,000 lines
         print(f"{key}: resubmitted as job {job_id}")
+    if len(resubmitted) > 20:
+        print(f"and {len(resubmitted) - 10} more runs resubmitted (ptbjobs status shows their jobs)")
     if retried.waiting:
         print(f"{len(retried.waiting)} runs wait in the sweep for room on the cluster (QUEUED_LOCALLY): "
               "they go out as earlier ones end")

@@ -30,11 +30,10 @@ def cancel(sweep: Sweep, keys: list[str] | None = None) -> list[str]:
         # a job may train several runs (runs_per_gpu): cancelling it stops all of them
         job_ids = {latest_job(manifest["runs"][k])["job_id"] for k in chosen}
         chosen = [k for k, s in current.items() if states.is_active(s) and latest_job(manifest["runs"][k])["job_id"] in job_ids]
-        by_executor: dict[str, list[str]] = {}
+        by_executor: dict[str, dict[str, None]] = {}  # executor -> its job ids, in order, each once
         for key in chosen:
             job = latest_job(manifest["runs"][key])
-            if job["job_id"] not in by_executor.get(job["executor"], []):
-                by_executor.setdefault(job["executor"], []).append(job["job_id"])
+            by_executor.setdefault(job["executor"], {})[job["job_id"]] = None
         for name, ids in by_executor.items():
-            get_executor(name, submitting=False).cancel(sweep, ids)
+            get_executor(name, submitting=False).cancel(sweep, list(ids))
     return withdrawn + chosen
