@@ -63,6 +63,8 @@ _OWN_SBATCH_OPTIONS = {
     "open-mode": "ptbjobs keeps each task's log across requeues: remove it",
     "wrap": "ptbjobs writes the job script: remove it",
     "parsable": "ptbjobs reads sbatch's answer itself: remove it",
+    "job-name": "ptbjobs names each array after the sweep, which is how it counts the sweep's jobs and finds "
+                "the array of a submit killed before it recorded it: remove it",
 }
 
 

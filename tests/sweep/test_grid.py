@@ -195,6 +195,8 @@ BAD = [
      "resources.extra_sbatch: --output is set by ptbjobs (ptbjobs writes each task's log where `ptbjobs logs` reads it: remove it)"),
     ("extra sbatch turning requeues off", 'name = "s"\n[axes]\nseed = [1]\n[resources]\nextra_sbatch = ["--no-requeue"]\n',
      "resources.extra_sbatch: --no-requeue is set by ptbjobs (set max_requeues = 0)"),
+    ("extra sbatch renaming the jobs", 'name = "s"\n[axes]\nseed = [1]\n[resources]\nextra_sbatch = ["--job-name=mine"]\n',
+     "resources.extra_sbatch: --job-name is set by ptbjobs (ptbjobs names each array after the sweep"),
     ("extra sbatch with an array", 'name = "s"\n[axes]\nseed = [1]\n[resources]\nextra_sbatch = ["--array=0-9"]\n',
      "resources.extra_sbatch: --array is set by ptbjobs (ptbjobs makes the arrays: set array_parallelism"),
     ("negative gpus", 'name = "s"\n[axes]\nseed = [1]\n[resources]\ngpus_per_node = -1\n', "grid.toml:5: resources.gpus_per_node: must be a whole number >= 0, got -1"),
