@@ -49,7 +49,7 @@ class SendLedger(Protocol):
     sent before the scheduler sees it, and its job ids recorded, with the mark cleared, as soon as
     it accepts it. A mark left by a kill is settled by the next send (`Executor.find_sent`)."""
 
-    def sending(self, token: str, keys: list[str]) -> None: ...
+    def sending(self, token: str, keys: list[str], per_job: int = 1) -> None: ...  # per_job: runs a job trains
 
     def sent(self, token: str, ids: dict[str, str]) -> None: ...
 
@@ -69,11 +69,11 @@ class Executor(abc.ABC):
         is noted in `ledger` before and after it goes out, under a token the scheduler keeps."""
 
     @abc.abstractmethod
-    def find_sent(self, sweep: Sweep, token: str, keys: list[str], resources: Resources,
-                  since: float) -> dict[str, str]:
-        """The jobs of a batch marked as being sent at `since` whose submit was killed before it
-        recorded them: run key -> job id, {} where the scheduler never got it. Raises PtbjobsError
-        where the scheduler cannot tell (nothing may be sent then: it might be a second time)."""
+    def find_sent(self, sweep: Sweep, token: str, keys: list[str], per_job: int, since: float) -> dict[str, str]:
+        """The jobs of a batch (`keys` in its order, `per_job` runs to a job) marked as being sent
+        at `since`, whose submit was killed before it recorded them: run key -> job id, {} where
+        the scheduler never got it. Raises PtbjobsError where the scheduler cannot tell (nothing may
+        be sent then: it might be a second time)."""
 
     @abc.abstractmethod
     def query(self, sweep: Sweep, job_ids: list[str], max_age_s: float = 0.0) -> JobStates:

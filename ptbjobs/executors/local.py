@@ -90,8 +90,7 @@ class LocalExecutor(Executor):
         ensure_supervisor(sweep)
         return ids
 
-    def find_sent(self, sweep: Sweep, token: str, keys: list[str], resources: Resources,
-                  since: float) -> dict[str, str]:
+    def find_sent(self, sweep: Sweep, token: str, keys: list[str], per_job: int, since: float) -> dict[str, str]:
         """The job records of the batch. Asked only after a submit was killed: reading every
         job record here is no steady cost."""
         jobs = local_folder(sweep) / "jobs"

@@ -106,7 +106,7 @@ class SlurmExecutor(Executor):
                      for pack in chunk]
             token = secrets.token_hex(4)
             if ledger:
-                ledger.sending(token, [key for pack in chunk for key in pack])
+                ledger.sending(token, [key for pack in chunk for key in pack], size)
             executor.update_parameters(job_name=f"{job_name(sweep)}:{token}")
             try:
                 # submitit prints sbatch's stderr itself before raising: the error below says it once
@@ -124,8 +124,7 @@ class SlurmExecutor(Executor):
             ids.update(sent)
         return ids
 
-    def find_sent(self, sweep: Sweep, token: str, keys: list[str], resources: Resources,
-                  since: float) -> dict[str, str]:
+    def find_sent(self, sweep: Sweep, token: str, keys: list[str], per_job: int, since: float) -> dict[str, str]:
         """The array named with the batch's token, from squeue (or sacct, where it has ended and
         left the queue): its tasks in the order of the batch's runs, packed by runs_per_gpu."""
         try:
@@ -135,8 +134,7 @@ class SlurmExecutor(Executor):
                                f"({exc.message})", "nothing was submitted; try again when Slurm answers (scontrol ping)") from None
         if found is None:
             return {}
-        size = resources.runs_per_gpu
-        packs = [keys[i:i + size] for i in range(0, len(keys), size)]
+        packs = [keys[i:i + per_job] for i in range(0, len(keys), per_job)]
         ids = [found] if len(packs) == 1 else [f"{found}_{index}" for index in range(len(packs))]
         return {key: job_id for pack, job_id in zip(packs, ids) for key in pack}
 

@@ -136,9 +136,9 @@ class _Ledger:
     def __init__(self, sweep: Sweep, manifest: dict[str, Any], executor_name: str, job_tries: dict[str, int]):
         self.sweep, self.manifest, self.executor_name, self.job_tries = sweep, manifest, executor_name, job_tries
 
-    def sending(self, token: str, keys: list[str]) -> None:
+    def sending(self, token: str, keys: list[str], per_job: int = 1) -> None:
         marks = {**self.manifest.get("sending", {}),
-                 token: {"runs": keys, "executor": self.executor_name, "time": time.time()}}
+                 token: {"runs": keys, "per_job": per_job, "executor": self.executor_name, "time": time.time()}}
         self.sweep.update_manifest(self.manifest, sending=marks)
 
     def sent(self, token: str, ids: dict[str, str]) -> None:
@@ -157,8 +157,10 @@ def settle_sending(sweep: Sweep, manifest: dict[str, Any], executor: Executor, r
     found: dict[str, str] = {}
     for token, mark in marks.items():
         runner = executor if mark["executor"] == executor.name else get_executor(mark["executor"])
-        runs = [k for k in mark["runs"] if k in manifest["runs"]]
-        sent = runner.find_sent(sweep, token, runs, resources, mark["time"])
+        # every run of the batch, in its order (a task's index is its place there), kept only where
+        # the manifest still has the run
+        sent = {k: j for k, j in runner.find_sent(sweep, token, mark["runs"], mark["per_job"], mark["time"]).items()
+                if k in manifest["runs"]}
         _record_jobs(manifest, mark["executor"], sent, job_tries)
         found.update(sent)
     if marks:

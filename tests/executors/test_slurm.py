@@ -113,7 +113,7 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
     bin_dir, state = tmp_path / "bin", tmp_path / "fake"
     bin_dir.mkdir()
     state.mkdir()
-    for name in ("sbatch", "sacct", "squeue", "scontrol", "scancel", "sinfo"):
+    for name in ("sbatch", "sacct", "squeue", "scontrol", "scancel", "sinfo", "sacctmgr"):
         path = bin_dir / name
         path.write_text(FAKE)
         path.chmod(path.stat().st_mode | stat.S_IEXEC)

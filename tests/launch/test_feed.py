@@ -41,7 +41,7 @@ class Cluster(Executor):
             ledger.sent(token, {key: ids[key]})
         return ids
 
-    def find_sent(self, sweep, token, keys, resources, since):
+    def find_sent(self, sweep, token, keys, per_job, since):
         return {keys[0]: job_id for job_id, name in self.names.items() if name == token}
 
     def room(self, sweep, resources):
