@@ -30,7 +30,7 @@ from ptbjobs.core import states
 from ptbjobs.core.atomic import atomic_write_json, flush_filesystem, read_json_if_any, replace_unsynced
 from ptbjobs.core.errors import PtbjobsError
 from ptbjobs.core.interrupts import interrupt_held
-from ptbjobs.executors import slurm_answers, slurm_commands, slurm_refusals
+from ptbjobs.executors import slurm_answers, slurm_commands, slurm_limits, slurm_refusals
 from ptbjobs.executors.base import Executor, JobStates, PartialSubmission, SendLedger
 from ptbjobs.sweep.folder import Sweep
 from ptbjobs.sweep.grid import Resources
@@ -128,7 +128,7 @@ class SlurmExecutor(Executor):
         """The array named with the batch's token, from squeue (or sacct, where it has ended and
         left the queue): its tasks in the order of the batch's runs, packed by runs_per_gpu."""
         try:
-            found = slurm_commands.job_named(f"{job_name(sweep)}:{token}", since)
+            found = slurm_limits.job_named(f"{job_name(sweep)}:{token}", since)
         except slurm_commands.SlurmUnavailable as exc:
             raise PtbjobsError(f"cannot tell whether {len(keys)} runs a killed submit was sending went out "
                                f"({exc.message})", "nothing was submitted; try again when Slurm answers (scontrol ping)") from None
@@ -138,14 +138,14 @@ class SlurmExecutor(Executor):
         ids = [found] if len(packs) == 1 else [f"{found}_{index}" for index in range(len(packs))]
         return {key: job_id for pack, job_id in zip(packs, ids) for key in pack}
 
-    def limits(self, sweep: Sweep, resources: Resources) -> slurm_commands.ClusterLimits:
+    def limits(self, sweep: Sweep, resources: Resources) -> slurm_limits.ClusterLimits:
         """The cluster's limits, asked at most every LIMITS_KEPT_S (they are a site's settings)."""
         path = _folder(sweep) / "limits.json"
         kept = read_json_if_any(path)
         if isinstance(kept, dict) and time.time() - kept.get("time", 0) < LIMITS_KEPT_S and kept.get("qos") == resources.qos:
-            return slurm_commands.ClusterLimits(**kept["limits"])
+            return slurm_limits.ClusterLimits(**kept["limits"])
         try:
-            limits = slurm_commands.cluster_limits(resources.qos)
+            limits = slurm_limits.cluster_limits(resources.qos)
         except slurm_commands.SlurmUnavailable as exc:
             raise PtbjobsError(f"cannot read the cluster's limits ({exc.message})",
                                "nothing was submitted; try again when Slurm answers (scontrol ping)") from None
@@ -163,7 +163,7 @@ class SlurmExecutor(Executor):
         runs is one job. One squeue call."""
         limits = self.limits(sweep, resources)
         try:
-            census = slurm_commands.queue_census(job_name(sweep))
+            census = slurm_limits.queue_census(job_name(sweep))
         except slurm_commands.SlurmUnavailable as exc:
             raise PtbjobsError(f"cannot count the jobs queued ({exc.message})",
                                "nothing was submitted; try again when Slurm answers (scontrol ping)") from None

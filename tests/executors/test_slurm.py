@@ -15,7 +15,7 @@ from conftest import TINY_MODEL_TOML
 from ptbjobs.cli import main
 from ptbjobs.core import states
 from ptbjobs.core.errors import ConfigError, PtbjobsError
-from ptbjobs.executors import slurm_answers
+from ptbjobs.executors import slurm_answers, slurm_limits
 from ptbjobs.executors import slurm_commands as slurm
 from ptbjobs.executors.base import PartialSubmission
 from ptbjobs.executors.slurm import SlurmExecutor, sbatch_parameters
@@ -59,8 +59,8 @@ def test_steps_and_truncated_states_are_read_as_sacct_means_them():
 
 def test_max_array_size_is_read_from_scontrol_show_config():
     text = "AccountingStorageTRES   = cpu,mem\nMaxArraySize            = 1001\nMaxJobCount             = 10000\n"
-    assert slurm.parse_config_value(text, "MaxArraySize") == "1001"
-    assert slurm.parse_config_value(text, "MaxStepCount") is None
+    assert slurm_limits.parse_config_value(text, "MaxArraySize") == "1001"
+    assert slurm_limits.parse_config_value(text, "MaxStepCount") is None
 
 
 def test_resources_map_to_submitit_parameters():
@@ -627,14 +627,14 @@ def test_sbatch_refusals_name_the_resources_key_and_what_the_cluster_has(fake_sl
 def test_the_smallest_submit_limit_that_applies_is_read_from_accounting():
     assoc = "|normal\n40|\n"  # two associations of the user; one caps it at 40
     qos_table = "normal|\nshort|25\nlong|100\n"
-    assert slurm.parse_submit_limits(assoc, qos_table) == 40
-    assert slurm.parse_submit_limits(assoc, qos_table, qos="short") == 25  # the grid's qos, stricter
-    assert slurm.parse_submit_limits("|long\n", qos_table) == 100  # the association's default QOS
-    assert slurm.parse_submit_limits("|\n", qos_table) is None  # no limit anywhere
+    assert slurm_limits.parse_submit_limits(assoc, qos_table) == 40
+    assert slurm_limits.parse_submit_limits(assoc, qos_table, qos="short") == 25  # the grid's qos, stricter
+    assert slurm_limits.parse_submit_limits("|long\n", qos_table) == 100  # the association's default QOS
+    assert slurm_limits.parse_submit_limits("|\n", qos_table) is None  # no limit anywhere
 
 
 def test_the_census_counts_each_array_task_and_only_this_users_queued_or_running_jobs():
     out = ("7_[3-5]|PENDING|ana|ptbjobs-s\n7_0|RUNNING|ana|ptbjobs-s\n7_1|COMPLETED|ana|ptbjobs-s\n"
            "8|RUNNING|ana|ptbjobs-feed-s\n9|PENDING|bob|ptbjobs-s\n")
-    census = slurm.parse_census(out, "ana", "ptbjobs-s")
+    census = slurm_limits.parse_census(out, "ana", "ptbjobs-s")
     assert (census.user_active, census.held, census.named_active) == (5, 7, 4)
