@@ -313,10 +313,14 @@ def submit_array(executor: Any, calls: list[Any]) -> list[str]:
     whole = submitit.helpers.DelayedSubmission(ArrayTasks(), [(call.function, call.args) for call in calls])
     whole.set_timeout(executor.parameters.get("time", 5), executor.max_num_timeout)
     shared = folder / f"{first.job_id}_array.pkl"
-    replace_unsynced(shared, pickle.dumps(whole, pickle.HIGHEST_PROTOCOL))
+    payload = pickle.dumps(whole, pickle.HIGHEST_PROTOCOL)
+    replace_unsynced(shared, payload)
     job_ids = [f"{first.job_id}_{index}" for index in range(len(calls))]
     for job_id in job_ids:
-        os.link(shared, folder / f"{job_id}_submitted.pkl")
+        try:
+            os.link(shared, folder / f"{job_id}_submitted.pkl")
+        except OSError:  # a filesystem without hard links: a copy for each task
+            replace_unsynced(folder / f"{job_id}_submitted.pkl", payload)
     flush_filesystem(folder)
     return job_ids
 

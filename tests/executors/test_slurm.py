@@ -145,6 +145,19 @@ def test_runs_beyond_max_array_size_are_split_into_several_arrays(tmp_path, fake
     assert _pickled_call(sweep.path / "slurm" / "102" / "102_submitted.pkl").args == (str(sweep.run_dir("run4").resolve()),)
 
 
+def test_without_hard_links_each_task_gets_a_copy_of_its_arrays_pickle(tmp_path, fake_slurm, monkeypatch):
+    def no_links(source, target):
+        raise PermissionError(1, "Operation not permitted", str(target))
+
+    monkeypatch.setattr(os, "link", no_links)
+    sweep = Sweep(tmp_path / "sweep")
+    SlurmExecutor().submit(sweep, ["run0", "run1"], Resources())
+    folder = sweep.path / "slurm" / "100"
+    assert not os.path.samefile(folder / "100_0_submitted.pkl", folder / "100_1_submitted.pkl")
+    assert [args for _, args in _pickled_call(folder / "100_1_submitted.pkl").args[0]] == [
+        (str(sweep.run_dir(key).resolve()),) for key in ("run0", "run1")]
+
+
 def _pickled_call(path: Path):
     import pickle
 
