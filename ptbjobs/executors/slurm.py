@@ -41,6 +41,7 @@ from ptbjobs.sweep.grid import Resources
 # comes 15 to 45 s in, never before the run has started, and always a look (30 s) before the kill.
 SIGNAL_DELAY_S = 90
 LIMITS_KEPT_S = 600.0  # the cluster's limits are asked again after this long
+NOTHING_SENT_HINT = "nothing was submitted; try again when Slurm answers (scontrol ping)"
 
 
 def sbatch_parameters(resources: Resources, job_name: str, array_size_limit: int) -> dict[str, Any]:
@@ -90,9 +91,8 @@ class SlurmExecutor(Executor):
             executor.update_parameters(**sbatch_parameters(resources, job_name(sweep), limit))
         except ValueError as exc:
             raise PtbjobsError(f"[resources]: submitit refused them: {str(exc).splitlines()[0]}") from None
-        # with runs_per_gpu, each task trains a pack of runs side by side
         size = resources.runs_per_gpu
-        packs = [keys[i:i + size] for i in range(0, len(keys), size)]
+        packs = _packs(keys, size)
         root = sweep.path.resolve()  # once: resolving 100,000 run folders one by one costs seconds
         run_dirs = {key: os.path.join(root, key) for key in keys}
         ids: dict[str, str] = {}
@@ -118,7 +118,7 @@ class SlurmExecutor(Executor):
                 done = f" ({len(ids)} runs were submitted before it)" if ids else ""
                 message, hint = slurm_refusals.explain(str(exc), resources)
                 raise PartialSubmission(message + done, ids, hint) from None
-            sent = {key: job_id for pack, job_id in zip(chunk, job_ids) for key in pack}
+            sent = _ids_of_runs(chunk, job_ids)
             if ledger:
                 ledger.sent(token, sent)
             ids.update(sent)
@@ -131,12 +131,11 @@ class SlurmExecutor(Executor):
             found = slurm_limits.job_named(f"{job_name(sweep)}:{token}", since)
         except slurm_commands.SlurmUnavailable as exc:
             raise PtbjobsError(f"cannot tell whether {len(keys)} runs a killed submit was sending went out "
-                               f"({exc.message})", "nothing was submitted; try again when Slurm answers (scontrol ping)") from None
+                               f"({exc.message})", NOTHING_SENT_HINT) from None
         if found is None:
             return {}
-        packs = [keys[i:i + per_job] for i in range(0, len(keys), per_job)]
-        ids = [found] if len(packs) == 1 else [f"{found}_{index}" for index in range(len(packs))]
-        return {key: job_id for pack, job_id in zip(packs, ids) for key in pack}
+        packs = _packs(keys, per_job)
+        return _ids_of_runs(packs, [found] if len(packs) == 1 else [f"{found}_{index}" for index in range(len(packs))])
 
     def limits(self, sweep: Sweep, resources: Resources) -> slurm_limits.ClusterLimits:
         """The cluster's limits, asked at most every LIMITS_KEPT_S (they are a site's settings)."""
@@ -148,7 +147,7 @@ class SlurmExecutor(Executor):
             limits = slurm_limits.cluster_limits(resources.qos)
         except slurm_commands.SlurmUnavailable as exc:
             raise PtbjobsError(f"cannot read the cluster's limits ({exc.message})",
-                               "nothing was submitted; try again when Slurm answers (scontrol ping)") from None
+                               NOTHING_SENT_HINT) from None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, {"time": time.time(), "qos": resources.qos, "limits": limits.__dict__})
@@ -166,7 +165,7 @@ class SlurmExecutor(Executor):
             census = slurm_limits.queue_census(job_name(sweep))
         except slurm_commands.SlurmUnavailable as exc:
             raise PtbjobsError(f"cannot count the jobs queued ({exc.message})",
-                               "nothing was submitted; try again when Slurm answers (scontrol ping)") from None
+                               NOTHING_SENT_HINT) from None
         caps = [cap - held for cap, held in ((limits.max_submit_jobs, census.user_active),
                                              (resources.max_queued, census.user_active),
                                              (limits.max_job_count, census.held),
@@ -247,7 +246,7 @@ class SlurmExecutor(Executor):
             held = slurm_commands.squeue_states(job_ids)
         except slurm_commands.SlurmUnavailable as exc:
             raise PtbjobsError(f"squeue could not confirm that the jobs to resubmit have ended ({exc.message})",
-                               "nothing was submitted; try again when Slurm answers (scontrol ping)") from None
+                               NOTHING_SENT_HINT) from None
         return {j: held[j] for j in job_ids if j in held and states.is_active(held[j])}
 
     def cancel(self, sweep: Sweep, job_ids: list[str]) -> None:
@@ -323,6 +322,16 @@ def submit_array(executor: Any, calls: list[Any]) -> list[str]:
             replace_unsynced(folder / f"{job_id}_submitted.pkl", payload)
     flush_filesystem(folder)
     return job_ids
+
+
+def _packs(keys: list[str], size: int) -> list[list[str]]:
+    """The runs in jobs of `size` (runs_per_gpu: each task trains a pack of runs side by side)."""
+    return [keys[i:i + size] for i in range(0, len(keys), size)]
+
+
+def _ids_of_runs(packs: list[list[str]], job_ids: list[str]) -> dict[str, str]:
+    """Run key -> the job id of its pack."""
+    return {key: job_id for pack, job_id in zip(packs, job_ids) for key in pack}
 
 
 def task_folder(sweep: Sweep, job_id: str) -> Path:
