@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
+
+import pytest
 
 from ptbjobs.core import states
 from ptbjobs.core.atomic import read_records
@@ -12,6 +15,7 @@ from ptbjobs.launch import run_states as run_states_module
 from ptbjobs.launch import status as status_module
 from ptbjobs.launch.status import collect
 from ptbjobs.sweep import folder as folder_module
+from ptbjobs.sweep import index as index_module
 from ptbjobs.sweep.folder import Sweep
 from ptbjobs.sweep.index import FINISHED, index_path
 from synthetic import make_sweep
@@ -129,3 +133,72 @@ def test_the_manifest_journal_records_a_change_as_a_line_and_folds_in_when_large
         folded.append(sweep.journal_path.read_bytes() == b"")
         assert sweep.read_manifest()["runs"] == manifest["runs"]
     assert any(folded) and not all(folded) and json.loads(sweep.manifest_path.read_text())["version"] == 2
+
+
+def _snapshotted(tmp_path, monkeypatch) -> tuple[Sweep, list[dict]]:
+    """A sweep whose finished runs are indexed, with the snapshot taken (at any size here)."""
+    monkeypatch.setattr(index_module, "_SNAPSHOT_AFTER_BYTES", 1)
+    sweep = make_sweep(tmp_path / "s", runs=40)
+    _age(sweep)
+    rows = collect(sweep)["runs"]
+    assert (sweep.path / index_module.SNAPSHOT_FILE).exists()
+    return sweep, rows
+
+
+def test_the_index_snapshot_is_read_instead_of_the_journal_it_covers(tmp_path, monkeypatch):
+    sweep, rows = _snapshotted(tmp_path, monkeypatch)
+    parsed: list[bytes] = []
+    real_parse = index_module._parse
+    monkeypatch.setattr(index_module, "_parse", lambda data: parsed.append(data) or real_parse(data))
+    assert collect(sweep)["runs"] == rows
+    assert parsed == [b""]  # the journal past the snapshot only: nothing
+    # a run indexed after the snapshot is read from the journal's tail, the others still from the snapshot
+    finished = [r["key"] for r in rows if r["state"] in FINISHED]
+    line = json.loads(next(line for line in index_path(sweep).read_text().splitlines() if json.loads(line)[1] == finished[0]))
+    line[-1] = 12345.0  # elapsed_s, as if indexed again with another figure
+    with open(index_path(sweep), "a") as journal:
+        journal.write(json.dumps(line) + "\n")
+    parsed.clear()
+    again = {r["key"]: r for r in collect(sweep)["runs"]}
+    assert again[finished[0]]["elapsed_s"] == 12345.0 and len(parsed) == 1 and parsed[0].count(b"\n") == 1
+    assert [again[r["key"]] for r in rows if r["key"] != finished[0]] == [r for r in rows if r["key"] != finished[0]]
+
+
+PLANTED_CALLS: list[str] = []
+
+
+def _planted_call(what: str) -> None:
+    PLANTED_CALLS.append(what)
+
+
+class _Planted:
+    """What a hostile snapshot might hold: a pickle that calls a function when loaded."""
+
+    def __reduce__(self):
+        return (_planted_call, ("ran",))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "cut", "a pickle that runs code"])
+def test_a_damaged_or_hostile_snapshot_is_passed_over_for_the_journal(tmp_path, monkeypatch, damage):
+    sweep, rows = _snapshotted(tmp_path, monkeypatch)
+    path = sweep.path / index_module.SNAPSHOT_FILE
+    data = path.read_bytes()
+    header = data[:data.index(b"\n") + 1]
+    path.write_bytes({"garbage": b"\x00not a snapshot\xff" * 10, "cut": data[:len(data) // 2],
+                      "a pickle that runs code": header + pickle.dumps((index_module.INDEX_FORMAT, b"", [_Planted()]))}[damage])
+    monkeypatch.setattr(index_module, "_SNAPSHOT_AFTER_BYTES", 1 << 30)  # no new snapshot over the damaged one
+    assert collect(sweep)["runs"] == rows
+    assert PLANTED_CALLS == []
+
+
+def test_a_journal_begun_anew_is_not_read_through_the_old_snapshot(tmp_path, monkeypatch):
+    sweep, rows = _snapshotted(tmp_path, monkeypatch)
+    monkeypatch.setattr(index_module, "_SNAPSHOT_AFTER_BYTES", 1 << 30)
+    lines = [json.loads(line) for line in index_path(sweep).read_text().splitlines()]
+    changed = lines[-1][1]
+    lines[-1][-1] = 777.0  # elapsed_s: a figure only the new journal has
+    index_path(sweep).write_text("".join(json.dumps(line) + "\n" for line in [lines[-1], *lines[:-1]]))
+    assert next(r for r in collect(sweep)["runs"] if r["key"] == changed)["elapsed_s"] == 777.0
+    index_path(sweep).unlink()  # and no journal at all: every finished run is read from its folder again
+    read = _reads(monkeypatch)
+    assert collect(sweep)["runs"] == rows and set(read) == {r["key"] for r in rows}
