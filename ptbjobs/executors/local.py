@@ -209,9 +209,10 @@ def visible_gpus() -> list[str]:
 # ---- job state, read back by any process ----
 
 def job_files(folder: Path, job_id: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """A job's end record, and (while it has none) its job record: each file read once."""
-    end = read_json_if_any(folder / "jobs" / f"{job_id}.end.json")
-    return end, None if end else read_json_if_any(job_path(folder, job_id))
+    """A job's end record, and (while it has none) its job record: each file read once. (Paths as
+    strings: status reads these for every run still going, thousands in a large sweep.)"""
+    end = read_json_if_any(f"{folder}/jobs/{job_id}.end.json")
+    return end, None if end else read_json_if_any(f"{folder}/jobs/{job_id}.json")
 
 
 def job_state(folder: Path, job_id: str, end: dict[str, Any] | None = None,

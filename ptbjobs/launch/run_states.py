@@ -37,8 +37,10 @@ def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None =
         indexed = read_index(sweep, manifest)
     by_executor: dict[str, list[str]] = {}
     for key, entry in manifest["runs"].items():
+        if key in indexed or entry.get("waiting"):
+            continue
         job = latest_job(entry)
-        if job and key not in indexed and not entry.get("waiting"):
+        if job:
             by_executor.setdefault(job["executor"], []).append(job["job_id"])
     job_states: dict[str, str] = {}
     for name, ids in by_executor.items():
@@ -112,7 +114,8 @@ def _folder_state(run: RunDir) -> str | None:
 def _failed_in_pack(sweep: Sweep, key: str, job_id: str) -> bool:
     """A run packed with others (runs_per_gpu) records its exit code when its process ends."""
     try:
-        code = int((sweep.run_dir(key) / "logs" / f"{job_id}.exit").read_text())
+        with open(f"{sweep.path}/{key}/logs/{job_id}.exit") as exit_file:
+            code = int(exit_file.read())
     except (OSError, ValueError):
         return False
     return code != 0 and code not in RESUMABLE_EXIT_CODES
