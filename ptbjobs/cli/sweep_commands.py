@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -96,7 +95,7 @@ def status(
         raise typer.Exit(sweep_status.watch(sweep, console(), until_done=False))
     collected = sweep_status.collect(sweep)
     if as_json:
-        print(json.dumps(collected))
+        print(sweep_status.status_json(collected))
         return
     if not sys.stdout.isatty():  # a pipe or a file: plain lines, without loading rich (a 100,000-line table in a second)
         sys.stdout.write(sweep_status.plain_table(collected, every_run) + sweep_status.summary_line(collected, every_run) + "\n")

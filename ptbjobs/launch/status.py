@@ -66,6 +66,13 @@ def collect(sweep: Sweep, max_age_s: float | None = None) -> dict[str, Any]:
             "dir": str(sweep.path), "time": now, "summary": dict(Counter(r["state"] for r in rows)), "notes": notes, "runs": rows}
 
 
+def status_json(status: dict[str, Any]) -> str:
+    """The --json document of `collect`'s answer: the rows from the index snapshot as the text it
+    kept of them, the others encoded now (the same text either way)."""
+    runs = ", ".join(getattr(row, "text", None) or json.dumps(row) for row in status["runs"])
+    return json.dumps({**status, "runs": None}).replace('"runs": null', f'"runs": [{runs}]', 1)
+
+
 def _row(sweep: Sweep, key: str, config: dict[str, Any], entry: dict[str, Any], state: str, now: float,
          damage: DamagedFile | None, stall_s: float, tries: int) -> dict[str, Any]:
     run = RunDir(sweep.run_dir(key))

@@ -4,7 +4,8 @@
     <sweep>/index/finished.jsonl   a line per finished run: its status row, the job and config it
                                    finished with, and the size and time of the files the row was
                                    read from
-    <sweep>/index/finished.snapshot  the same lines up to some point, pickled: read twice as fast
+    <sweep>/index/finished.snapshot  the same lines up to some point, pickled: read twice as fast,
+                                     each with its status row as JSON text, for status --json
 
 A run is finished when its own folder says COMPLETED or DIVERGED: no command resumes it, so its row
 never changes. The first command to see it so (status, or submit's wait) appends its line under the
@@ -55,12 +56,20 @@ _HEAD = 8  # version, key, config hash, job id, two (size, time) pairs
 _ROW_KEYS = ("key", *ROW_FIELDS, "eta_s", "problem")  # a status row's fields, in the order collect gives them
 
 
+class IndexedRow(dict):
+    """A finished run's status row, read from the index: a dict, with its JSON text where the
+    snapshot kept it (`status --json` writes that text, where encoding 100,000 rows again took half
+    a second). Never changed once read, so the text stays its own."""
+
+    __slots__ = ("text",)
+
+
 def read_index(sweep: Sweep, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Run key -> its indexed status row, for the runs whose line still holds (see above)."""
     found: dict[str, list[Any]] = {}
     width = _HEAD + len(ROW_FIELDS)
-    for line in _lines(sweep):
-        if isinstance(line, list) and len(line) == width and line[0] == INDEX_FORMAT:
+    for line in _lines(sweep):  # (a snapshot's line ends with its row's JSON text)
+        if isinstance(line, list) and width <= len(line) <= width + 1 and line[0] == INDEX_FORMAT:
             found[line[1]] = line  # a run indexed again: its last line counts
     if not found:
         return {}
@@ -86,7 +95,8 @@ def read_index(sweep: Sweep, manifest: dict[str, Any]) -> dict[str, dict[str, An
             if (metrics.st_size != line[4] or metrics.st_mtime_ns != line[5] or state.st_size != line[6]
                     or state.st_mtime_ns != line[7]):
                 continue  # a file changed since: damaged, or rewritten
-            holding[key] = dict(zip(_ROW_KEYS, [key, *line[_HEAD:], None, None]))
+            row = holding[key] = IndexedRow(zip(_ROW_KEYS, [key, *line[_HEAD:width], None, None]))
+            row.text = line[width] if len(line) > width else None
     finally:
         os.close(folder)
     return holding
@@ -184,8 +194,12 @@ def _snapshot_due(sweep: Sweep) -> bool:
 def _take_snapshot(sweep: Sweep) -> None:
     """The journal's lines so far (each run's last), pickled. Call with the sweep lock held."""
     data = index_path(sweep).read_bytes()
-    latest = {line[1]: line for line in _parse(data) if isinstance(line, list) and len(line) > 1}
-    payload = pickle.dumps((INDEX_FORMAT, data[-_CHECK_BYTES:], list(latest.values())), protocol=5)
+    width = _HEAD + len(ROW_FIELDS)
+    latest = {line[1]: line for line in _parse(data) if isinstance(line, list) and len(line) == width}
+    # each line with its row's JSON text, as json.dumps writes the row read_index makes of it
+    lines = [[*line, json.dumps(IndexedRow(zip(_ROW_KEYS, [line[1], *line[_HEAD:], None, None])))]
+             for line in latest.values()]
+    payload = pickle.dumps((INDEX_FORMAT, data[-_CHECK_BYTES:], lines), protocol=5)
     atomic_write_bytes(sweep.path / SNAPSHOT_FILE, _SNAPSHOT_MAGIC + b"%d\n" % len(data) + payload)
 
 

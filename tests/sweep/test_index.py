@@ -202,3 +202,11 @@ def test_a_journal_begun_anew_is_not_read_through_the_old_snapshot(tmp_path, mon
     index_path(sweep).unlink()  # and no journal at all: every finished run is read from its folder again
     read = _reads(monkeypatch)
     assert collect(sweep)["runs"] == rows and set(read) == {r["key"] for r in rows}
+
+
+def test_status_json_writes_the_snapshot_rows_text_exactly_as_encoding_them_would(tmp_path, monkeypatch):
+    sweep, _ = _snapshotted(tmp_path, monkeypatch)
+    collected = collect(sweep)
+    kept = [row for row in collected["runs"] if getattr(row, "text", None)]
+    assert len(kept) == len([r for r in collected["runs"] if r["state"] in FINISHED])  # every finished run's text kept
+    assert status_module.status_json(collected) == json.dumps(collected)
