@@ -12,8 +12,8 @@ from ptbjobs.core import states
 from ptbjobs.launch.status import collect
 from ptbjobs.sweep.folder import Sweep
 from ptbjobs.train import checkpoint
+from ptbjobs.train.reporting import SilentReporter
 from ptbjobs.train.run_dir import RunDir
-from ptbjobs.train.trainer import SilentReporter
 
 TIMING_KEYS = {"tokens_per_s", "elapsed_s"}
 

@@ -12,8 +12,8 @@ from typing import IO, Any
 
 from ptbjobs.core.atomic import atomic_write_bytes
 from ptbjobs.train.config import TrainConfig
+from ptbjobs.train.reporting import Progress
 from ptbjobs.train.run_dir import PROGRESS_FILE, RunDir
-from ptbjobs.train.trainer import Progress
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:

@@ -23,9 +23,10 @@ from ptbjobs.train import checkpoint
 from ptbjobs.train.config import RESUME_NEUTRAL_FIELDS, TrainConfig
 from ptbjobs.train.corpus import load_corpus
 from ptbjobs.train.ptb_files import CANONICAL_SHA256, SPLITS, sha256_file, split_filename
+from ptbjobs.train.reporting import Reporter, SilentReporter
 from ptbjobs.train.run_dir import DamagedFile, RunDir
 from ptbjobs.train.signals import TrainingInterrupted, stop_on_signals, take_pending_stop
-from ptbjobs.train.trainer import Reporter, SilentReporter, Trainer, load_weights, save_weights
+from ptbjobs.train.trainer import Trainer, load_weights, save_weights
 
 log = logging.getLogger(__name__)
 NEW_RUN_HINT = "start a new run with a new --out"

@@ -13,9 +13,8 @@ import io
 import math
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,43 +26,13 @@ from ptbjobs.train.config import RESUME_NEUTRAL_FIELDS, Schedule, TrainConfig, s
 from ptbjobs.train.corpus import Corpus, batchify, chunk_starts, iter_chunks
 from ptbjobs.train.graph_step import StaticStep
 from ptbjobs.train.model import RNNLM, Hidden, detach
+from ptbjobs.train.reporting import Progress, Reporter, SilentReporter
 from ptbjobs.train.run_dir import RunDir
 from ptbjobs.train.signals import TrainingInterrupted
 
 CHECKPOINT_FORMAT = 1
 POLL_INTERVAL_S = 1.0  # how often the loop reads the loss back (progress, divergence check)
 ALIVE_EVERY_CHUNKS = 20  # how often evaluation tells the reporter it is still at work
-
-
-@dataclass
-class Progress:
-    epoch: int  # 1-based
-    chunk: int
-    chunks: int
-    lr: float
-    train_ppl: float
-    tokens_per_s: float
-    elapsed_s: float  # of the whole run so far, earlier attempts included
-
-
-class Reporter(Protocol):
-    def start(self, config: TrainConfig, run: RunDir, resumed_from: str | None) -> None: ...
-    def progress(self, progress: Progress) -> None: ...
-    def epoch_end(self, record: dict[str, Any]) -> None: ...
-    def finish(self, final: dict[str, Any]) -> None: ...
-    def note(self, text: str) -> None: ...
-    def alive(self) -> None: ...  # still at work between progress reports (evaluating, saving)
-    def close(self) -> None: ...
-
-
-class SilentReporter:
-    def start(self, config, run, resumed_from): pass
-    def progress(self, progress): pass
-    def epoch_end(self, record): pass
-    def finish(self, final): pass
-    def note(self, text): pass
-    def alive(self): pass
-    def close(self): pass
 
 
 def resolve_device(name: str) -> torch.device:
@@ -114,7 +83,9 @@ class Trainer:
     """One run's model, optimiser and position. `fit()` trains to the end from wherever the
     state is; `load_state`/`state_dict` move that state to and from a checkpoint."""
 
-    def __init__(self, config: TrainConfig, corpus: Corpus, run: RunDir, reporter: Reporter | None = None):
+    def __init__(self, config: TrainConfig, corpus: Corpus, run: RunDir, reporter: Reporter | None = None,
+                 solo_step: bool = True):
+        """`solo_step=False`: no CUDA-graph step of its own (a fused pack trains this run)."""
         self.config = config
         self.run = run
         self.reporter = reporter or SilentReporter()
@@ -152,7 +123,7 @@ class Trainer:
         self._stop_reason = ""
         self._stop_at_step: int | None = None
         self.static_step: StaticStep | None = None
-        if self.device.type == "cuda" and config.cuda_graph:
+        if self.device.type == "cuda" and config.cuda_graph and solo_step:
             self.use_static_step(capture=True)
 
     def use_static_step(self, capture: bool) -> None:
@@ -169,13 +140,13 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
-            "model": self.model.state_dict(),
+            "model": own_tensors(self.model.state_dict()),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
             "chunk": self.chunk,
             "global_step": self.global_step,
             "lr": self.lr,
-            "hidden": [h.detach().cpu() for h in self.hidden],
+            "hidden": [own_tensors(h.detach().cpu()) for h in self.hidden],
             "epoch_nll": self.epoch_nll.cpu(),
             "epoch_tokens": self.epoch_tokens,
             "epoch_train_s": self.epoch_train_s,
@@ -241,10 +212,10 @@ class Trainer:
             # max_steps ends a run at an epoch boundary only: a run stopped mid-epoch exactly at
             # max_steps must still close that epoch (evaluation, best weights) when resumed
             if self.chunk == 0 and self._steps_left() <= 0:
-                return self._finish(truncated=True)
+                return self.finish(truncated=True)
             self._train_epoch()
-            self._end_epoch()
-        return self._finish(truncated=False)
+            self.end_epoch()
+        return self.finish(truncated=False)
 
     def run_steps(self, steps: int) -> None:
         """Train `steps` more steps within the current epoch (or to its end), nothing else: no
@@ -261,15 +232,21 @@ class Trainer:
             limit = min(limit, self._stop_at_step)
         return limit - self.global_step
 
+    def begin_epoch(self) -> None:
+        """At an epoch's first chunk the state is reset, not carried over; the step schedule sets
+        the epoch's lr."""
+        if self.chunk != 0:
+            return
+        self.hidden = self.model.init_hidden(self.config.batch_size)
+        self.epoch_nll.zero_()
+        self.epoch_tokens, self.epoch_train_s = 0, 0.0
+        if self.config.schedule is Schedule.STEP:
+            self.lr = step_schedule_lr(self.config, self.epoch)
+
     def _train_epoch(self) -> None:
         """Train from the current chunk to the end of the epoch, or until max_steps."""
         config = self.config
-        if self.chunk == 0:  # a fresh epoch: the state is reset, not carried over
-            self.hidden = self.model.init_hidden(config.batch_size)
-            self.epoch_nll.zero_()
-            self.epoch_tokens, self.epoch_train_s = 0, 0.0
-            if config.schedule is Schedule.STEP:
-                self.lr = step_schedule_lr(config, self.epoch)
+        self.begin_epoch()
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         segment_start, segment_tokens = time.monotonic(), 0
@@ -333,10 +310,12 @@ class Trainer:
                 "lower --lr or --clip; the last good checkpoint is kept",
             )
 
-    def _end_epoch(self) -> None:
+    def end_epoch(self, valid_ppl: float | None = None) -> None:
+        """Evaluate (unless a fused pack measured `valid_ppl` for this run), record the epoch, save."""
         train_nll = self.epoch_nll.item() / max(self.epoch_tokens, 1)
         self._raise_if_diverged(train_nll)
-        valid_ppl = perplexity(self.model, self.valid_data, self.config.bptt, self.reporter.alive)
+        if valid_ppl is None:
+            valid_ppl = perplexity(self.model, self.valid_data, self.config.bptt, self.reporter.alive)
         self._raise_if_diverged(valid_ppl)
         record = {
             "epoch": self.epoch + 1,
@@ -361,7 +340,8 @@ class Trainer:
         self.run.write_metrics(self.history)
         self.reporter.epoch_end(record)
 
-    def _finish(self, truncated: bool) -> dict[str, Any]:
+    def finish(self, truncated: bool) -> dict[str, Any]:
+        """The test perplexity with the best epoch's weights, as the last line of metrics.jsonl."""
         best = load_weights(self.run.best_path)
         self.model.load_state_dict(best["model"])
         final = {
@@ -383,9 +363,20 @@ class Trainer:
 def save_weights(path: Path, model: RNNLM, config: TrainConfig, vocab_size: int, epoch: int, valid_ppl: float) -> None:
     """Weights plus what is needed to rebuild the model: a plain dict, never a pickled module."""
     buffer = io.BytesIO()
-    torch.save({"config": config.to_dict(), "vocab_size": vocab_size, "model": model.state_dict(),
+    torch.save({"config": config.to_dict(), "vocab_size": vocab_size, "model": own_tensors(model.state_dict()),
                 "epoch": epoch, "valid_ppl": valid_ppl}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def own_tensors(value: Any) -> Any:
+    """A tensor (or a dict of them) that views part of a larger storage, copied to a storage of its
+    own: torch.save writes a view's whole storage, and a run of a fused pack views its slice of the
+    pack's weights."""
+    if isinstance(value, dict):
+        return {key: own_tensors(tensor) for key, tensor in value.items()}
+    if value.untyped_storage().nbytes() > value.numel() * value.element_size():
+        return value.clone()
+    return value
 
 
 def load_weights(path: Path) -> dict[str, Any]:

@@ -109,8 +109,8 @@ def test_wait_returns_1_when_a_run_did_not_complete_and_0_when_all_did(tmp_path)
 
 def test_a_new_attempt_drops_the_heartbeat_of_the_one_before(tmp_path, tiny_config):
     from ptbjobs.train.progress import ProgressFileReporter
+    from ptbjobs.train.reporting import SilentReporter
     from ptbjobs.train.run_dir import PROGRESS_FILE, RunDir
-    from ptbjobs.train.trainer import SilentReporter
 
     stale = tmp_path / PROGRESS_FILE
     stale.write_text('{"time": 0, "elapsed_s": 10}')  # written before the job was requeued
@@ -177,8 +177,8 @@ def test_a_damaged_file_marks_only_its_run_and_status_still_answers(tmp_path, ca
 
 def test_evaluation_and_checkpoint_writes_keep_a_runs_heartbeat_fresh(tmp_path, tiny_corpus, tiny_config):
     from ptbjobs.train.progress import ProgressFileReporter
+    from ptbjobs.train.reporting import SilentReporter
     from ptbjobs.train.runner import run_training
-    from ptbjobs.train.trainer import SilentReporter
 
     seen = []
 
@@ -198,7 +198,7 @@ def test_evaluation_and_checkpoint_writes_keep_a_runs_heartbeat_fresh(tmp_path, 
     assert first_epoch[last_progress + 1:].count("alive") >= 3  # evaluating, then around the checkpoint
 
     beat = ProgressFileReporter(tmp_path / "run", SilentReporter(), every_s=0.0)
-    from ptbjobs.train.trainer import Progress
+    from ptbjobs.train.reporting import Progress
 
     beat.progress(Progress(epoch=1, chunk=5, chunks=9, lr=1.0, train_ppl=300.0, tokens_per_s=100.0, elapsed_s=4.0))
     before = json.loads((tmp_path / "run" / "progress.json").read_text())

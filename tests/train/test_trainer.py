@@ -11,9 +11,10 @@ from ptbjobs.train import trainer as train_module
 from ptbjobs.train.config import TrainConfig
 from ptbjobs.train.corpus import batchify, load_corpus
 from ptbjobs.train.model import RNNLM
+from ptbjobs.train.reporting import SilentReporter
 from ptbjobs.train.run_dir import RunDir
 from ptbjobs.train.runner import run_training
-from ptbjobs.train.trainer import SilentReporter, Trainer, perplexity, step_schedule_lr
+from ptbjobs.train.trainer import Trainer, perplexity, step_schedule_lr
 
 
 def test_the_step_schedule_holds_then_halves_each_epoch():
