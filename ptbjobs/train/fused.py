@@ -44,7 +44,7 @@ from ptbjobs.train.model import RNNLM
 # the settings that must be equal for runs to train as one model: the tensors' shapes, and the
 # kinds of computation (a rate may differ; whether masks are per step or per sequence may not)
 SHAPE_FIELDS = ("cell", "emb_size", "hidden_size", "num_layers", "tie_weights", "variational_dropout",
-                "batch_size", "bptt", "eval_batch_size", "loss_scale", "epoch_steps", "device")
+                "batch_size", "bptt", "eval_batch_size", "loss_scale", "epoch_steps", "max_steps", "device")
 
 # dropout sites: where a mask is drawn (each layer's recurrent mask has its own site)
 _SITE_WORDS, _SITE_INPUT, _SITE_OUTPUT, _SITE_BETWEEN, _SITE_RECURRENT = 1, 2, 3, 16, 32
@@ -293,12 +293,15 @@ class FusedModel:
         return hidden, nll.detach()
 
     @torch.no_grad()
-    def summed_nll(self, source: torch.Tensor, bptt: int) -> torch.Tensor:
-        """Each run's NLL summed over a batchified stream (float64, (K,)), from a fresh state, a
-        short last chunk counting by its length: what `trainer.perplexity` sums for one run."""
+    def summed_nll(self, source: torch.Tensor, bptt: int) -> tuple[torch.Tensor, int]:
+        """Each run's NLL summed over a batchified stream (float64, (K,)) and the tokens it counts,
+        from a fresh state, a short last chunk counting by its length: what `trainer.perplexity`
+        sums for one run."""
         hidden = self.init_hidden(source.size(1))
         total = torch.zeros(self.size, dtype=torch.float64, device=source.device)
+        tokens = 0
         for _, inputs, targets in iter_chunks(source, bptt):
             logits, hidden = self.forward(inputs, hidden, training=False)
             total += self.losses(logits, targets).double()
-        return total
+            tokens += targets.numel()
+        return total, tokens

@@ -37,14 +37,16 @@ def start_line(config: TrainConfig, run: RunDir, resumed_from: str | None) -> st
 class PlainReporter:
     """One line per epoch, and a progress line every `every_s` seconds within an epoch."""
 
-    def __init__(self, stream: IO[str] | None = None, every_s: float = 60.0):
+    def __init__(self, stream: IO[str] | None = None, every_s: float = 60.0, prefix: str = ""):
+        """`prefix` starts each line (a run's name, where a fused pack's runs share one log)."""
         self.stream = stream or sys.stderr
         self.every_s = every_s
+        self.prefix = prefix
         self.epochs = 0
         self._next = 0.0
 
     def _say(self, text: str) -> None:
-        print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}", file=self.stream, flush=True)
+        print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {self.prefix}{text}", file=self.stream, flush=True)
 
     def start(self, config: TrainConfig, run: RunDir, resumed_from: str | None) -> None:
         self.epochs = config.epochs

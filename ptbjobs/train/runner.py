@@ -21,7 +21,7 @@ from ptbjobs.core.atomic import try_exclusive_lock
 from ptbjobs.core.errors import ConfigError, DivergedError, PtbjobsError
 from ptbjobs.train import checkpoint
 from ptbjobs.train.config import RESUME_NEUTRAL_FIELDS, TrainConfig
-from ptbjobs.train.corpus import load_corpus
+from ptbjobs.train.corpus import Corpus, load_corpus
 from ptbjobs.train.ptb_files import CANONICAL_SHA256, SPLITS, sha256_file, split_filename
 from ptbjobs.train.reporting import Reporter, SilentReporter
 from ptbjobs.train.run_dir import DamagedFile, RunDir
@@ -43,9 +43,23 @@ def run_training(config: TrainConfig, out: Path, data_dir: Path | str | None = N
 
 def _run_training(run: RunDir, config: TrainConfig, data_dir: Path | str | None, reporter: Reporter,
                   handle_signals: bool) -> dict[str, Any]:
-    out = run.path
+    existing, final = check_folder(run, config, reporter)
+    if final is not None:
+        return final
+    stop_if_signalled_while_starting(run)  # before the data and the device are made ready
+    corpus = load_corpus(data_dir)
+    trainer = make_trainer(run, config, corpus, existing, reporter)
+    stop_if_signalled_while_starting(run)
+    with exclusive(run):
+        resume(run, trainer, corpus.data_dir, reporter, first_start=existing is None)
+        return _train(run, trainer, reporter, handle_signals=handle_signals)
+
+
+def check_folder(run: RunDir, config: TrainConfig, reporter: Reporter) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(the folder's config.json record if any, the final record if the run has completed):
+    refuses a folder that is a file, holds another config, or a diverged run."""
     if run.path.exists() and not run.path.is_dir():
-        raise ConfigError(None, f"--out {out} is a file, not a folder", "give a folder path")
+        raise ConfigError(None, f"--out {run.path} is a file, not a folder", "give a folder path")
     # a damaged file of the folder is written anew; the checkpoint, which holds the config too and
     # checks itself, is what the run resumes from (and what refuses another config)
     existing = _unless_damaged(run.read_config, reporter)
@@ -56,53 +70,68 @@ def _run_training(run: RunDir, config: TrainConfig, data_dir: Path | str | None,
         _refuse_diverged(run, state)
         final = _final_record(run, state, reporter)
         if final is not None:
-            reporter.note(f"{out} is already complete: test perplexity {final['test_ppl']:.2f}")
-            return final
-    _stop_if_signalled_while_starting(run)  # before the data and the device are made ready
-    corpus = load_corpus(data_dir)
+            reporter.note(f"{run.path} is already complete: test perplexity {final['test_ppl']:.2f}")
+            return existing, final
+    return existing, None
+
+
+def make_trainer(run: RunDir, config: TrainConfig, corpus: Corpus, existing: dict[str, Any] | None,
+                 reporter: Reporter, solo_step: bool = True) -> Trainer:
+    """The run's trainer, on the data it started with, before any write (a config it rejects leaves nothing)."""
     if existing is not None:
         _refuse_changed_data(existing, corpus.data_dir)
-    trainer = Trainer(config, corpus, run, reporter)  # before any write: a config it rejects leaves nothing
-    _stop_if_signalled_while_starting(run)
+    trainer = Trainer(config, corpus, run, reporter, solo_step=solo_step)
     run.create()
-    with _exclusive(run):
-        return _train(run, trainer, config, corpus.data_dir, reporter, first_start=existing is None,
-                      handle_signals=handle_signals)
+    return trainer
 
 
-def _train(run: RunDir, trainer: Trainer, config: TrainConfig, data_dir: Path, reporter: Reporter,
-           first_start: bool, handle_signals: bool) -> dict[str, Any]:
-    """Resume from the newest good checkpoint (if any) and train to the end, keeping state.json."""
+def resume(run: RunDir, trainer: Trainer, data_dir: Path, reporter: Reporter, first_start: bool) -> None:
+    """The trainer at the newest good checkpoint (if any), best.pt checked against it, and the
+    run RUNNING. Call holding the folder (`exclusive`)."""
     for leftover in run.remove_leftover_temp_files():
         reporter.note(f"removed {leftover}, left by a write that was cut off")
     if first_start:
-        run.write_json(run.config_path, _config_record(config, data_dir))
+        run.write_json(run.config_path, _config_record(trainer.config, data_dir))
     resumed = checkpoint.load_latest(run.checkpoint_dir)
     if resumed is not None:
         state, path = resumed
         trainer.load_state(state)
         _check_best_weights(run, trainer, reporter)
-    reporter.start(config, run, str(resumed[1]) if resumed else None)
+    reporter.start(trainer.config, run, str(resumed[1]) if resumed else None)
     run.write_state(states.RUNNING, epoch=trainer.epoch, step=trainer.global_step, device=trainer.device.type)
+
+
+def _train(run: RunDir, trainer: Trainer, reporter: Reporter, handle_signals: bool) -> dict[str, Any]:
+    """Train to the end, keeping state.json."""
     received: list[int] = []
     try:
         with run.disk_errors(), stop_on_signals(trainer, received, enabled=handle_signals):
             final = trainer.fit()
-    except DivergedError as exc:
-        _write_end_state(run, states.DIVERGED, message=exc.message)
-        raise
     except TrainingInterrupted as exc:
         exc.signals = tuple(received)  # a Slurm job requeues itself after USR2, not after TERM
-        _write_end_state(run, states.INTERRUPTED, message=exc.message, step=trainer.global_step)
+        record_end(run, trainer, exc)
         raise
     except BaseException as exc:
-        _write_end_state(run, states.FAILED, message=f"{type(exc).__name__}: {exc}", step=trainer.global_step)
+        record_end(run, trainer, exc)
         raise
     finally:
         reporter.close()
-    run.write_state(states.COMPLETED, test_ppl=final["test_ppl"], best_epoch=final["best_epoch"])
-    reporter.finish(final)
+    record_end(run, trainer, final)
     return final
+
+
+def record_end(run: RunDir, trainer: Trainer, outcome: dict[str, Any] | BaseException) -> None:
+    """state.json as the run's training ends: COMPLETED with its final record, else DIVERGED,
+    INTERRUPTED or FAILED with the exception that ended it."""
+    if isinstance(outcome, DivergedError):
+        _write_end_state(run, states.DIVERGED, message=outcome.message)
+    elif isinstance(outcome, TrainingInterrupted):
+        _write_end_state(run, states.INTERRUPTED, message=outcome.message, step=trainer.global_step)
+    elif isinstance(outcome, BaseException):
+        _write_end_state(run, states.FAILED, message=f"{type(outcome).__name__}: {outcome}", step=trainer.global_step)
+    else:
+        run.write_state(states.COMPLETED, test_ppl=outcome["test_ppl"], best_epoch=outcome["best_epoch"])
+        trainer.reporter.finish(outcome)
 
 
 def _write_end_state(run: RunDir, state: str, **details: Any) -> None:
@@ -131,7 +160,7 @@ def _refuse_diverged(run: RunDir, state: dict[str, Any] | None) -> None:
 
 
 @contextlib.contextmanager
-def _exclusive(run: RunDir) -> Iterator[None]:
+def exclusive(run: RunDir) -> Iterator[None]:
     """One process trains a run folder at a time: a second one (a job submitted twice, a
     `ptbjobs train` started by hand beside a job) is refused instead of interleaving writes."""
     with open(run.path / ".train.lock", "a") as handle:
@@ -219,7 +248,7 @@ def _config_record(config: TrainConfig, data_dir: Path) -> dict[str, Any]:
             "train": config.to_dict(), "data": {"dir": str(data_dir.resolve()), "files": files}}
 
 
-def _stop_if_signalled_while_starting(run: RunDir) -> None:
+def stop_if_signalled_while_starting(run: RunDir) -> None:
     """Stop now if USR2/TERM came while the job started (signals.defer_stop_signals), before
     more time goes into getting ready: nothing has been trained in this process, so the run's
     state on disk is its last checkpoint, where it will resume."""

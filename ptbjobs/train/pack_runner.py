@@ -1,0 +1,104 @@
+"""Train several run folders in one process as fused packs (train/pack.py): each run checked,
+resumed and ended as `runner.run_training` does for one, the training itself batched.
+
+Runs are grouped by shape (fused.fusion_key) and by the step they resume at: runs of one group
+train as one pack; groups train one after the other. A group of one trains solo. (Runs of one
+pack always save at the same step, so a pack resumes as one group; a run resumed solo elsewhere
+meanwhile, or a pack stopped while its runs were saving, forms a group of its own.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from ptbjobs.core.errors import PtbjobsError
+from ptbjobs.train.config import TrainConfig
+from ptbjobs.train.corpus import load_corpus
+from ptbjobs.train.fused import fusion_key
+from ptbjobs.train.pack import PackTrainer
+from ptbjobs.train.reporting import Reporter
+from ptbjobs.train.run_dir import RunDir
+from ptbjobs.train.runner import (
+    check_folder,
+    exclusive,
+    make_trainer,
+    record_end,
+    resume,
+    stop_if_signalled_while_starting,
+)
+from ptbjobs.train.signals import TrainingInterrupted, stop_on_signals
+from ptbjobs.train.trainer import Trainer
+
+
+def run_pack(runs: list[tuple[TrainConfig, Path, Reporter]], data_dir: Path | str | None = None,
+             handle_signals: bool = True) -> dict[str, Any]:
+    """Train every run to its end. Returns, by run folder, its final record or the error that
+    ended it (one run's error never stops the others). A stop signal stops every run with its
+    state saved: TrainingInterrupted is raised once all have saved."""
+    outcomes: dict[str, Any] = {}
+    ready: list[tuple[RunDir, TrainConfig, Reporter, dict[str, Any] | None]] = []
+    for config, out, reporter in runs:
+        run = RunDir(out)
+        try:
+            existing, final = check_folder(run, config, reporter)
+        except PtbjobsError as exc:
+            outcomes[str(run.path)] = exc
+            continue
+        if final is not None:
+            outcomes[str(run.path)] = final
+        else:
+            ready.append((run, config, reporter, existing))
+    if not ready:
+        return outcomes
+    for run, *_ in ready:
+        stop_if_signalled_while_starting(run)
+    corpus = load_corpus(data_dir)
+    with contextlib.ExitStack() as held:
+        trainers: list[Trainer] = []
+        for run, config, reporter, existing in ready:
+            try:
+                trainer = make_trainer(run, config, corpus, existing, reporter, solo_step=False)
+                held.enter_context(exclusive(run))
+                resume(run, trainer, corpus.data_dir, reporter, first_start=existing is None)
+            except PtbjobsError as exc:
+                outcomes[str(run.path)] = exc
+                continue
+            trainers.append(trainer)
+        groups: dict[tuple, list[Trainer]] = {}
+        for trainer in trainers:
+            groups.setdefault((fusion_key(trainer.config), trainer.global_step), []).append(trainer)
+        in_order = list(groups.values())
+        for index, group in enumerate(in_order):
+            try:
+                outcomes.update(_train_group(group, handle_signals))
+            except BaseException as exc:
+                for later in in_order[index + 1:]:  # not started: they stop where they are
+                    for trainer in later:
+                        trainer.reporter.close()
+                        record_end(trainer.run, trainer, exc)
+                raise
+    return outcomes
+
+
+def _train_group(trainers: list[Trainer], handle_signals: bool) -> dict[str, Any]:
+    """One group's runs trained together; each run's state.json written as it ends."""
+    def ended(trainer: Trainer, outcome: Any) -> None:
+        trainer.reporter.close()
+        record_end(trainer.run, trainer, outcome)
+
+    received: list[int] = []
+    pack = PackTrainer(trainers, on_leave=ended)
+    try:
+        with contextlib.ExitStack() as disk:
+            for trainer in trainers:
+                disk.enter_context(trainer.run.disk_errors())
+            with stop_on_signals(pack, received, enabled=handle_signals):
+                return pack.fit()
+    except BaseException as exc:
+        if isinstance(exc, TrainingInterrupted):
+            exc.signals = tuple(received)  # a Slurm job requeues itself after USR2, not after TERM
+        for trainer in pack.trainers:  # the runs still in the pack end with it
+            ended(trainer, exc)
+        raise
