@@ -55,16 +55,25 @@ def bench(
     cell: str = typer.Option("lstm", "--cell", help="lstm or gru"),
     steps: int = typer.Option(100, "--steps", min=1, help="training steps per timed round"),
     rounds: int = typer.Option(3, "--rounds", min=1, help="timed rounds of each loop (the median is shown)"),
+    fuse: int = typer.Option(0, "--fuse", min=0, max=256, help="time a fused pack of this many runs against one solo run instead"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
-    """Tokens/s of the ptbjobs training step vs a plain PyTorch reference loop, same model and data."""
-    from ptbjobs.train.bench import format_result, run_bench
+    """Tokens/s of the ptbjobs training step vs a plain PyTorch reference loop, same model and data
+    (with --fuse K: a fused pack of K runs, all together, vs one solo run)."""
     from ptbjobs.train.config import TrainConfig
 
     try:
         config = TrainConfig.from_mapping({"device": device, "cell": cell})
     except ConfigError as exc:
         raise ConfigError(None, f"{flag(exc.field)}: {exc.message}") from None
+    if fuse:
+        from ptbjobs.train.fuse_bench import format_fuse_result, run_fuse_bench
+
+        fused = run_fuse_bench(config, fuse, data_dir, steps=steps, rounds=rounds)
+        print(json.dumps(fused.to_dict()) if as_json else format_fuse_result(fused))
+        return
+    from ptbjobs.train.bench import format_result, run_bench
+
     result = run_bench(config, data_dir, steps=steps, rounds=rounds)
     print(json.dumps(result.to_dict()) if as_json else format_result(result))
 

@@ -124,24 +124,24 @@ def run_bench(config: TrainConfig, data_dir: Path | str | None = None, steps: in
     corpus = load_corpus(data_dir)
     config = config.replace(checkpoint_every_min=0, checkpoint_every_steps=0, max_steps=0)
     with tempfile.TemporaryDirectory(prefix="ptbjobs-bench-") as scratch:
-        trainer = Trainer(config, corpus, _scratch_run(Path(scratch) / "ours"))
+        trainer = Trainer(config, corpus, scratch_run(Path(scratch) / "ours"))
         # where our step is a CUDA graph, the same trainer without it is timed too: what the graph
         # buys. Both trainers and the reference seed the RNG when made, all before the first
         # capture, which a later reseed would invalidate (see graph_step.py).
         eager, graph_step = None, trainer.static_step
         if graph_step is not None:
-            eager = Trainer(config.replace(cuda_graph=False), corpus, _scratch_run(Path(scratch) / "eager"))
+            eager = Trainer(config.replace(cuda_graph=False), corpus, scratch_run(Path(scratch) / "eager"))
         reference = ReferenceLoop(config, corpus, trainer.device)
         result = BenchResult(config, str(trainer.device), torch.get_num_threads(), steps, rounds)
-        _time_ours(trainer, warmup)
+        time_trainer(trainer, warmup)
         if eager is not None:
-            _time_ours(eager, warmup)
+            time_trainer(eager, warmup)
         reference.run_steps(warmup)
         for _ in range(rounds):
-            result.ours.append(_time_ours(trainer, steps))
+            result.ours.append(time_trainer(trainer, steps))
             if eager is not None:
-                result.ours_eager.append(_time_ours(eager, steps))
-            result.reference.append(_timed(trainer.device, lambda: reference.run_steps(steps)))
+                result.ours_eager.append(time_trainer(eager, steps))
+            result.reference.append(timed(trainer.device, lambda: reference.run_steps(steps)))
         if graph_step is not None:
             result.step_mode = f"CUDA graph, {graph_step.captures} capture(s), {graph_step.replays:,} replays"
         if trainer.device.type != "cuda":
@@ -149,13 +149,13 @@ def run_bench(config: TrainConfig, data_dir: Path | str | None = None, steps: in
     return result
 
 
-def _scratch_run(path: Path) -> RunDir:
+def scratch_run(path: Path) -> RunDir:
     run = RunDir(path)
     run.create()
     return run
 
 
-def _time_ours(trainer: Trainer, steps: int) -> float:
+def time_trainer(trainer: Trainer, steps: int) -> float:
     if trainer.chunk + steps > trainer.chunks_per_epoch:
         trainer.chunk = 0  # wrap around: a fresh epoch
     before = trainer.epoch_tokens if trainer.chunk else 0
@@ -164,10 +164,10 @@ def _time_ours(trainer: Trainer, steps: int) -> float:
         trainer.run_steps(steps)
         return trainer.epoch_tokens - before
 
-    return _timed(trainer.device, work)
+    return timed(trainer.device, work)
 
 
-def _timed(device: torch.device, work) -> float:
+def timed(device: torch.device, work) -> float:
     """tokens/s of `work()`, which returns the tokens it trained on."""
     _sync(device)
     start = time.perf_counter()

@@ -114,6 +114,23 @@ def keep_masks(keys: torch.Tensor, rates: torch.Tensor, shape: tuple[int, ...], 
 
 # ---- the model ----
 
+class _Decoder(torch.autograd.Function):
+    """logits = x W^T + b for each run: (K, N, H), (K, V, H), (K, V) -> (K, N, V). Written out
+    because autograd's own backward of the transposed product makes W's gradient in the
+    transposed layout and then copies it (K x V x H floats each step, as much as the product)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        return torch.bmm(grad, weight), torch.bmm(grad.transpose(1, 2), x), grad.sum(dim=1)
+
+
 _GATES = {CellType.LSTM: 4, CellType.GRU: 3}
 
 
@@ -217,29 +234,30 @@ class FusedModel:
             new_hidden.extend(state)
             site = _SITE_OUTPUT if layer == self.layers - 1 else _SITE_BETWEEN + layer
             x = self._drop(x, training, step, site)
-        flat = x.reshape(k, steps * batch, -1)
-        logits = torch.baddbmm(self.decoder_bias.unsqueeze(1), flat, self.decoder_weight.transpose(1, 2))
+        logits = _Decoder.apply(x.reshape(k, steps * batch, -1), self.decoder_weight, self.decoder_bias)
         return logits, new_hidden
 
     def _layer(self, x, state, w_ih, w_hh, b_ih, b_hh, mask):
         """One recurrent layer over x (K, T, B, in) for all runs: outputs (K, T, B, H) and its state."""
         k, steps, batch, _ = x.shape
         from_input = torch.baddbmm(b_ih.unsqueeze(1), x.reshape(k, steps * batch, -1), w_ih.transpose(1, 2))
-        from_input = from_input.view(k, steps, batch, -1)  # every step's input part at once
+        # every step's input part at once, then split by step in one op (a slice per step would
+        # have its backward fill a zero tensor of the whole sequence each time)
+        from_input = from_input.view(k, steps, batch, -1).unbind(1)
         w_hh_t, b_hh = w_hh.transpose(1, 2), b_hh.unsqueeze(1)
         h = state[0]
         outputs = []
         if self.cell is CellType.LSTM:
             c = state[1]
             for t in range(steps):
-                gates = from_input[:, t] + torch.baddbmm(b_hh, h if mask is None else h * mask, w_hh_t)
+                gates = from_input[t] + torch.baddbmm(b_hh, h if mask is None else h * mask, w_hh_t)
                 i, f, g, o = gates.chunk(4, dim=2)
                 c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                 h = torch.sigmoid(o) * torch.tanh(c)
                 outputs.append(h)
             return torch.stack(outputs, dim=1), [h, c]
         for t in range(steps):
-            x_r, x_z, x_n = from_input[:, t].chunk(3, dim=2)
+            x_r, x_z, x_n = from_input[t].chunk(3, dim=2)
             h_r, h_z, h_n = torch.baddbmm(b_hh, h if mask is None else h * mask, w_hh_t).chunk(3, dim=2)
             r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
             h = (1 - z) * torch.tanh(x_n + r * h_n) + z * h
@@ -272,14 +290,16 @@ class FusedModel:
         decay, as the solo trainer's step (clip_grad_norm_, then torch.optim.SGD) computes them."""
         params = self.parameters()
         settings = self.settings
-        squares = sum(p.grad.pow(2).flatten(1).sum(dim=1) for p in params)  # (K,)
-        coefficient = (settings.clip / (squares.sqrt() + 1e-6)).clamp(max=1.0)
+        norms = torch.stack([torch.linalg.vector_norm(p.grad.flatten(1), dim=1) for p in params])  # (params, K)
+        coefficient = (settings.clip / (torch.linalg.vector_norm(norms, dim=0) + 1e-6)).clamp(max=1.0)
         coefficient = torch.where(settings.clip > 0, coefficient, torch.ones_like(coefficient))
+        decay = bool((settings.weight_decay != 0).any())
         for p in params:
             shape = (-1,) + (1,) * (p.dim() - 1)
             grad = p.grad.mul_(coefficient.view(shape))
-            grad.add_(p * settings.weight_decay.view(shape))
-            p.sub_(grad * lrs.view(shape))
+            if decay:
+                grad.addcmul_(p, settings.weight_decay.view(shape))
+            p.addcmul_(grad, lrs.view(shape), value=-1.0)
             p.grad = None
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, hidden: list[torch.Tensor], lrs: torch.Tensor,
