@@ -28,7 +28,7 @@ say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,nohe
 say "$("$python" -c 'import torch; print("torch", torch.__version__, "cuDNN", torch.backends.cudnn.version())')"
 
 say "## CUDA-graph tests"
-"$python" -m pytest -q tests/test_graphstep.py -p no:cacheprovider >"$out/tests.txt" 2>&1 && say "passed" || say "FAILED (tests.txt)"
+"$python" -m pytest -q tests/train/test_graph_step.py -p no:cacheprovider >"$out/tests.txt" 2>&1 && say "passed" || say "FAILED (tests.txt)"
 say "$(tail -1 "$out/tests.txt")"
 
 say "## ptbjobs bench --device $device"
