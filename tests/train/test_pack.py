@@ -4,6 +4,7 @@ the pack when it ends or diverges; a run trained fused resumes solo."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -37,6 +38,25 @@ def _pack(configs, folder, data, **kwargs):
     return run_pack([(c, folder / f"r{i}", SilentReporter()) for i, c in enumerate(configs)], data, **kwargs)
 
 
+@contextlib.contextmanager
+def _sigterm_at(monkeypatch, at_step: int):
+    """SIGTERM to this process right after the pack's step `at_step`: the real signal handler
+    asks the pack to stop at the next step boundary."""
+    real_step = FusedModel.train_step
+
+    def step_then_signal(self, inputs, targets, hidden, lrs, step, divisor):
+        result = real_step(self, inputs, targets, hidden, lrs, step, divisor)
+        if step == at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(FusedModel, "train_step", step_then_signal)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(FusedModel, "train_step", real_step)
+
+
 def test_each_run_of_a_pack_ends_as_its_solo_run_does(tmp_path, tiny_corpus, tiny_config):
     configs = _configs(tiny_config)
     outcomes = _pack(configs, tmp_path / "pack", tiny_corpus)
@@ -57,22 +77,13 @@ def test_each_run_of_a_pack_ends_as_its_solo_run_does(tmp_path, tiny_corpus, tin
 def test_a_pack_stopped_by_a_signal_resumes_bit_for_bit(tmp_path, tiny_corpus, tiny_config, monkeypatch):
     configs = _configs(tiny_config)
     _pack(configs, tmp_path / "whole", tiny_corpus)
-    real_step = FusedModel.train_step
-
-    def step_then_signal(self, inputs, targets, hidden, lrs, step, divisor):
-        result = real_step(self, inputs, targets, hidden, lrs, step, divisor)
-        if step == 150:  # mid-epoch 2 (125 steps an epoch): the signal handler asks the pack to stop
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
-
-    monkeypatch.setattr(FusedModel, "train_step", step_then_signal)
-    with pytest.raises(TrainingInterrupted):
-        _pack(configs, tmp_path / "stopped", tiny_corpus)
+    with _sigterm_at(monkeypatch, 150):  # mid-epoch 2 (125 steps an epoch)
+        with pytest.raises(TrainingInterrupted):
+            _pack(configs, tmp_path / "stopped", tiny_corpus)
     for index in range(3):
         run = RunDir(tmp_path / "stopped" / f"r{index}")
         assert run.read_state()["state"] == states.INTERRUPTED
         assert checkpoint.load_latest(run.checkpoint_dir)[0]["global_step"] == 151  # every run saved at one step
-    monkeypatch.setattr(FusedModel, "train_step", real_step)
     _pack(configs, tmp_path / "stopped", tiny_corpus)
     for index in range(3):
         assert_same_run(tmp_path / "whole" / f"r{index}", tmp_path / "stopped" / f"r{index}")
@@ -115,18 +126,9 @@ def test_a_run_that_diverges_leaves_the_pack_and_the_others_go_on(tmp_path, tiny
 def test_a_run_trained_fused_resumes_solo(tmp_path, tiny_corpus, tiny_config, monkeypatch):
     configs = _configs(tiny_config)
     _pack(configs, tmp_path / "whole", tiny_corpus)
-    real_step = FusedModel.train_step
-
-    def stop_at_200(self, inputs, targets, hidden, lrs, step, divisor):
-        result = real_step(self, inputs, targets, hidden, lrs, step, divisor)
-        if step == 200:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
-
-    monkeypatch.setattr(FusedModel, "train_step", stop_at_200)
-    with pytest.raises(TrainingInterrupted):
-        _pack(configs, tmp_path / "stopped", tiny_corpus)
-    monkeypatch.setattr(FusedModel, "train_step", real_step)
+    with _sigterm_at(monkeypatch, 200):
+        with pytest.raises(TrainingInterrupted):
+            _pack(configs, tmp_path / "stopped", tiny_corpus)
     run_training(configs[2], tmp_path / "stopped" / "r2", tiny_corpus, handle_signals=False)  # no dropout: close
     whole, solo = RunDir(tmp_path / "whole" / "r2").read_metrics(), RunDir(tmp_path / "stopped" / "r2").read_metrics()
     assert len(solo) == len(whole) == configs[2].epochs + 1
