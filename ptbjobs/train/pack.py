@@ -115,7 +115,7 @@ class PackTrainer:
         while self.trainers:
             for trainer in [t for t in self.trainers if t.chunk == 0 and t.epoch >= t.config.epochs]:
                 self._leave(trainer, trainer.finish(truncated=False))
-            for trainer in [t for t in self.trainers if t.chunk == 0 and t._steps_left() <= 0]:
+            for trainer in [t for t in self.trainers if t.chunk == 0 and t.steps_left() <= 0]:
                 self._leave(trainer, trainer.finish(truncated=True))
             if not self.trainers:
                 break
@@ -132,7 +132,7 @@ class PackTrainer:
             self._stop_at_step = None
 
     def _steps_left(self) -> float:
-        left = self.trainers[0]._steps_left()  # max_steps is one of the settings a pack shares
+        left = self.trainers[0].steps_left()  # max_steps is one of the settings a pack shares
         return left if self._stop_at_step is None else min(left, self._stop_at_step - self.trainers[0].global_step)
 
     def _train_epoch(self) -> None:
@@ -141,7 +141,7 @@ class PackTrainer:
         self.hidden = self._pack_hidden()  # (reset at an epoch's start, as each trainer's was)
         first = self.trainers[0]  # (the data and the chunking: the same for every run of the pack)
         config = first.config
-        lrs = torch.tensor([t.lr for t in self.trainers], device=self.fused.device)
+        lrs = self._lrs()
         segment_start, segment_tokens = time.monotonic(), 0
         next_poll = segment_start + POLL_INTERVAL_S
         for index, inputs, targets in iter_chunks(first.train_data, config.bptt, first=first.chunk):
@@ -159,13 +159,13 @@ class PackTrainer:
             if now >= next_poll:
                 next_poll = now + POLL_INTERVAL_S
                 self._poll(segment_tokens / max(now - segment_start, 1e-9))
-                lrs = torch.tensor([t.lr for t in self.trainers], device=self.fused.device)
-            if self._checkpoint_requested or any(t._checkpoint_due(now) for t in self.trainers):
+                lrs = self._lrs()  # (a run may have left)
+            if self._checkpoint_requested or any(t.checkpoint_due(now) for t in self.trainers):
                 for trainer in self.trainers:
                     trainer.epoch_train_s += now - segment_start
                 segment_start, segment_tokens = now, 0
                 self._save_all()
-                lrs = torch.tensor([t.lr for t in self.trainers], device=self.fused.device)
+                lrs = self._lrs()  # (a run may have left)
                 if self._stop_requested:
                     raise TrainingInterrupted(f"stopped {self._stop_reason} at step {step + 1}, state saved",
                                               "run the same command to resume")
@@ -174,11 +174,14 @@ class PackTrainer:
         for trainer in self.trainers:
             trainer.epoch_train_s += time.monotonic() - segment_start
 
+    def _lrs(self) -> torch.Tensor:
+        return torch.tensor([t.lr for t in self.trainers], device=self.fused.device)
+
     def _poll(self, tokens_per_s: float) -> None:
         """Each run's progress; a run whose loss is no longer finite leaves the pack, diverged."""
         for trainer in list(self.trainers):
             try:
-                trainer._poll(tokens_per_s)
+                trainer.report_progress(tokens_per_s)
             except DivergedError as exc:
                 self._leave(trainer, exc)
 

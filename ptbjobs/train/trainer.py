@@ -211,7 +211,7 @@ class Trainer:
         while self.epoch < self.config.epochs:
             # max_steps ends a run at an epoch boundary only: a run stopped mid-epoch exactly at
             # max_steps must still close that epoch (evaluation, best weights) when resumed
-            if self.chunk == 0 and self._steps_left() <= 0:
+            if self.chunk == 0 and self.steps_left() <= 0:
                 return self.finish(truncated=True)
             self._train_epoch()
             self.end_epoch()
@@ -226,7 +226,7 @@ class Trainer:
         finally:
             self._stop_at_step = None
 
-    def _steps_left(self) -> float:
+    def steps_left(self) -> float:
         limit = self.config.max_steps or math.inf
         if self._stop_at_step is not None:
             limit = min(limit, self._stop_at_step)
@@ -252,7 +252,7 @@ class Trainer:
         segment_start, segment_tokens = time.monotonic(), 0
         next_poll = segment_start + POLL_INTERVAL_S
         for index, inputs, targets in iter_chunks(self.train_data, config.bptt, first=self.chunk):
-            if self._steps_left() <= 0 or index >= self.chunks_per_epoch:
+            if self.steps_left() <= 0 or index >= self.chunks_per_epoch:
                 break
             self._step(inputs, targets, config.loss_scale.divisor(inputs))
             self.chunk, self.global_step = index + 1, self.global_step + 1
@@ -261,8 +261,8 @@ class Trainer:
             now = time.monotonic()
             if now >= next_poll:
                 next_poll = now + POLL_INTERVAL_S
-                self._poll(segment_tokens / max(now - segment_start, 1e-9))
-            if self._checkpoint_due(now):
+                self.report_progress(segment_tokens / max(now - segment_start, 1e-9))
+            if self.checkpoint_due(now):
                 # a new segment starts after the save, so the rate shown next counts only its own
                 # tokens (and the epoch's train time leaves the save out)
                 self.epoch_train_s += now - segment_start
@@ -289,13 +289,13 @@ class Trainer:
         self.optimizer.step()
         self.epoch_nll += nll.detach().double()
 
-    def _poll(self, tokens_per_s: float) -> None:
+    def report_progress(self, tokens_per_s: float) -> None:
         mean_nll = self.epoch_nll.item() / max(self.epoch_tokens, 1)
         self._raise_if_diverged(mean_nll)
         self.reporter.progress(Progress(self.epoch + 1, self.chunk, self.chunks_per_epoch, self.lr,
                                         exp_or_inf(mean_nll), tokens_per_s, self.elapsed_s()))
 
-    def _checkpoint_due(self, now: float) -> bool:
+    def checkpoint_due(self, now: float) -> bool:
         config = self.config
         if self._checkpoint_requested:
             return True
