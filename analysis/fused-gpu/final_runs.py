@@ -23,8 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from ptbjobs.executors.job import write_spec  # noqa: E402 - the repo's own package, run from a checkout
-from ptbjobs.train.config import TrainConfig  # noqa: E402
-from ptbjobs.train.fused import fusion_key  # noqa: E402
+from ptbjobs.train.config import TrainConfig, fusion_key  # noqa: E402
 
 DECAY_1_2 = 1 / 1.2
 # variant: (its settings, goal for the mean valid ppl, the study's mean valid ppl; results.md)

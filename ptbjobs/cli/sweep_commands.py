@@ -19,7 +19,7 @@ def submit(
     grid: Path = typer.Option(..., "--grid", help="the grid file (TOML)"),
     sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help=escape_help("sweep folder [default: runs/NAME]")),
     executor: str = typer.Option("auto", "--executor", help="auto (the sweep's own, else Slurm if sbatch is on PATH, else local), local or slurm"),
-    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", min=1, help=escape_help("local executor: runs at once, kept by the sweep [default: the sweep's, else runs_per_gpu per GPU, else cores / cpus_per_task (2 if unset)]")),
+    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", min=1, help=escape_help("local executor: runs at once (a fused pack counts as one), kept by the sweep [default: the sweep's, else runs_per_gpu per GPU (with fuse: 1), else cores / cpus_per_task (2 if unset)]")),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, submit nothing"),
     wait: bool = typer.Option(False, "--wait", help="show live status until every run has ended; exit 1 if any did not complete"),

@@ -8,6 +8,7 @@ unfinished one resumes from its checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -46,9 +47,12 @@ def run_job(run_dir: Path) -> dict[str, Any]:
     return run_training(config, run_dir, data_dir, reporter=reporter)
 
 
-def run_fused(run_dirs: list[Path]) -> dict[str, Any]:
+def run_fused(run_dirs: list[Path], job_id: str | None = None) -> dict[str, Any]:
     """Train these runs as fused packs in one process (train/pack_runner.py): by run folder, each
-    one's final record or the error that ended it. Each run logs to its own reporter."""
+    one's final record or the error that ended it. With `job_id`, each run logs to its own
+    logs/<job id>.log, as a run of its own process would, and its exit code goes to
+    logs/<job id>.exit as soon as it ends (status shows it ended while its pack-mates train on);
+    else all log to stderr, each line led by the run's name."""
     from ptbjobs.core.errors import ConfigError
     from ptbjobs.train.pack_runner import run_pack
     from ptbjobs.train.progress import PlainReporter, ProgressFileReporter
@@ -58,22 +62,62 @@ def run_fused(run_dirs: list[Path]) -> dict[str, Any]:
     if len(data_dirs) != 1:
         raise ConfigError(None, f"runs of one fused pack read different data folders ({', '.join(map(str, data_dirs))})",
                           "submit them in one grid")
-    runs = [(config, run_dir, ProgressFileReporter(run_dir, PlainReporter(prefix=f"{run_dir.name}: ")))
-            for run_dir, config, _ in specs]
-    return run_pack(runs, data_dirs.pop())
+    with contextlib.ExitStack() as held:
+        logs: dict[Path, Any] = {}  # run folder -> its own log, with a job id
+        runs = []
+        for run_dir, config, _ in specs:
+            if job_id is None:
+                inner = PlainReporter(prefix=f"{run_dir.name}: ")
+            else:
+                (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):  # an earlier start's: this one is not over
+                    (run_dir / "logs" / f"{job_id}.exit").unlink()
+                logs[run_dir] = held.enter_context(open(run_dir / "logs" / f"{job_id}.log", "a"))
+                inner = PlainReporter(logs[run_dir])
+            runs.append((config, run_dir, ProgressFileReporter(run_dir, inner)))
+
+        def ended(run_dir: Path, outcome: Any) -> None:
+            if run_dir not in logs:
+                return
+            if isinstance(outcome, BaseException):
+                print(f"ptbjobs: {error_line(outcome)}", file=logs[run_dir], flush=True)
+            atomic_write_bytes(run_dir / "logs" / f"{job_id}.exit", f"{exit_code(outcome)}\n".encode())
+
+        return run_pack(runs, data_dirs.pop(), on_end=ended)
+
+
+def exit_code(outcome: Any) -> int:
+    """A run's exit code from how it ended, as `ptbjobs train`'s: 0 done, 75 stopped with its
+    state saved, 3 diverged, 2 bad input, else 1."""
+    from ptbjobs.core.errors import PtbjobsError
+
+    if not isinstance(outcome, BaseException):
+        return 0
+    return outcome.exit_code if isinstance(outcome, PtbjobsError) else 1
+
+
+def error_line(exc: BaseException) -> str:
+    from ptbjobs.core.errors import PtbjobsError
+
+    if isinstance(exc, PtbjobsError):
+        return f"{'error: ' if exc.is_error else ''}{exc}"
+    return f"error: {type(exc).__name__}: {exc}"
 
 
 def main(argv: list[str]) -> int:
-    """`python -m ptbjobs.executors.job RUN_DIR...`: one run of a packed job, as its own process,
-    or several as fused packs. Exit codes as `ptbjobs train`: 0 done, 75 stopped with its state
+    """`python -m ptbjobs.executors.job [--job-id ID] RUN_DIR...`: one run of a packed job, as its
+    own process, or several as fused packs (with --job-id, each run logging to its own folder). Exit codes as `ptbjobs train`: 0 done, 75 stopped with its state
     saved, 3 diverged, 2 bad input, else failed (of several runs: the first run's that did not finish)."""
     import socket
     import time
 
     from ptbjobs.core.errors import ConfigError, PtbjobsError
 
-    if not argv:
-        print("usage: python -m ptbjobs.executors.job RUN_DIR...", file=sys.stderr)
+    job_id = None
+    if argv[:1] == ["--job-id"] and len(argv) > 1:
+        job_id, argv = argv[1], argv[2:]
+    if not argv or argv[0].startswith("-"):
+        print("usage: python -m ptbjobs.executors.job [--job-id ID] RUN_DIR...", file=sys.stderr)
         return 2
     run_dirs = [Path(arg) for arg in argv]
     print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] ptbjobs job: {', '.join(map(str, run_dirs))} on "
@@ -85,10 +129,11 @@ def main(argv: list[str]) -> int:
         if len(run_dirs) == 1:
             run_job(run_dirs[0])
             return 0
-        failed = [(path, outcome) for path, outcome in run_fused(run_dirs).items() if isinstance(outcome, BaseException)]
+        outcomes = run_fused(run_dirs, job_id)
+        failed = [(path, outcome) for path, outcome in outcomes.items() if isinstance(outcome, BaseException)]
         for path, outcome in failed:
-            print(f"ptbjobs: error: {path}: {outcome}", file=sys.stderr, flush=True)
-        return failed[0][1].exit_code if failed and isinstance(failed[0][1], PtbjobsError) else 1 if failed else 0
+            print(f"ptbjobs: {path}: {error_line(outcome)}", file=sys.stderr, flush=True)
+        return exit_code(failed[0][1]) if failed else 0
     except PtbjobsError as exc:
         print(f"ptbjobs: {'error: ' if exc.is_error else ''}{exc}", file=sys.stderr, flush=True)
         return exc.exit_code

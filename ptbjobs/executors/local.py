@@ -79,12 +79,15 @@ class LocalExecutor(Executor):
         if ledger:
             ledger.sending(token, keys)
         ids = {}
-        for key in keys:
+        for pack in job_packs(keys, resources):
             number += 1
             job_id = f"L{number}"
-            atomic_write_json(job_path(folder, job_id), {"job_id": job_id, "number": number, "run": key, "batch": token,
-                                                   "state": states.PENDING, "submitted": time.time()})
-            ids[key] = job_id
+            record = {"job_id": job_id, "number": number, "run": pack[0], "batch": token, "state": states.PENDING,
+                      "submitted": time.time()}
+            if len(pack) > 1:
+                record["runs"] = pack
+            atomic_write_json(job_path(folder, job_id), record)
+            ids.update({key: job_id for key in pack})
         if ledger:
             ledger.sent(token, ids)
         ensure_supervisor(sweep)
@@ -98,8 +101,8 @@ class LocalExecutor(Executor):
         for path in jobs.glob("L*.json") if jobs.is_dir() else []:
             if path.stem[1:].isdigit():
                 record = read_json_if_any(path)
-                if isinstance(record, dict) and record.get("batch") == token and record.get("run") in keys:
-                    found[record["run"]] = record["job_id"]
+                if isinstance(record, dict) and record.get("batch") == token:
+                    found.update({key: record["job_id"] for key in job_runs(record) if key in keys})
         return found
 
     def apply_max_parallel(self, sweep: Sweep) -> None:
@@ -165,7 +168,14 @@ class LocalExecutor(Executor):
                 write_end(folder, job_id, states.CANCELLED, None, "cancelled before it started")
 
     def log_paths(self, sweep: Sweep, key: str, job_ids: list[str]) -> list[Path]:
-        return [sweep.run_dir(key) / "logs" / f"{job_id}.log" for job_id in job_ids]
+        # per job: the run's own log, then, for a fused pack, its process's (how the pack ended, a crash)
+        paths = []
+        for job_id in job_ids:
+            paths.append(sweep.run_dir(key) / "logs" / f"{job_id}.log")
+            own = local_folder(sweep) / "jobs" / f"{job_id}.log"
+            if own.exists():
+                paths.append(own)
+        return paths
 
     @staticmethod
     def split_attempts(log_text: str) -> list[str]:
@@ -184,12 +194,24 @@ def kill_wait_s() -> float:
     return seconds_from_env("PTBJOBS_KILL_WAIT_S", DEFAULT_KILL_WAIT_S)
 
 
+def job_packs(keys: list[str], resources: Resources) -> list[list[str]]:
+    """The runs of each job: one each, or with `fuse`, packs of runs_per_gpu trained as one
+    fused model (the runs in the order submit gave them: runs of one shape side by side)."""
+    size = resources.runs_per_gpu if resources.fuse else 1
+    return [keys[i:i + size] for i in range(0, len(keys), size)]
+
+
+def job_runs(record: dict[str, Any]) -> list[str]:
+    """The run keys of a job record: one, or a fused pack's."""
+    return record.get("runs") or [record["run"]]
+
+
 def default_parallelism(resources: Resources) -> int:
-    """`runs_per_gpu` runs per visible GPU; else as many runs as there are cores for them (2 each
-    by default)."""
+    """`runs_per_gpu` runs per visible GPU (one fused pack per GPU, with `fuse`); else as many jobs
+    as there are cores for them (2 each by default)."""
     gpus = visible_gpus()
     if gpus:
-        return len(gpus) * resources.runs_per_gpu
+        return len(gpus) * (1 if resources.fuse else resources.runs_per_gpu)
     per_run = resources.cpus_per_task or 2
     return max(1, (os.cpu_count() or 1) // per_run)
 

@@ -30,6 +30,7 @@ from ptbjobs.executors.local import (
     is_alive,
     job_files,
     job_path,
+    job_runs,
     job_state,
     local_folder,
     this_host,
@@ -157,8 +158,9 @@ def _kill_if_cancel_ignored(sweep: Sweep, folder: Path, record: dict[str, Any]) 
         return  # still there: it reads RUNNING, and the next look kills it again
     if read_json_if_any(folder / "jobs" / f"{job_id}.end.json") is None:
         message = f"killed: still running {cancel['kill_wait_s']:g} s after the cancel"
-        with open(sweep.run_dir(record["run"]) / "logs" / f"{job_id}.log", "a") as log:  # for `ptbjobs logs`
-            log.write(f"ptbjobs job {job_id}: {message}\n")
+        for key in job_runs(record):
+            with open(sweep.run_dir(key) / "logs" / f"{job_id}.log", "a") as log:  # for `ptbjobs logs`
+                log.write(f"ptbjobs job {job_id}: {message}\n")
         write_end(folder, job_id, states.CANCELLED, -signal.SIGKILL, message)
 
 
@@ -185,15 +187,18 @@ def _launch(sweep: Sweep, folder: Path, queue: _Queue, record: dict[str, Any]) -
 
 def _start_worker(sweep: Sweep, folder: Path, record: dict[str, Any], slot: int, settings: dict[str, Any]) -> dict[str, Any]:
     job_id = record["job_id"]
-    run_dir = sweep.run_dir(record["run"])
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    runs = job_runs(record)
+    for key in runs:
+        (sweep.run_dir(key) / "logs").mkdir(parents=True, exist_ok=True)
+    # a fused pack's runs write their own logs: the process's own output is the job's
+    log_path = sweep.run_dir(runs[0]) / "logs" / f"{job_id}.log" if len(runs) == 1 else folder / "jobs" / f"{job_id}.log"
     env = dict(os.environ)
     gpus = visible_gpus()
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
     threads = settings.get("resources", {}).get("cpus_per_task") or max(1, (os.cpu_count() or 1) // settings.get("max_parallel", 1))
     env["OMP_NUM_THREADS"] = str(threads)
-    with open(run_dir / "logs" / f"{job_id}.log", "a") as log:
+    with open(log_path, "a") as log:
         process = subprocess.Popen([sys.executable, "-m", "ptbjobs.executors.local_supervisor", "work", str(sweep.path), job_id],
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    env=env, start_new_session=True)
@@ -213,12 +218,14 @@ def work(sweep: Sweep, job_id: str) -> int:
     its state and the job resumes from it at once, in the same slot, up to `max_requeues` times;
     after the last one the job ends TIMEOUT and `ptbjobs retry` resumes it."""
     defer_stop_signals()  # before torch is imported: a time limit or a cancel may come while it loads
-    from ptbjobs.executors.job import run_job
+    from ptbjobs.executors.job import exit_code, run_fused, run_job
 
     folder = local_folder(sweep)
     record = read_json_if_any(job_path(folder, job_id))
     settings = read_json_if_any(folder / "settings.json") or {}
-    print(f"ptbjobs job {job_id}: run {record['run']} on {os.uname().nodename}, pid {os.getpid()}", flush=True)
+    runs = job_runs(record)
+    print(f"ptbjobs job {job_id}: {'run' if len(runs) == 1 else 'fused runs'} {', '.join(runs)} on "
+          f"{os.uname().nodename}, pid {os.getpid()}", flush=True)
     cancel_marker = folder / "jobs" / f"{job_id}.cancel"
     resources = settings.get("resources", {})
     timeout_min = resources.get("timeout_min") or 0
@@ -227,7 +234,18 @@ def work(sweep: Sweep, job_id: str) -> int:
     while True:
         limit = _TimeLimit(timeout_min) if timeout_min else None
         try:
-            run_job(sweep.run_dir(record["run"]))
+            if len(runs) == 1:
+                run_job(sweep.run_dir(runs[0]))
+            else:
+                outcomes = run_fused([sweep.run_dir(key) for key in runs], job_id)
+                failed = {Path(path).name: outcome for path, outcome in outcomes.items()
+                          if isinstance(outcome, BaseException)}
+                if failed:  # each one's own line is in its log; the others finished
+                    code = exit_code(next(iter(failed.values())))
+                    message = f"runs not finished: {', '.join(failed)} (see their logs/{job_id}.log)"
+                    print(f"ptbjobs job {job_id}: {message}", flush=True)
+                    write_end(folder, job_id, states.FAILED, code, message, starts=requeues + 1)
+                    return code
         except TrainingInterrupted as exc:
             timed_out = limit is not None and limit.reached.is_set() and not cancel_marker.exists()
             if timed_out and requeues < max_requeues:

@@ -102,7 +102,7 @@ class SlurmExecutor(Executor):
                                         "`ptbjobs submit` again sends the rest")
             chunk = packs[start:start + limit]
             calls = [submitit.helpers.DelayedSubmission(CheckpointableRun(), run_dirs[pack[0]]) if size == 1 else
-                     submitit.helpers.DelayedSubmission(PackedRuns(), [run_dirs[key] for key in pack])
+                     submitit.helpers.DelayedSubmission(PackedRuns(resources.fuse), [run_dirs[key] for key in pack])
                      for pack in chunk]
             token = secrets.token_hex(4)
             if ledger:

@@ -7,6 +7,7 @@ imports torch at module level: the training code loads it when the task starts t
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -88,15 +89,21 @@ def _requeue_through_submitit() -> None:
 
 class PackedRuns(submitit.helpers.Checkpointable):
     """Several runs in one task (`runs_per_gpu`): one process per run, sharing the task's GPU and
-    splitting its CPUs. Each run keeps its own folder, checkpoints and log (logs/<job id>.log in
-    the run folder). USR2 and TERM are passed on to every run; after USR2 (and no TERM) the task
-    is requeued once all have saved, and on its next start the finished runs return at once."""
+    splitting its CPUs; with `fuse`, one process per group of runs of one shape, trained as one
+    fused model (a run whose shape no other run of the pack has gets a process of its own). Each
+    run keeps its own folder, checkpoints, log (logs/<job id>.log in the run folder) and exit code
+    (logs/<job id>.exit). USR2 and TERM are passed on to every process; after USR2 (and no TERM)
+    the task is requeued once all have saved, and on its next start the finished runs return at
+    once."""
+
+    def __init__(self, fuse: bool = False):
+        self.fuse = fuse
 
     def __call__(self, run_dirs: list[str]) -> dict[str, int]:
         job_id = _slurm_job_id()
-        threads = max(1, _allocated_cpus() // len(run_dirs))
+        groups = fused_groups(run_dirs) if getattr(self, "fuse", False) else [[d] for d in run_dirs]
         gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
-        children: dict[str, subprocess.Popen] = {}
+        children: dict[tuple[str, ...], subprocess.Popen] = {}
         received: list[int] = []
 
         def pass_on(signum: int, frame: Any) -> None:
@@ -109,13 +116,15 @@ class PackedRuns(submitit.helpers.Checkpointable):
         # started, and replayed to those started after it
         previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGUSR2, signal.SIGTERM)}
         try:
-            for index, run_dir in enumerate(run_dirs):
+            for index, group in enumerate(groups):
+                # the CPUs split by runs: a fused process does the work of all of its runs
+                threads = max(1, _allocated_cpus() * len(group) // len(run_dirs))
                 env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-                if len(gpus) > 1:  # several GPUs in the task: the runs take turns, not all on the first
+                if len(gpus) > 1:  # several GPUs in the task: the processes take turns, not all on the first
                     env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-                children[run_dir] = _start_child(run_dir, job_id, env)
+                children[tuple(group)] = _start_child(group, job_id, env)
                 for signum in received:
-                    children[run_dir].send_signal(signum)
+                    children[tuple(group)].send_signal(signum)
             codes = _wait_all(children, job_id)
         finally:
             for sig, handler in previous.items():
@@ -129,6 +138,22 @@ class PackedRuns(submitit.helpers.Checkpointable):
         if failed:
             raise RuntimeError(f"runs not finished: {', '.join(failed)} (see their logs/{job_id}.log)")
         return codes
+
+
+def fused_groups(run_dirs: list[str]) -> list[list[str]]:
+    """The pack's runs by shape (train.config.fusion_key), in order of first appearance; a run
+    whose spec.json cannot be read goes alone (its own process says what is wrong with it)."""
+    from ptbjobs.executors.job import SPEC_FILE
+    from ptbjobs.train.config import fusion_key
+
+    groups: dict[Any, list[str]] = {}
+    for run_dir in run_dirs:
+        try:
+            key = fusion_key(json.loads((Path(run_dir) / SPEC_FILE).read_text())["train"])
+        except (OSError, ValueError, KeyError, TypeError):
+            key = run_dir
+        groups.setdefault(key, []).append(run_dir)
+    return list(groups.values())
 
 
 FEED_TIMEOUT_S = 300
@@ -149,25 +174,41 @@ def feed_the_sweep(run_dir: str) -> None:
               "the next task to end, or `ptbjobs submit`, sends them", file=sys.stderr, flush=True)
 
 
-def _start_child(run_dir: str, job_id: str, env: dict[str, str]) -> subprocess.Popen:
-    log_path = Path(run_dir) / "logs" / f"{job_id}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log:
-        return subprocess.Popen([sys.executable, "-m", "ptbjobs.executors.job", run_dir], env=env,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+def _start_child(run_dirs: list[str], job_id: str, env: dict[str, str]) -> subprocess.Popen:
+    """One run's process, its output into the run's log; or a fused pack's, each run writing its
+    own log, the process's own output (its start, a crash) into the task's log."""
+    for run_dir in run_dirs:
+        (Path(run_dir) / "logs").mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "ptbjobs.executors.job"]
+    if len(run_dirs) > 1:
+        return subprocess.Popen([*command, "--job-id", job_id, *run_dirs], env=env, stdin=subprocess.DEVNULL)
+    with open(Path(run_dirs[0]) / "logs" / f"{job_id}.log", "a") as log:
+        return subprocess.Popen([*command, run_dirs[0]], env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT)
 
 
-def _wait_all(children: dict[str, subprocess.Popen], job_id: str) -> dict[str, int]:
-    """Wait for every run, writing each one's exit code as it ends (`<run>/logs/<job id>.exit`):
-    status shows a run that failed as FAILED while its pack-mates go on training."""
+def _wait_all(children: dict[tuple[str, ...], subprocess.Popen], job_id: str) -> dict[str, int]:
+    """Wait for every process, writing each run's exit code as its process ends
+    (`<run>/logs/<job id>.exit`): status shows a run that failed as FAILED while its pack-mates go
+    on training. (A fused process writes each of its runs' own as the run ends: kept, where there.)"""
     codes: dict[str, int] = {}
-    while len(codes) < len(children):
-        for run_dir, child in children.items():
-            if run_dir not in codes and child.poll() is not None:
-                codes[run_dir] = child.returncode
-                atomic_write_bytes(Path(run_dir) / "logs" / f"{job_id}.exit", f"{child.returncode}\n".encode())
+    while len(codes) < sum(map(len, children)):
+        for run_dirs, child in children.items():
+            if run_dirs[0] not in codes and child.poll() is not None:
+                for run_dir in run_dirs:
+                    codes[run_dir] = _own_exit_code(run_dir, job_id) if len(run_dirs) > 1 else None
+                    if codes[run_dir] is None:
+                        codes[run_dir] = child.returncode
+                        atomic_write_bytes(Path(run_dir) / "logs" / f"{job_id}.exit", f"{child.returncode}\n".encode())
         time.sleep(0.5)
-    return {run_dir: codes[run_dir] for run_dir in children}
+    return {run_dir: codes[run_dir] for run_dirs in children for run_dir in run_dirs}
+
+
+def _own_exit_code(run_dir: str, job_id: str) -> int | None:
+    try:
+        return int((Path(run_dir) / "logs" / f"{job_id}.exit").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _slurm_job_id() -> str:

@@ -31,8 +31,9 @@ from ptbjobs.core.interrupts import interrupts_held
 from ptbjobs.executors.base import Executor, PartialSubmission
 from ptbjobs.executors.slurm_answers import poll_interval_s
 from ptbjobs.launch.executor_choice import get_executor
-from ptbjobs.sweep.folder import Sweep
+from ptbjobs.sweep.folder import Sweep, run_config
 from ptbjobs.sweep.grid import Resources, parse_grid
+from ptbjobs.train.config import fusion_key
 
 
 def waiting_runs(manifest: dict[str, Any]) -> list[str]:
@@ -53,6 +54,8 @@ def send(sweep: Sweep, manifest: dict[str, Any], executor: Executor, keys: list[
     if feeder_needed:
         room = max(0, room - resources.runs_per_gpu)  # one job's slot kept for the feeder
     going = candidates if room is None else candidates[:room]
+    if resources.fuse:
+        going = _by_shape(manifest, going)
     _mark_waiting(sweep, manifest, candidates[len(going):])
     sent: dict[str, str] = {}
     if going:
@@ -67,6 +70,15 @@ def send(sweep: Sweep, manifest: dict[str, Any], executor: Executor, keys: list[
     if feeder_needed:
         executor.start_feeder(sweep, resources)
     return sent
+
+
+def _by_shape(manifest: dict[str, Any], keys: list[str]) -> list[str]:
+    """The runs with runs of the same shape next to each other (first come, first placed), so that
+    packs of runs_per_gpu cut from them in order can train fused (`fuse` in [resources])."""
+    groups: dict[tuple, list[str]] = {}
+    for key in keys:
+        groups.setdefault(fusion_key(run_config(manifest, manifest["runs"][key])), []).append(key)
+    return [key for group in groups.values() for key in group]
 
 
 def _mark_waiting(sweep: Sweep, manifest: dict[str, Any], keys: list[str]) -> None:

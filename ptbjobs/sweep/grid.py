@@ -86,6 +86,8 @@ class Resources:
     # jobs of this user queued or running at once, below the cluster's own limit (0: the cluster's)
     max_queued: int = 0
     runs_per_gpu: int = 1  # runs packed into one job, sharing its GPU (or splitting its CPUs)
+    # each pack's runs of one shape train as one batched model in one process (train/fused.py)
+    fuse: bool = False
     # a running run whose heartbeat (progress.json) is older than this shows STALLED (0: never)
     stall_after_min: float = 30.0
     extra_sbatch: tuple[str, ...] = ()
@@ -348,7 +350,10 @@ def _resources(table: dict, where: KeyLocator) -> Resources:
             if not isinstance(value, str) or not pattern.fullmatch(value):
                 raise where.error("resources", key, f"{value!r} is not a plain {key} name",
                                   "letters, digits and . _ : + - only: no spaces, newlines, ';' or '#'")
-        elif isinstance(default, bool) or isinstance(default, int):
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise where.error("resources", key, f"must be true or false, got {value!r}")
+        elif isinstance(default, int):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise where.error("resources", key, f"must be a whole number >= 0, got {value!r}")
         elif isinstance(default, float):
@@ -368,6 +373,9 @@ def _resources(table: dict, where: KeyLocator) -> Resources:
     if not 1 <= values.get("runs_per_gpu", 1) <= 64:
         raise where.error("resources", "runs_per_gpu", f"must be from 1 to 64, got {values['runs_per_gpu']}",
                           "a small model leaves a GPU mostly idle: 4 to 8 runs share one well")
+    if values.get("fuse") and values.get("runs_per_gpu", 1) < 2:
+        raise where.error("resources", "fuse", "fuses the runs of each pack, and runs_per_gpu is 1",
+                          "set runs_per_gpu to the runs to train as one model (e.g. 8), or remove fuse")
     if not 1 <= values.get("timeout_min", 1) <= 366 * 24 * 60:
         raise where.error("resources", "timeout_min", f"must be from 1 minute to a year, got {values['timeout_min']}")
     return Resources(**values)

@@ -257,6 +257,18 @@ def suggest_key(key: str, known: Mapping[str, Any]) -> str:
 
 FIELD_DEFAULTS: dict[str, Any] = TrainConfig().to_dict()
 
+# the settings that must be equal for runs to train as one fused model (train/fused.py): the
+# tensors' shapes, and the kinds of computation (a rate may differ; whether masks are per step or
+# per sequence may not). Here, not in fused.py: submit groups runs by them without torch.
+SHAPE_FIELDS = ("cell", "emb_size", "hidden_size", "num_layers", "tie_weights", "variational_dropout",
+                "batch_size", "bptt", "eval_batch_size", "loss_scale", "epoch_steps", "max_steps", "device")
+
+
+def fusion_key(config: TrainConfig | Mapping[str, Any]) -> tuple:
+    """Runs with equal keys can train as one fused model (a config or its saved dict)."""
+    values = config if isinstance(config, Mapping) else config.to_dict()
+    return tuple(saved_config(values)[name] for name in SHAPE_FIELDS)
+
 
 def saved_config(values: Mapping[str, Any]) -> dict[str, Any]:
     """A config as saved (manifest, checkpoint), every field present: one it predates

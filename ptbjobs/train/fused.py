@@ -37,23 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptbjobs.train.config import CellType, TrainConfig
+from ptbjobs.train.config import CellType, TrainConfig, fusion_key
 from ptbjobs.train.corpus import iter_chunks
 from ptbjobs.train.model import RNNLM
 
-# the settings that must be equal for runs to train as one model: the tensors' shapes, and the
-# kinds of computation (a rate may differ; whether masks are per step or per sequence may not)
-SHAPE_FIELDS = ("cell", "emb_size", "hidden_size", "num_layers", "tie_weights", "variational_dropout",
-                "batch_size", "bptt", "eval_batch_size", "loss_scale", "epoch_steps", "max_steps", "device")
-
 # dropout sites: where a mask is drawn (each layer's recurrent mask has its own site)
 _SITE_WORDS, _SITE_INPUT, _SITE_OUTPUT, _SITE_BETWEEN, _SITE_RECURRENT = 1, 2, 3, 16, 32
-
-
-def fusion_key(config: TrainConfig) -> tuple:
-    """Runs with equal keys can train as one fused model."""
-    values = config.to_dict()
-    return tuple(values[name] for name in SHAPE_FIELDS)
 
 
 # ---- the counter-based generator ----
@@ -166,7 +155,7 @@ class FusedModel:
     def __init__(self, models: list[RNNLM], configs: list[TrainConfig]):
         keys = {fusion_key(c) for c in configs}
         if len(keys) != 1:
-            raise ValueError("runs of one fused pack must have the same shapes (fused.SHAPE_FIELDS)")
+            raise ValueError("runs of one fused pack must have the same shapes (config.SHAPE_FIELDS)")
         first = configs[0]
         self.models, self.configs = models, configs
         self.cell, self.layers, self.hidden_size = first.cell, first.num_layers, first.hidden_size

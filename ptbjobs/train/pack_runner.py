@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ptbjobs.core.errors import PtbjobsError
-from ptbjobs.train.config import TrainConfig
+from ptbjobs.train.config import TrainConfig, fusion_key
 from ptbjobs.train.corpus import load_corpus
-from ptbjobs.train.fused import fusion_key
 from ptbjobs.train.pack import PackTrainer
 from ptbjobs.train.reporting import Reporter
 from ptbjobs.train.run_dir import RunDir
@@ -33,25 +32,26 @@ from ptbjobs.train.trainer import Trainer
 
 
 def run_pack(runs: list[tuple[TrainConfig, Path, Reporter]], data_dir: Path | str | None = None,
-             handle_signals: bool = True) -> dict[str, Any]:
+             handle_signals: bool = True, on_end: Callable[[Path, Any], None] | None = None) -> dict[str, Any]:
     """Train every run to its end. Returns, by run folder, its final record or the error that
     ended it (one run's error never stops the others). A stop signal stops every run with its
-    state saved: TrainingInterrupted is raised once all have saved."""
-    outcomes: dict[str, Any] = {}
+    state saved: TrainingInterrupted is raised once all have saved. `on_end(run folder, outcome)`
+    is called as each run ends, while the others may train on."""
+    outcomes = _Outcomes(on_end)
     ready: list[tuple[RunDir, TrainConfig, Reporter, dict[str, Any] | None]] = []
     for config, out, reporter in runs:
         run = RunDir(out)
         try:
             existing, final = check_folder(run, config, reporter)
         except PtbjobsError as exc:
-            outcomes[str(run.path)] = exc
+            outcomes.settle(run.path, exc)
             continue
         if final is not None:
-            outcomes[str(run.path)] = final
+            outcomes.settle(run.path, final)
         else:
             ready.append((run, config, reporter, existing))
     if not ready:
-        return outcomes
+        return dict(outcomes)
     for run, *_ in ready:
         stop_if_signalled_while_starting(run)
     corpus = load_corpus(data_dir)
@@ -63,7 +63,7 @@ def run_pack(runs: list[tuple[TrainConfig, Path, Reporter]], data_dir: Path | st
                 held.enter_context(exclusive(run))
                 resume(run, trainer, corpus.data_dir, reporter, first_start=existing is None)
             except PtbjobsError as exc:
-                outcomes[str(run.path)] = exc
+                outcomes.settle(run.path, exc)
                 continue
             trainers.append(trainer)
         groups: dict[tuple, list[Trainer]] = {}
@@ -72,21 +72,36 @@ def run_pack(runs: list[tuple[TrainConfig, Path, Reporter]], data_dir: Path | st
         in_order = list(groups.values())
         for index, group in enumerate(in_order):
             try:
-                outcomes.update(_train_group(group, handle_signals))
+                _train_group(group, handle_signals, outcomes)
             except BaseException as exc:
                 for later in in_order[index + 1:]:  # not started: they stop where they are
                     for trainer in later:
                         trainer.reporter.close()
                         record_end(trainer.run, trainer, exc)
+                        outcomes.settle(trainer.run.path, exc)
                 raise
-    return outcomes
+    return dict(outcomes)
 
 
-def _train_group(trainers: list[Trainer], handle_signals: bool) -> dict[str, Any]:
+class _Outcomes(dict):
+    """Run folder -> how its run ended, each passed on to `on_end` as it is known."""
+
+    def __init__(self, on_end: Callable[[Path, Any], None] | None):
+        super().__init__()
+        self.on_end = on_end
+
+    def settle(self, path: Path, outcome: Any) -> None:
+        self[str(path)] = outcome
+        if self.on_end is not None:
+            self.on_end(path, outcome)
+
+
+def _train_group(trainers: list[Trainer], handle_signals: bool, outcomes: _Outcomes) -> None:
     """One group's runs trained together; each run's state.json written as it ends."""
     def ended(trainer: Trainer, outcome: Any) -> None:
         trainer.reporter.close()
         record_end(trainer.run, trainer, outcome)
+        outcomes.settle(trainer.run.path, outcome)
 
     received: list[int] = []
     pack = PackTrainer(trainers, on_leave=ended)
@@ -95,7 +110,7 @@ def _train_group(trainers: list[Trainer], handle_signals: bool) -> dict[str, Any
             for trainer in trainers:
                 disk.enter_context(trainer.run.disk_errors())
             with stop_on_signals(pack, received, enabled=handle_signals):
-                return pack.fit()
+                pack.fit()
     except BaseException as exc:
         if isinstance(exc, TrainingInterrupted):
             exc.signals = tuple(received)  # a Slurm job requeues itself after USR2, not after TERM

@@ -527,7 +527,7 @@ def test_the_job_entry_point_says_what_is_wrong_in_one_line(tmp_path, capsys):
     from ptbjobs.executors.job import main as job_main
 
     assert job_main([]) == 2
-    assert capsys.readouterr().err == "usage: python -m ptbjobs.executors.job RUN_DIR...\n"
+    assert capsys.readouterr().err == "usage: python -m ptbjobs.executors.job [--job-id ID] RUN_DIR...\n"
     assert job_main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{tmp_path / 'spec.json'} not found" in err

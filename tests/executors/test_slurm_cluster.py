@@ -55,6 +55,7 @@ max_requeues = {max_requeues}
 gpus_per_node = {gpus}
 cpus_per_task = {cpus}
 runs_per_gpu = {runs_per_gpu}
+fuse = {fuse}
 extra_sbatch = {extra}
 '''
 
@@ -78,11 +79,11 @@ def cluster() -> None:
 
 
 def make_grid(tmp_path: Path, name: str, epochs: int, cells=("lstm",), seeds=(1,), timeout_min: int = 10,
-              max_requeues: int = 3, gpus: int = 0, cpus: int = 1, runs_per_gpu: int = 1, extra=()):
+              max_requeues: int = 3, gpus: int = 0, cpus: int = 1, runs_per_gpu: int = 1, extra=(), fuse: bool = False):
     path = tmp_path / f"{name}.toml"
     path.write_text(GRID.format(name=name, epochs=epochs, cells=json.dumps(list(cells)), seeds=json.dumps(list(seeds)),
                                 timeout_min=timeout_min, max_requeues=max_requeues, gpus=gpus, cpus=cpus,
-                                runs_per_gpu=runs_per_gpu, extra=json.dumps(list(extra))))
+                                runs_per_gpu=runs_per_gpu, extra=json.dumps(list(extra)), fuse=json.dumps(fuse)))
     return path
 
 
@@ -244,34 +245,77 @@ def test_cancel_stops_running_and_pending_tasks_and_retry_completes_them(cluster
     assert_same_run(reference, sweep.run_dir(running.key))
 
 
-def test_packed_runs_share_one_gpu_task_and_a_requeued_pack_resumes_each_run_exactly(cluster, tmp_path, tiny_corpus):
-    # 4 runs, 2 per task: two tasks, one fake GPU each, one thread per run (2 CPUs split in two)
+def test_packed_and_fused_runs_share_their_tasks_and_requeued_packs_resume_each_run_exactly(cluster, tmp_path,
+                                                                                           tiny_corpus):
+    # (both sweeps at once: a requeued task waits a while before it starts again, and they share that wait)
+    # packed: 4 runs, 2 per task: two tasks, one fake GPU each, one thread per run (2 CPUs split in two)
     grid = load_grid(make_grid(tmp_path, "packed", epochs=30, cells=("lstm", "gru"), seeds=(1, 2), gpus=1, cpus=2,
                                runs_per_gpu=2))
     sweep = Sweep(tmp_path / "sweep")
     submit(grid, sweep, SlurmExecutor(), data_dir=tiny_corpus)
+    # fused, in packs of 3: the two lstm runs train as one model in one process, gru-d0-s1 (of
+    # another shape) in a process of its own beside them; 2 CPUs split by runs, one thread each
+    fused_grid = load_grid(make_grid(tmp_path, "fused", epochs=30, cells=("lstm", "gru"), seeds=(1, 2), cpus=2,
+                                     runs_per_gpu=3, fuse=True))
+    fused = Sweep(tmp_path / "fused")
+    submit(fused_grid, fused, SlurmExecutor(), data_dir=tiny_corpus)
+
     ids = job_ids(sweep)
     assert sorted(set(ids.values())) == [f"{slurm.base_id(ids['lstm-d0-s1'])}_0", f"{slurm.base_id(ids['lstm-d0-s1'])}_1"]
     pack = [key for key, job in ids.items() if job == ids["lstm-d0-s1"]]
     assert pack == ["lstm-d0-s1", "lstm-d0-s2"]
-    for key in pack:  # both runs of the pack train at once
-        first_checkpoint(sweep.run_dir(key))
-    slurm.scancel([ids["lstm-d0-s1"]], signal="USR2")
+    fused_ids = job_ids(fused)
+    fused_pack = [key for key, job in fused_ids.items() if job == fused_ids["lstm-d0-s1"]]
+    assert fused_pack == ["lstm-d0-s1", "lstm-d0-s2", "gru-d0-s1"] and fused_ids["gru-d0-s2"] != fused_ids["lstm-d0-s1"]
+    for folder, keys in ((sweep, pack), (fused, fused_pack)):  # the runs of each pack train at once
+        for key in keys:
+            first_checkpoint(folder.run_dir(key))
+    slurm.scancel([ids["lstm-d0-s1"], fused_ids["lstm-d0-s1"]], signal="USR2")
 
-    reference = tmp_path / "reference"
-    train_reference(grid.runs[1].config, reference, tiny_corpus)  # lstm-d0-s2, meanwhile
+    # the references, meanwhile
+    train_reference(grid.runs[1].config, tmp_path / "reference", tiny_corpus)  # lstm-d0-s2
+    fused_configs = {spec.key: spec.config for spec in fused_grid.runs}
+    fused_reference = tmp_path / "fused-reference"
+    train_reference(fused_configs["gru-d0-s1"], fused_reference / "gru-d0-s1", tiny_corpus)
+    train_fused_reference([(fused_configs[key], fused_reference / key) for key in fused_pack[:2]], tiny_corpus)
 
-    status = wait_until(lambda: all_ended(sweep), timeout_s=300, every_s=1)
-    assert [r["state"] for r in status["runs"]] == [states.COMPLETED] * 4
-    # one job per run; the requeued pack's task started twice, so its runs count two tries
-    assert all(len(entry["jobs"]) == 1 for entry in sweep.read_manifest()["runs"].values())
-    assert {r["key"]: r["attempts"] for r in collect(sweep)["runs"]} == {
-        key: 2 if key in pack else 1 for key in ids}
+    for folder, keys, all_ids in ((sweep, pack, ids), (fused, fused_pack, fused_ids)):
+        status = wait_until(lambda: all_ended(folder), timeout_s=300, every_s=1)
+        assert [r["state"] for r in status["runs"]] == [states.COMPLETED] * 4
+        # one job per run; the requeued pack's task started twice, so its runs count two tries
+        assert all(len(entry["jobs"]) == 1 for entry in folder.read_manifest()["runs"].values())
+        assert {r["key"]: r["attempts"] for r in collect(folder)["runs"]} == {
+            key: 2 if key in keys else 1 for key in all_ids}
+        for key in keys:
+            own = log_text(folder, key)  # each run's own log, in its folder
+            assert "resuming from" in own and own.count("done: ") == 1
     rows = wait_until(lambda: sacct_ended(sorted(set(ids.values()))), timeout_s=60, every_s=0.5)
     assert sorted(rows) == sorted(set(ids.values())) and all("gres/gpu=1" in r["tres"] for r in rows.values())
-    for key in pack:
-        assert "resuming from" in log_text(sweep, key)  # each run's own log, in its folder
-    assert_same_run(reference, sweep.run_dir("lstm-d0-s2"))
+    assert_same_run(tmp_path / "reference", sweep.run_dir("lstm-d0-s2"))
+    task_log = "".join(p.read_text() for p in slurm_task_logs(fused, fused_ids["lstm-d0-s1"]))
+    started = f"ptbjobs job: {fused.run_dir('lstm-d0-s1').resolve()}, {fused.run_dir('lstm-d0-s2').resolve()} on"
+    assert task_log.count(started) == 2  # one process for both, at each start
+    for key in fused_pack:
+        assert_same_run(fused_reference / key, fused.run_dir(key))
+
+
+def train_fused_reference(runs: list[tuple], data: Path) -> None:
+    """A fused pack uninterrupted, in this process, with the pack's one thread."""
+    import torch
+
+    from ptbjobs.train.pack_runner import run_pack
+    from ptbjobs.train.reporting import SilentReporter
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_pack([(config, out, SilentReporter()) for config, out in runs], data, handle_signals=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def slurm_task_logs(sweep: Sweep, job_id: str) -> list[Path]:
+    return sorted((sweep.path / "slurm" / slurm.base_id(job_id)).glob(f"{job_id}_*_log.out"))
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="stops and restarts Slurm's daemons: needs root")
