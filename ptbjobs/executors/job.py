@@ -22,6 +22,26 @@ from ptbjobs.train.signals import defer_stop_signals
 SPEC_FILE = "spec.json"
 
 
+CANCEL_FILE = "cancel.json"  # in a run folder: `ptbjobs cancel` asks the pack holding the run to let it go
+
+
+def request_cancel(run_dir: Path, job_id: str) -> None:
+    """Ask the job `job_id`, which trains this run with others (a pack), to stop this run alone:
+    it saves the run's state and lets it go at its next poll (or never starts it), and the others
+    train on."""
+    atomic_write_bytes(run_dir / CANCEL_FILE, (json.dumps({"job_id": job_id}) + "\n").encode())
+
+
+def cancel_requested(run_dir: Path | str, job_id: str) -> bool:
+    """Has `ptbjobs cancel` asked the job `job_id` to let this run go? (A request names its job:
+    the run's next job, after a retry, is not bound by it.)"""
+    try:
+        with open(f"{run_dir}/{CANCEL_FILE}") as handle:
+            return json.loads(handle.read()).get("job_id") == job_id
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def write_spec(run_dir: Path, config: TrainConfig | dict[str, Any], data_dir: Path, durable: bool = True) -> None:
     """The run's spec.json. `durable=False` skips its fsyncs: the caller writing many flushes the
     filesystem once after the last (`flush_filesystem`), before any job can read them."""
@@ -56,7 +76,17 @@ def run_fused(run_dirs: list[Path], job_id: str | None = None) -> dict[str, Any]
     from ptbjobs.core.errors import ConfigError
     from ptbjobs.train.pack_runner import run_pack
     from ptbjobs.train.progress import PlainReporter, ProgressFileReporter
+    from ptbjobs.train.signals import TrainingInterrupted
 
+    outcomes: dict[str, Any] = {}
+    if job_id is not None:
+        for run_dir in [d for d in run_dirs if cancel_requested(d, job_id)]:  # cancelled before the pack started
+            outcomes[str(run_dir)] = TrainingInterrupted("cancelled before it started", "`ptbjobs retry` starts it")
+            (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(run_dir / "logs" / f"{job_id}.exit", f"{TrainingInterrupted.exit_code}\n".encode())
+        run_dirs = [d for d in run_dirs if str(d) not in outcomes]
+        if not run_dirs:
+            return outcomes
     specs = [(run_dir, *read_spec(run_dir)) for run_dir in run_dirs]
     data_dirs = {data_dir for _, _, data_dir in specs}
     if len(data_dirs) != 1:
@@ -83,7 +113,10 @@ def run_fused(run_dirs: list[Path], job_id: str | None = None) -> dict[str, Any]
                 print(f"ptbjobs: {error_line(outcome)}", file=logs[run_dir], flush=True)
             atomic_write_bytes(run_dir / "logs" / f"{job_id}.exit", f"{exit_code(outcome)}\n".encode())
 
-        return run_pack(runs, data_dirs.pop(), on_end=ended)
+        def cancelled(run_dir: Path) -> bool:
+            return job_id is not None and cancel_requested(run_dir, job_id)
+
+        return {**outcomes, **run_pack(runs, data_dirs.pop(), on_end=ended, cancel_requested=cancelled)}
 
 
 def exit_code(outcome: Any) -> int:

@@ -218,7 +218,7 @@ def work(sweep: Sweep, job_id: str) -> int:
     its state and the job resumes from it at once, in the same slot, up to `max_requeues` times;
     after the last one the job ends TIMEOUT and `ptbjobs retry` resumes it."""
     defer_stop_signals()  # before torch is imported: a time limit or a cancel may come while it loads
-    from ptbjobs.executors.job import exit_code, run_fused, run_job
+    from ptbjobs.executors.job import cancel_requested, exit_code, run_fused, run_job
 
     folder = local_folder(sweep)
     record = read_json_if_any(job_path(folder, job_id))
@@ -239,7 +239,7 @@ def work(sweep: Sweep, job_id: str) -> int:
             else:
                 outcomes = run_fused([sweep.run_dir(key) for key in runs], job_id)
                 failed = {Path(path).name: outcome for path, outcome in outcomes.items()
-                          if isinstance(outcome, BaseException)}
+                          if isinstance(outcome, BaseException) and not cancel_requested(path, job_id)}
                 if failed:  # each one's own line is in its log; the others finished
                     code = exit_code(next(iter(failed.values())))
                     message = f"runs not finished: {', '.join(failed)} (see their logs/{job_id}.log)"

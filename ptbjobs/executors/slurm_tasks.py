@@ -20,7 +20,7 @@ import submitit
 
 from ptbjobs.core.atomic import atomic_write_bytes
 from ptbjobs.core.errors import PtbjobsError
-from ptbjobs.executors.job import run_job
+from ptbjobs.executors.job import cancel_requested, run_job
 from ptbjobs.train.signals import RESUMABLE_EXIT_CODES, TrainingInterrupted
 
 
@@ -101,7 +101,12 @@ class PackedRuns(submitit.helpers.Checkpointable):
 
     def __call__(self, run_dirs: list[str]) -> dict[str, int]:
         job_id = _slurm_job_id()
-        groups = fused_groups(run_dirs) if getattr(self, "fuse", False) else [[d] for d in run_dirs]
+        cancelled = [d for d in run_dirs if cancel_requested(d, job_id)]  # cancelled alone before the task started
+        for run_dir in cancelled:
+            (Path(run_dir) / "logs").mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(Path(run_dir) / "logs" / f"{job_id}.exit", f"{TrainingInterrupted.exit_code}\n".encode())
+        starting = [d for d in run_dirs if d not in cancelled]
+        groups = fused_groups(starting) if getattr(self, "fuse", False) else [[d] for d in starting]
         gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
         children: dict[tuple[str, ...], subprocess.Popen] = {}
         received: list[int] = []
@@ -134,7 +139,8 @@ class PackedRuns(submitit.helpers.Checkpointable):
         if stopped and signal.SIGUSR2 in received and signal.SIGTERM not in received:
             _requeue_through_submitit()
         feed_the_sweep(run_dirs[0])
-        failed = [Path(d).name for d, c in codes.items() if c != 0]
+        codes.update({d: TrainingInterrupted.exit_code for d in cancelled})
+        failed = [Path(d).name for d, c in codes.items() if c != 0 and not cancel_requested(d, job_id)]
         if failed:
             raise RuntimeError(f"runs not finished: {', '.join(failed)} (see their logs/{job_id}.log)")
         return codes
@@ -192,8 +198,15 @@ def _wait_all(children: dict[tuple[str, ...], subprocess.Popen], job_id: str) ->
     (`<run>/logs/<job id>.exit`): status shows a run that failed as FAILED while its pack-mates go
     on training. (A fused process writes each of its runs' own as the run ends: kept, where there.)"""
     codes: dict[str, int] = {}
+    asked_to_stop: set[str] = set()
     while len(codes) < sum(map(len, children)):
         for run_dirs, child in children.items():
+            # one run cancelled alone (`ptbjobs cancel`): its process saves and stops, the others
+            # train on (a fused process lets its run go itself)
+            if len(run_dirs) == 1 and run_dirs[0] not in asked_to_stop and cancel_requested(run_dirs[0], job_id) \
+                    and child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+                asked_to_stop.add(run_dirs[0])
             if run_dirs[0] not in codes and child.poll() is not None:
                 for run_dir in run_dirs:
                     codes[run_dir] = _own_exit_code(run_dir, job_id) if len(run_dirs) > 1 else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ptbjobs.core import states
 from ptbjobs.core.errors import ConfigError
+from ptbjobs.executors.job import request_cancel
 from ptbjobs.launch.executor_choice import get_executor
 from ptbjobs.launch.run_states import run_states
 from ptbjobs.sweep.folder import Sweep, latest_job
@@ -27,13 +28,19 @@ def cancel(sweep: Sweep, keys: list[str] | None = None) -> list[str]:
             sweep.update_manifest(manifest, withdrawn)
         current = {k: s for k, s in current.items() if k not in withdrawn}
         chosen = [k for k, s in current.items() if states.is_active(s) and (not keys or k in keys)]
-        # a job may train several runs (runs_per_gpu): cancelling it stops all of them
-        job_ids = {latest_job(manifest["runs"][k])["job_id"] for k in chosen}
-        chosen = [k for k, s in current.items() if states.is_active(s) and latest_job(manifest["runs"][k])["job_id"] in job_ids]
+        # a job may train several runs (runs_per_gpu): it is cancelled where all of its runs still
+        # going are; else the job is asked to let the chosen ones go, and the others train on
+        active_runs: dict[str, list[str]] = {}  # job id -> its runs still going
+        for key, state in current.items():
+            if states.is_active(state):
+                active_runs.setdefault(latest_job(manifest["runs"][key])["job_id"], []).append(key)
         by_executor: dict[str, dict[str, None]] = {}  # executor -> its job ids, in order, each once
         for key in chosen:
             job = latest_job(manifest["runs"][key])
-            by_executor.setdefault(job["executor"], {})[job["job_id"]] = None
+            if all(k in chosen for k in active_runs[job["job_id"]]):
+                by_executor.setdefault(job["executor"], {})[job["job_id"]] = None
+            else:
+                request_cancel(sweep.run_dir(key), job["job_id"])
         for name, ids in by_executor.items():
             get_executor(name, submitting=False).cancel(sweep, list(ids))
     return withdrawn + chosen

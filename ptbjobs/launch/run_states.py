@@ -7,6 +7,7 @@ from typing import Any
 
 from ptbjobs.core import states
 from ptbjobs.core.errors import PtbjobsError
+from ptbjobs.executors.job import cancel_requested
 from ptbjobs.executors.slurm_answers import ONE_OFF_MAX_AGE_S
 from ptbjobs.launch.executor_choice import get_executor
 from ptbjobs.sweep.folder import Sweep, latest_job
@@ -69,8 +70,9 @@ def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None =
             if damaged is not None:
                 damaged[key] = exc
         state = states.run_state(job_states.get(job["job_id"]) if job else None, folder_state)
-        if states.is_active(state) and _failed_in_pack(sweep, key, job["job_id"]):
-            state = states.FAILED  # its pack-mates train on, holding the job: it will not
+        if job and state not in (states.COMPLETED, states.DIVERGED, states.DAMAGED, states.NOT_SUBMITTED):
+            # its pack-mates may train on, holding the job: it will not
+            state = _ended_in_pack(sweep, key, job["job_id"], state)
         result[key] = state
     if live:
         _confirm_ended(sweep, manifest, result, job_states, held if held is not None else {})
@@ -111,11 +113,15 @@ def _folder_state(run: RunDir) -> str | None:
     return record["state"]
 
 
-def _failed_in_pack(sweep: Sweep, key: str, job_id: str) -> bool:
-    """A run packed with others (runs_per_gpu) records its exit code when its process ends."""
+def _ended_in_pack(sweep: Sweep, key: str, job_id: str, state: str) -> str:
+    """A run packed with others (runs_per_gpu) records its exit code when it ends: FAILED where it
+    failed while the job goes on, CANCELLED where `ptbjobs cancel` let it go alone (whatever
+    became of the job since), else `state`."""
     try:
         with open(f"{sweep.path}/{key}/logs/{job_id}.exit") as exit_file:
             code = int(exit_file.read())
     except (OSError, ValueError):
-        return False
-    return code != 0 and code not in RESUMABLE_EXIT_CODES
+        return state
+    if code in RESUMABLE_EXIT_CODES:
+        return states.CANCELLED if cancel_requested(f"{sweep.path}/{key}", job_id) else state
+    return states.FAILED if code != 0 and states.is_active(state) else state

@@ -13,7 +13,7 @@ torch's generator, and cuDNN rounds differently).
 The runs of a pack go through the same chunks in the same order, so they are always at the same
 step: they save their checkpoints at the same step, and a pack stopped anywhere resumes exactly
 (bit for bit on CPU with the same thread count). A run leaves the pack when it ends (its epochs
-done, or diverged); the others go on in a pack rebuilt without it.
+done, diverged, or cancelled alone); the others go on in a pack rebuilt without it.
 """
 
 from __future__ import annotations
@@ -31,18 +31,24 @@ from ptbjobs.train.model import Hidden
 from ptbjobs.train.signals import TrainingInterrupted
 from ptbjobs.train.trainer import POLL_INTERVAL_S, Trainer, exp_or_inf
 
+CANCEL_CHECK_S = 5.0  # how often the pack looks for runs cancelled alone
+
 
 class PackTrainer:
     """Train runs at the same step as one fused model. `fit()` trains every run to its end and
     returns, by run folder, each run's final record or the DivergedError that ended it."""
 
-    def __init__(self, trainers: list[Trainer], on_leave: Callable[[Trainer, Any], None] | None = None):
+    def __init__(self, trainers: list[Trainer], on_leave: Callable[[Trainer, Any], None] | None = None,
+                 cancel_requested: Callable[[Trainer], bool] | None = None):
         """`on_leave(trainer, outcome)` is called as each run ends: its final record, or the
-        DivergedError that ended it."""
+        DivergedError or TrainingInterrupted that ended it. `cancel_requested(trainer)`, asked at
+        each poll, lets a run go: it saves its state and leaves, the others train on."""
         if len({(t.epoch, t.chunk, t.global_step) for t in trainers}) != 1:
             raise ValueError("the runs of a fused pack must be at the same step")
         self.trainers = list(trainers)
         self.on_leave = on_leave
+        self.cancel_requested = cancel_requested
+        self._next_cancel_check = 0.0
         self.results: dict[str, Any] = {}
         self._checkpoint_requested = False
         self._stop_requested = False
@@ -117,6 +123,7 @@ class PackTrainer:
                 self._leave(trainer, trainer.finish(truncated=False))
             for trainer in [t for t in self.trainers if t.chunk == 0 and t.steps_left() <= 0]:
                 self._leave(trainer, trainer.finish(truncated=True))
+            self._let_cancelled_go()
             if not self.trainers:
                 break
             self._train_epoch()
@@ -178,12 +185,30 @@ class PackTrainer:
         return torch.tensor([t.lr for t in self.trainers], device=self.fused.device)
 
     def _poll(self, tokens_per_s: float) -> None:
-        """Each run's progress; a run whose loss is no longer finite leaves the pack, diverged."""
+        """Each run's progress; a run whose loss is no longer finite leaves the pack, diverged,
+        and one cancelled alone leaves with its state saved."""
         for trainer in list(self.trainers):
             try:
                 trainer.report_progress(tokens_per_s)
             except DivergedError as exc:
                 self._leave(trainer, exc)
+        self._let_cancelled_go()
+
+    def _let_cancelled_go(self) -> None:
+        """Runs cancelled alone save their state and leave (asked at most every CANCEL_CHECK_S: a
+        file per run, on a shared filesystem)."""
+        if self.cancel_requested is None or time.monotonic() < self._next_cancel_check:
+            return
+        self._next_cancel_check = time.monotonic() + CANCEL_CHECK_S
+        for trainer in [t for t in self.trainers if self.cancel_requested(t)]:
+            self._hand_back_hidden()
+            try:
+                trainer.save_checkpoint()
+            except DivergedError as exc:
+                self._leave(trainer, exc)
+                continue
+            self._leave(trainer, TrainingInterrupted(f"cancelled at step {trainer.global_step}, state saved",
+                                                     "`ptbjobs retry` resumes it"))
 
     def _save_all(self) -> None:
         """Every run's checkpoint at this same step (a run that diverged since the last poll leaves)."""

@@ -32,11 +32,14 @@ from ptbjobs.train.trainer import Trainer
 
 
 def run_pack(runs: list[tuple[TrainConfig, Path, Reporter]], data_dir: Path | str | None = None,
-             handle_signals: bool = True, on_end: Callable[[Path, Any], None] | None = None) -> dict[str, Any]:
+             handle_signals: bool = True, on_end: Callable[[Path, Any], None] | None = None,
+             cancel_requested: Callable[[Path], bool] | None = None) -> dict[str, Any]:
     """Train every run to its end. Returns, by run folder, its final record or the error that
     ended it (one run's error never stops the others). A stop signal stops every run with its
     state saved: TrainingInterrupted is raised once all have saved. `on_end(run folder, outcome)`
-    is called as each run ends, while the others may train on."""
+    is called as each run ends, while the others may train on. A run for which
+    `cancel_requested(run folder)` turns true saves its state and leaves (TrainingInterrupted), and
+    its folder is free at once for another process to train."""
     outcomes = _Outcomes(on_end)
     ready: list[tuple[RunDir, TrainConfig, Reporter, dict[str, Any] | None]] = []
     for config, out, reporter in runs:
@@ -58,21 +61,24 @@ def run_pack(runs: list[tuple[TrainConfig, Path, Reporter]], data_dir: Path | st
     with contextlib.ExitStack() as held:
         trainers: list[Trainer] = []
         for run, config, reporter, existing in ready:
+            lock = held.enter_context(contextlib.ExitStack())  # each run's, let go as the run ends
             try:
                 trainer = make_trainer(run, config, corpus, existing, reporter, solo_step=False)
-                held.enter_context(exclusive(run))
+                lock.enter_context(exclusive(run))
                 resume(run, trainer, corpus.data_dir, reporter, first_start=existing is None)
             except PtbjobsError as exc:
+                lock.close()
                 outcomes.settle(run.path, exc)
                 continue
             trainers.append(trainer)
+            outcomes.locks[str(run.path)] = lock
         groups: dict[tuple, list[Trainer]] = {}
         for trainer in trainers:
             groups.setdefault((fusion_key(trainer.config), trainer.global_step), []).append(trainer)
         in_order = list(groups.values())
         for index, group in enumerate(in_order):
             try:
-                _train_group(group, handle_signals, outcomes)
+                _train_group(group, handle_signals, outcomes, cancel_requested)
             except BaseException as exc:
                 for later in in_order[index + 1:]:  # not started: they stop where they are
                     for trainer in later:
@@ -90,13 +96,18 @@ class _Outcomes(dict):
         super().__init__()
         self.on_end = on_end
 
+        self.locks: dict[str, contextlib.ExitStack] = {}  # run folder -> its lock, while it trains
+
     def settle(self, path: Path, outcome: Any) -> None:
         self[str(path)] = outcome
+        if str(path) in self.locks:
+            self.locks.pop(str(path)).close()
         if self.on_end is not None:
             self.on_end(path, outcome)
 
 
-def _train_group(trainers: list[Trainer], handle_signals: bool, outcomes: _Outcomes) -> None:
+def _train_group(trainers: list[Trainer], handle_signals: bool, outcomes: _Outcomes,
+                 cancel_requested: Callable[[Path], bool] | None) -> None:
     """One group's runs trained together; each run's state.json written as it ends."""
     def ended(trainer: Trainer, outcome: Any) -> None:
         trainer.reporter.close()
@@ -104,7 +115,8 @@ def _train_group(trainers: list[Trainer], handle_signals: bool, outcomes: _Outco
         outcomes.settle(trainer.run.path, outcome)
 
     received: list[int] = []
-    pack = PackTrainer(trainers, on_leave=ended)
+    wanted_gone = None if cancel_requested is None else lambda trainer: cancel_requested(trainer.run.path)
+    pack = PackTrainer(trainers, on_leave=ended, cancel_requested=wanted_gone)
     try:
         with contextlib.ExitStack() as disk:
             for trainer in trainers:

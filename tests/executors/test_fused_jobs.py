@@ -13,6 +13,7 @@ from helpers import all_ended, assert_same_run, wait_until
 from ptbjobs.cli.main import main
 from ptbjobs.core import states
 from ptbjobs.executors.local import LocalExecutor, local_folder
+from ptbjobs.launch.cancel import cancel
 from ptbjobs.launch.status import collect
 from ptbjobs.launch.submit import retry, submit
 from ptbjobs.sweep.folder import Sweep
@@ -100,3 +101,30 @@ def _running(sweep: Sweep, job_id: str) -> dict | None:
 
     record = read_json_if_any(local_folder(sweep) / "jobs" / f"{job_id}.json")
     return record if record and record.get("state") == states.RUNNING else None
+
+
+def test_a_run_cancelled_alone_leaves_its_pack_with_its_state_saved_and_the_others_train_on(tmp_path, tiny_corpus):
+    grid = fused_grid(tmp_path, "leave", epochs=40, seeds="[1, 2, 3]", cells='["lstm"]', per_pack=3)
+    sweep = Sweep(tmp_path / "sweep")
+    submit(grid, sweep, LocalExecutor(max_parallel=1), data_dir=tiny_corpus)
+    wait_until(lambda: list((sweep.run_dir("lstm-d0-s2") / "checkpoints").glob("ckpt-*.pt")), timeout_s=120, every_s=0.1)
+    assert cancel(sweep, ["lstm-d0-s2"]) == ["lstm-d0-s2"]  # the job is not cancelled: its other runs go on
+    during = wait_until(lambda: _states_if(sweep, "lstm-d0-s2", states.CANCELLED), every_s=0.1)
+    assert during["lstm-d0-s1"] == during["lstm-d0-s3"] == states.RUNNING
+    status = wait_until(lambda: all_ended(sweep), timeout_s=300)
+    assert {r["key"]: r["state"] for r in status["runs"]} == {
+        "lstm-d0-s1": states.COMPLETED, "lstm-d0-s2": states.CANCELLED, "lstm-d0-s3": states.COMPLETED}
+    left = RunDir(sweep.run_dir("lstm-d0-s2"))
+    assert left.read_state()["state"] == states.INTERRUPTED and 0 < left.read_state()["step"]
+    assert "cancelled at step" in (sweep.run_dir("lstm-d0-s2") / "logs" / "L1.log").read_text()
+    assert retry(sweep).submitted == {"lstm-d0-s2": "L2"}  # alone: its pack-mates have finished
+    status = wait_until(lambda: all_ended(sweep), timeout_s=300)
+    assert [r["state"] for r in status["runs"]] == [states.COMPLETED] * 3
+    assert "resuming from" in (sweep.run_dir("lstm-d0-s2") / "logs" / "L2.log").read_text()
+    assert len(left.read_metrics()) == 40 + 1  # every epoch once, and the final record
+    assert job_ids(sweep) == {"lstm-d0-s1": ["L1"], "lstm-d0-s2": ["L1", "L2"], "lstm-d0-s3": ["L1"]}
+
+
+def _states_if(sweep: Sweep, key: str, state: str) -> dict[str, str] | None:
+    found = {r["key"]: r["state"] for r in collect(sweep)["runs"]}
+    return found if found[key] == state else None

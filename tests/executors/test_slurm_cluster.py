@@ -299,6 +299,29 @@ def test_packed_and_fused_runs_share_their_tasks_and_requeued_packs_resume_each_
         assert_same_run(fused_reference / key, fused.run_dir(key))
 
 
+def test_a_run_of_a_pack_cancelled_alone_stops_with_its_state_saved_and_its_pack_mate_trains_on(cluster, tmp_path,
+                                                                                                tiny_corpus):
+    grid = load_grid(make_grid(tmp_path, "alone", epochs=40, seeds=(1, 2), cpus=2, runs_per_gpu=2))
+    sweep = Sweep(tmp_path / "sweep")
+    submit(grid, sweep, SlurmExecutor(), data_dir=tiny_corpus)
+    ids = job_ids(sweep)
+    assert ids["lstm-d0-s1"] == ids["lstm-d0-s2"]
+    first_checkpoint(sweep.run_dir("lstm-d0-s2"))
+    assert cancel(sweep, ["lstm-d0-s2"]) == ["lstm-d0-s2"]
+    during = wait_until(lambda: (lambda found: found if found["lstm-d0-s2"] == states.CANCELLED else None)(
+        {r["key"]: r["state"] for r in collect(sweep)["runs"]}), timeout_s=60, every_s=0.2)
+    assert states.is_active(during["lstm-d0-s1"])  # the task was not cancelled
+    status = wait_until(lambda: all_ended(sweep), timeout_s=300, every_s=1)
+    assert {r["key"]: r["state"] for r in status["runs"]} == {"lstm-d0-s1": states.COMPLETED,
+                                                              "lstm-d0-s2": states.CANCELLED}
+    assert RunDir(sweep.run_dir("lstm-d0-s2")).read_state()["state"] == states.INTERRUPTED
+    retried = retry(sweep).submitted
+    assert list(retried) == ["lstm-d0-s2"] and retried["lstm-d0-s2"] != ids["lstm-d0-s2"]
+    status = wait_until(lambda: all_ended(sweep), timeout_s=300, every_s=1)
+    assert [r["state"] for r in status["runs"]] == [states.COMPLETED] * 2
+    assert "resuming from" in log_text(sweep, "lstm-d0-s2")
+
+
 def train_fused_reference(runs: list[tuple], data: Path) -> None:
     """A fused pack uninterrupted, in this process, with the pack's one thread."""
     import torch
