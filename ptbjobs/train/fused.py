@@ -152,6 +152,10 @@ class FusedModel:
     """The runs' solo models as one batched model. `models[k]` keeps run k's parameters as views
     of slice k of this model's tensors, which are the ones trained."""
 
+    # on a CPU: each run's layers through torch's own kernel, and each run's step on a thread of
+    # its own (fused_cpu.FusedStep); tests turn it off to check the batched model on a CPU too
+    by_run_on_cpu = True
+
     def __init__(self, models: list[RNNLM], configs: list[TrainConfig]):
         keys = {fusion_key(c) for c in configs}
         if len(keys) != 1:
@@ -228,6 +232,8 @@ class FusedModel:
 
     def _layer(self, x, state, w_ih, w_hh, b_ih, b_hh, mask):
         """One recurrent layer over x (K, T, B, in) for all runs: outputs (K, T, B, H) and its state."""
+        if x.device.type == "cpu" and mask is None and self.by_run_on_cpu:
+            return self._layer_by_run(x, state, (w_ih, w_hh, b_ih, b_hh))
         k, steps, batch, _ = x.shape
         from_input = torch.baddbmm(b_ih.unsqueeze(1), x.reshape(k, steps * batch, -1), w_ih.transpose(1, 2))
         # every step's input part at once, then split by step in one op (a slice per step would
@@ -252,6 +258,26 @@ class FusedModel:
             h = (1 - z) * torch.tanh(x_n + r * h_n) + z * h
             outputs.append(h)
         return torch.stack(outputs, dim=1), [h]
+
+    def _layer_by_run(self, x, state, weights):
+        """The layer on a CPU: each run through torch's own kernel for the whole sequence, one
+        call per run. (Batched, the cell is a dozen small ops per time step, and on a CPU their
+        overhead costs more than the batching saves.)"""
+        per_run = [w.unbind(0) for w in weights]  # (unbind: one gradient stacked per weight, not K)
+        inputs, states = x.unbind(0), [s.unbind(0) for s in state]
+        outputs, finals = [], []
+        for k in range(self.size):
+            params = tuple(w[k] for w in per_run)
+            if self.cell is CellType.LSTM:
+                out, h, c = torch.lstm(inputs[k], (states[0][k].unsqueeze(0), states[1][k].unsqueeze(0)), params,
+                                       True, 1, 0.0, torch.is_grad_enabled(), False, False)
+                finals.append((h[0], c[0]))
+            else:
+                out, h = torch.gru(inputs[k], states[0][k].unsqueeze(0), params, True, 1, 0.0, torch.is_grad_enabled(),
+                                   False, False)
+                finals.append((h[0],))
+            outputs.append(out)
+        return torch.stack(outputs), [torch.stack(parts) for parts in zip(*finals)]
 
     def _drop(self, x: torch.Tensor, training: bool, step: int, site: int) -> torch.Tensor:
         """Dropout on the non-recurrent connections, each run at its own rate: a mask per unit and

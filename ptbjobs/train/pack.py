@@ -27,6 +27,7 @@ import torch
 from ptbjobs.core.errors import DivergedError
 from ptbjobs.train.corpus import iter_chunks
 from ptbjobs.train.fused import FusedModel
+from ptbjobs.train.fused_cpu import FusedStep
 from ptbjobs.train.model import Hidden
 from ptbjobs.train.signals import TrainingInterrupted
 from ptbjobs.train.trainer import POLL_INTERVAL_S, Trainer, exp_or_inf
@@ -72,7 +73,10 @@ class PackTrainer:
 
     def _bind(self) -> None:
         """Build the fused model over the runs in the pack, from their state now."""
+        if getattr(self, "step", None) is not None:
+            self.step.close()
         self.fused = FusedModel([t.model for t in self.trainers], [t.config for t in self.trainers])
+        self.step = FusedStep(self.fused)
         for trainer in self.trainers:  # its optimiser must hold its model's new parameters
             trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=trainer.lr,
                                                 weight_decay=trainer.config.weight_decay, foreach=True)
@@ -114,6 +118,8 @@ class PackTrainer:
             self.on_leave(trainer, result)
         if self.trainers:
             self._bind()
+        else:
+            self.step.close()
 
     # ---- training ----
 
@@ -155,8 +161,7 @@ class PackTrainer:
             if self._steps_left() <= 0 or index >= first.chunks_per_epoch:
                 break
             step = self.trainers[0].global_step  # (of a run still in the pack: `first` may have left)
-            self.hidden, nll = self.fused.train_step(inputs, targets, self.hidden, lrs, step,
-                                                     config.loss_scale.divisor(inputs))
+            self.hidden, nll = self.step(inputs, targets, self.hidden, lrs, step, config.loss_scale.divisor(inputs))
             self.epoch_nll += nll.double()
             for trainer in self.trainers:
                 trainer.chunk, trainer.global_step = index + 1, trainer.global_step + 1

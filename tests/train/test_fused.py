@@ -13,11 +13,20 @@ import torch
 from ptbjobs.train import fused
 from ptbjobs.train.corpus import batchify, iter_chunks, load_corpus
 from ptbjobs.train.fused import FusedModel
+from ptbjobs.train.fused_cpu import FusedStep
 from ptbjobs.train.model import RNNLM
 from ptbjobs.train.run_dir import RunDir
 from ptbjobs.train.trainer import Trainer, perplexity, step_schedule_lr
 
 STEPS = 100
+
+
+@pytest.fixture(autouse=True, params=["by run", "batched"])
+def path_on_cpu(request, monkeypatch):
+    """Every test twice: with what a CPU runs (each run's step on its own thread, fused_cpu.py),
+    and with the batched model a GPU runs."""
+    monkeypatch.setattr(FusedModel, "by_run_on_cpu", request.param == "by run")
+    return request.param
 
 
 def _solo_losses(config, corpus, tmp_path, steps: int = STEPS) -> list[float]:
@@ -51,6 +60,7 @@ def _fused_losses(configs, corpus, steps: int = STEPS) -> list[list[float]]:
     """Per step, each run's summed NLL, training the pack on the epoch's chunks in order, the
     state reset at each epoch's start (as the trainer does)."""
     pack = _pack(configs, corpus)
+    train_step = FusedStep(pack)  # (on a CPU: each run on a thread of its own, unless batched)
     first = configs[0]
     train = batchify(corpus.train, first.batch_size)
     losses: list[list[float]] = []
@@ -62,8 +72,9 @@ def _fused_losses(configs, corpus, steps: int = STEPS) -> list[list[float]]:
         for _, inputs, targets in iter_chunks(train, first.bptt):
             if len(losses) >= steps:
                 break
-            hidden, nll = pack.train_step(inputs, targets, hidden, lrs, len(losses), first.loss_scale.divisor(inputs))
+            hidden, nll = train_step(inputs, targets, hidden, lrs, len(losses), first.loss_scale.divisor(inputs))
             losses.append(nll.tolist())
+    train_step.close()
     return losses
 
 

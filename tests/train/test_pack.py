@@ -19,7 +19,7 @@ from ptbjobs.core import states
 from ptbjobs.core.errors import DivergedError
 from ptbjobs.executors.job import write_spec
 from ptbjobs.train import checkpoint
-from ptbjobs.train.fused import FusedModel
+from ptbjobs.train.fused_cpu import FusedStep
 from ptbjobs.train.pack_runner import run_pack
 from ptbjobs.train.reporting import SilentReporter
 from ptbjobs.train.run_dir import RunDir
@@ -42,7 +42,7 @@ def _pack(configs, folder, data, **kwargs):
 def _sigterm_at(monkeypatch, at_step: int):
     """SIGTERM to this process right after the pack's step `at_step`: the real signal handler
     asks the pack to stop at the next step boundary."""
-    real_step = FusedModel.train_step
+    real_step = FusedStep.__call__
 
     def step_then_signal(self, inputs, targets, hidden, lrs, step, divisor):
         result = real_step(self, inputs, targets, hidden, lrs, step, divisor)
@@ -50,11 +50,11 @@ def _sigterm_at(monkeypatch, at_step: int):
             os.kill(os.getpid(), signal.SIGTERM)
         return result
 
-    monkeypatch.setattr(FusedModel, "train_step", step_then_signal)
+    monkeypatch.setattr(FusedStep, "__call__", step_then_signal)
     try:
         yield
     finally:
-        monkeypatch.setattr(FusedModel, "train_step", real_step)
+        monkeypatch.setattr(FusedStep, "__call__", real_step)
 
 
 def test_each_run_of_a_pack_ends_as_its_solo_run_does(tmp_path, tiny_corpus, tiny_config):

@@ -1,0 +1,93 @@
+"""A fused pack's training step on a CPU: each run's step on a thread of its own.
+
+On a GPU one batched model keeps the device busy where one run leaves it idle. A CPU is not idle
+with one run: there the batched step only adds the overhead of its many small ops, and one process
+splitting its cores over each product does less than processes side by side, one core each. So on a
+CPU each run takes its step on its own thread (torch's kernels release the GIL), with its share of
+the cores, as its own small model: the same code as the batched model, for a pack of one (the run's
+slice of each weight, its own settings and dropout stream), its update (clipping, SGD) done in
+place on its slice. The evaluation stays batched. Each run's result depends on nothing but its own
+data and its thread count, so a pack still resumes exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from ptbjobs.train.fused import FusedModel, PackSettings
+
+
+class FusedStep:
+    """A fused model's training step where it runs best: on a CPU, each run on a thread of its
+    own (RunThreads); else the batched model's own. Called as FusedModel.train_step is."""
+
+    def __init__(self, fused: FusedModel):
+        by_run = fused.device.type == "cpu" and fused.by_run_on_cpu and fused.size > 1
+        self.threads = RunThreads(fused) if by_run else None
+        self.step = self.threads.train_step if self.threads else fused.train_step
+
+    def __call__(self, *args, **kwargs):
+        return self.step(*args, **kwargs)
+
+    def close(self) -> None:
+        """Let the runs' threads go (a pack rebuilt without a run that left makes a new model)."""
+        if self.threads is not None:
+            self.threads.close()
+
+
+class RunThreads:
+    """The threads of one fused model's runs, and each run's one-run view of the model."""
+
+    def __init__(self, fused: FusedModel):
+        self.fused = fused
+        self.views = [_one_run_view(fused, k) for k in range(fused.size)]
+        # each thread's share of the cores this process may use (OMP_NUM_THREADS where set)
+        cores = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or len(os.sched_getaffinity(0))
+        self.threads_per_run = max(1, cores // fused.size)
+        self.pool = ThreadPoolExecutor(max_workers=fused.size, thread_name_prefix="ptbjobs-run",
+                                       initializer=torch.set_num_threads, initargs=(self.threads_per_run,))
+
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, hidden: list[torch.Tensor], lrs: torch.Tensor,
+                   step: int, loss_divisor: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """FusedModel.train_step, each run's step (its gradients, clipping and update, on its
+        slice of the weights) on its own thread."""
+        def one_run(k: int):
+            view = self.views[k]
+            state = [h[k:k + 1].detach() for h in hidden]  # truncated BPTT: the graph ends at the chunk boundary
+            logits, state = view.forward(inputs, state, training=True, step=step)
+            nll = view.losses(logits, targets)
+            (nll.sum() / loss_divisor).backward()
+            view.update(lrs[k:k + 1])
+            return state, nll.detach()
+
+        results = list(self.pool.map(one_run, range(len(self.views))))
+        hidden = [torch.cat(parts) for parts in zip(*(state for state, _ in results))]
+        return hidden, torch.cat([nll for _, nll in results])
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def _one_run_view(fused: FusedModel, k: int) -> FusedModel:
+    """Run k as a pack of one: its slice of each stacked weight as a leaf of its own (the same
+    memory: the batched update moves it), and its own settings."""
+    def leaf(stacked: torch.Tensor) -> torch.Tensor:
+        # a tensor of its own over the slice's memory, not a view: a view shares its base's version
+        # counter, and one run's update in place would fail another's backward, still running
+        own = torch.empty(0, dtype=stacked.dtype, device=stacked.device)
+        own.set_(stacked.untyped_storage(), stacked.storage_offset() + k * stacked.stride(0),
+                 (1, *stacked.shape[1:]), stacked.stride())
+        return own.requires_grad_()
+
+    view = copy.copy(fused)
+    view.models, view.configs = [fused.models[k]], [fused.configs[k]]
+    view.settings = PackSettings.of(view.configs, fused.device)
+    view.embedding = leaf(fused.embedding)
+    view.decoder_weight = view.embedding if fused.tied else leaf(fused.decoder_weight)
+    view.decoder_bias = leaf(fused.decoder_bias)
+    view.recurrent = [[leaf(t) for t in layer] for layer in fused.recurrent]
+    return view
