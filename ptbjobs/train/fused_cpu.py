@@ -13,7 +13,6 @@ data and its thread count, so a pack still resumes exactly.
 from __future__ import annotations
 
 import copy
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -45,9 +44,9 @@ class RunThreads:
     def __init__(self, fused: FusedModel):
         self.fused = fused
         self.views = [_one_run_view(fused, k) for k in range(fused.size)]
-        # each thread's share of the cores this process may use (OMP_NUM_THREADS where set)
-        cores = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or len(os.sched_getaffinity(0))
-        self.threads_per_run = max(1, cores // fused.size)
+        # each thread's share of this process's threads (OMP_NUM_THREADS, or torch.set_num_threads:
+        # a run's rounding, and so its exact resume, depends on its thread count)
+        self.threads_per_run = max(1, torch.get_num_threads() // fused.size)
         self.pool = ThreadPoolExecutor(max_workers=fused.size, thread_name_prefix="ptbjobs-run",
                                        initializer=torch.set_num_threads, initargs=(self.threads_per_run,))
 

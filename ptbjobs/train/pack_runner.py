@@ -1,8 +1,9 @@
 """Train several run folders in one process as fused packs (train/pack.py): each run checked,
 resumed and ended as `runner.run_training` does for one, the training itself batched.
 
-Runs are grouped by shape (fused.fusion_key) and by the step they resume at: runs of one group
-train as one pack; groups train one after the other. A group of one trains solo. (Runs of one
+Runs are grouped by shape (config.fusion_key) and by the step they resume at: runs of one group
+train as one pack; groups train one after the other. A group of one trains as a pack of one (the
+fused model's step and dropout stream, as before it was stopped, whatever left its pack). (Runs of one
 pack always save at the same step, so a pack resumes as one group; a run resumed solo elsewhere
 meanwhile, or a pack stopped while its runs were saving, forms a group of its own.)
 """

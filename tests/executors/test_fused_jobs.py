@@ -77,7 +77,7 @@ def test_each_pack_of_one_shape_trains_as_one_job_and_each_run_stays_an_ordinary
 
 
 def test_a_fused_pack_killed_with_sigkill_shows_failed_and_retry_ends_each_run_as_if_never_killed(tmp_path, tiny_corpus):
-    grid = fused_grid(tmp_path, "killed", epochs=20, seeds="[1, 2]", cells='["lstm"]', per_pack=2)
+    grid = fused_grid(tmp_path, "killed", epochs=8, seeds="[1, 2]", cells='["lstm"]', per_pack=2)
     killed, untouched = Sweep(tmp_path / "killed"), Sweep(tmp_path / "untouched")
     submit(grid, killed, LocalExecutor(max_parallel=1), data_dir=tiny_corpus)
     for key in ("lstm-d0-s1", "lstm-d0-s2"):
@@ -104,7 +104,7 @@ def _running(sweep: Sweep, job_id: str) -> dict | None:
 
 
 def test_a_run_cancelled_alone_leaves_its_pack_with_its_state_saved_and_the_others_train_on(tmp_path, tiny_corpus):
-    grid = fused_grid(tmp_path, "leave", epochs=40, seeds="[1, 2, 3]", cells='["lstm"]', per_pack=3)
+    grid = fused_grid(tmp_path, "leave", epochs=16, seeds="[1, 2, 3]", cells='["lstm"]', per_pack=3)
     sweep = Sweep(tmp_path / "sweep")
     submit(grid, sweep, LocalExecutor(max_parallel=1), data_dir=tiny_corpus)
     wait_until(lambda: list((sweep.run_dir("lstm-d0-s2") / "checkpoints").glob("ckpt-*.pt")), timeout_s=120, every_s=0.1)
@@ -121,7 +121,7 @@ def test_a_run_cancelled_alone_leaves_its_pack_with_its_state_saved_and_the_othe
     status = wait_until(lambda: all_ended(sweep), timeout_s=300)
     assert [r["state"] for r in status["runs"]] == [states.COMPLETED] * 3
     assert "resuming from" in (sweep.run_dir("lstm-d0-s2") / "logs" / "L2.log").read_text()
-    assert len(left.read_metrics()) == 40 + 1  # every epoch once, and the final record
+    assert len(left.read_metrics()) == 16 + 1  # every epoch once, and the final record
     assert job_ids(sweep) == {"lstm-d0-s1": ["L1"], "lstm-d0-s2": ["L1", "L2"], "lstm-d0-s3": ["L1"]}
 
 
