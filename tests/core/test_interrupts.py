@@ -11,6 +11,9 @@ import pytest
 SCRIPT = """
 import os, signal, sys
 from ptbjobs.core.interrupts import interrupt_held, interrupts_held
+# Ctrl-C as a terminal gives it: a shell starts a command it puts in the background with SIGINT
+# ignored, and the child would inherit that
+signal.signal(signal.SIGINT, signal.default_int_handler)
 with interrupts_held():
     os.kill(os.getpid(), signal.{signal})
     print("held:", interrupt_held(), flush=True)
