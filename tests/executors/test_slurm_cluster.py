@@ -412,11 +412,12 @@ def test_retry_while_accounting_still_says_node_fail_of_a_requeued_job_starts_no
         # the controller requeues the job at once; accounting says NODE_FAIL for a few seconds more
         # (shorter on a slow machine): retry goes right after the test sees it
         wait_until(lambda: slurm.sacct_states([job]).get(job) == states.NODE_FAIL, timeout_s=30, every_s=0.05)
-        # (here the window lasted 2.2 to 2.5 s, retry took 0.11 s)
+        # (here the window lasted 2.2 to 2.5 s, retry took 0.11 s; on a slow machine it may close
+        # before retry asks, and then retry sees the job queued again from accounting itself)
         retried = retry(sweep)
-        assert retried.submitted == {}
-        # what retry itself saw: accounting's NODE_FAIL, and squeue's word that the job is queued again
-        assert retried.held == {key: states.PENDING}
+        assert retried.submitted == {}  # never a second job for the run
+        # where retry saw accounting's NODE_FAIL, squeue's word kept the run out (PENDING again)
+        assert retried.held in ({}, {key: states.PENDING})
     finally:
         restart_cluster()  # ReturnToService brings the node back by itself; this makes sure of it
     # (status itself reads NODE_FAIL while accounting says so, then PENDING again)
