@@ -42,6 +42,26 @@ def cancel_requested(run_dir: Path | str, job_id: str) -> bool:
         return False
 
 
+def exit_code_path(run_dir: Path | str, job_id: str) -> Path:
+    """Where a run of a pack records how it ended (its exit code, as `ptbjobs train`'s): status
+    reads it to show a run that ended while its pack-mates train on."""
+    return Path(run_dir) / "logs" / f"{job_id}.exit"
+
+
+def write_exit_code(run_dir: Path | str, job_id: str, code: int) -> None:
+    exit_code_path(run_dir, job_id).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(exit_code_path(run_dir, job_id), f"{code}\n".encode())
+
+
+def read_exit_code(run_dir: Path | str, job_id: str) -> int | None:
+    """The run's exit code in job `job_id`, or None: not ended yet (or not a run of a pack)."""
+    try:
+        with open(exit_code_path(run_dir, job_id)) as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return None
+
+
 def write_spec(run_dir: Path, config: TrainConfig | dict[str, Any], data_dir: Path, durable: bool = True) -> None:
     """The run's spec.json. `durable=False` skips its fsyncs: the caller writing many flushes the
     filesystem once after the last (`flush_filesystem`), before any job can read them."""
@@ -82,8 +102,7 @@ def run_fused(run_dirs: list[Path], job_id: str | None = None) -> dict[str, Any]
     if job_id is not None:
         for run_dir in [d for d in run_dirs if cancel_requested(d, job_id)]:  # cancelled before the pack started
             outcomes[str(run_dir)] = TrainingInterrupted("cancelled before it started", "`ptbjobs retry` starts it")
-            (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(run_dir / "logs" / f"{job_id}.exit", f"{TrainingInterrupted.exit_code}\n".encode())
+            write_exit_code(run_dir, job_id, TrainingInterrupted.exit_code)
         run_dirs = [d for d in run_dirs if str(d) not in outcomes]
         if not run_dirs:
             return outcomes
@@ -101,7 +120,7 @@ def run_fused(run_dirs: list[Path], job_id: str | None = None) -> dict[str, Any]
             else:
                 (run_dir / "logs").mkdir(parents=True, exist_ok=True)
                 with contextlib.suppress(FileNotFoundError):  # an earlier start's: this one is not over
-                    (run_dir / "logs" / f"{job_id}.exit").unlink()
+                    exit_code_path(run_dir, job_id).unlink()
                 logs[run_dir] = held.enter_context(open(run_dir / "logs" / f"{job_id}.log", "a"))
                 inner = PlainReporter(logs[run_dir])
             runs.append((config, run_dir, ProgressFileReporter(run_dir, inner)))
@@ -111,7 +130,7 @@ def run_fused(run_dirs: list[Path], job_id: str | None = None) -> dict[str, Any]
                 return
             if isinstance(outcome, BaseException):
                 print(f"ptbjobs: {error_line(outcome)}", file=logs[run_dir], flush=True)
-            atomic_write_bytes(run_dir / "logs" / f"{job_id}.exit", f"{exit_code(outcome)}\n".encode())
+            write_exit_code(run_dir, job_id, exit_code(outcome))
 
         def cancelled(run_dir: Path) -> bool:
             return job_id is not None and cancel_requested(run_dir, job_id)

@@ -18,10 +18,9 @@ from typing import Any
 
 import submitit
 
-from ptbjobs.core.atomic import atomic_write_bytes
 from ptbjobs.core.errors import PtbjobsError
-from ptbjobs.executors.job import cancel_requested, run_job
-from ptbjobs.train.signals import RESUMABLE_EXIT_CODES, TrainingInterrupted
+from ptbjobs.executors.job import cancel_requested, read_exit_code, run_job, write_exit_code
+from ptbjobs.train.signals import CANCEL_CHECK_S, RESUMABLE_EXIT_CODES, TrainingInterrupted
 
 
 class CheckpointableRun(submitit.helpers.Checkpointable):
@@ -103,8 +102,7 @@ class PackedRuns(submitit.helpers.Checkpointable):
         job_id = _slurm_job_id()
         cancelled = [d for d in run_dirs if cancel_requested(d, job_id)]  # cancelled alone before the task started
         for run_dir in cancelled:
-            (Path(run_dir) / "logs").mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(Path(run_dir) / "logs" / f"{job_id}.exit", f"{TrainingInterrupted.exit_code}\n".encode())
+            write_exit_code(run_dir, job_id, TrainingInterrupted.exit_code)
         starting = [d for d in run_dirs if d not in cancelled]
         groups = fused_groups(starting) if getattr(self, "fuse", False) else [[d] for d in starting]
         gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
@@ -199,29 +197,26 @@ def _wait_all(children: dict[tuple[str, ...], subprocess.Popen], job_id: str) ->
     on training. (A fused process writes each of its runs' own as the run ends: kept, where there.)"""
     codes: dict[str, int] = {}
     asked_to_stop: set[str] = set()
+    next_cancel_check = time.monotonic() + CANCEL_CHECK_S
     while len(codes) < sum(map(len, children)):
+        look_for_cancels = time.monotonic() >= next_cancel_check
+        if look_for_cancels:
+            next_cancel_check = time.monotonic() + CANCEL_CHECK_S
         for run_dirs, child in children.items():
             # one run cancelled alone (`ptbjobs cancel`): its process saves and stops, the others
             # train on (a fused process lets its run go itself)
-            if len(run_dirs) == 1 and run_dirs[0] not in asked_to_stop and cancel_requested(run_dirs[0], job_id) \
-                    and child.poll() is None:
+            if look_for_cancels and len(run_dirs) == 1 and run_dirs[0] not in asked_to_stop \
+                    and child.poll() is None and cancel_requested(run_dirs[0], job_id):
                 child.send_signal(signal.SIGTERM)
                 asked_to_stop.add(run_dirs[0])
             if run_dirs[0] not in codes and child.poll() is not None:
                 for run_dir in run_dirs:
-                    codes[run_dir] = _own_exit_code(run_dir, job_id) if len(run_dirs) > 1 else None
+                    codes[run_dir] = read_exit_code(run_dir, job_id) if len(run_dirs) > 1 else None
                     if codes[run_dir] is None:
                         codes[run_dir] = child.returncode
-                        atomic_write_bytes(Path(run_dir) / "logs" / f"{job_id}.exit", f"{child.returncode}\n".encode())
+                        write_exit_code(run_dir, job_id, child.returncode)
         time.sleep(0.5)
     return {run_dir: codes[run_dir] for run_dirs in children for run_dir in run_dirs}
-
-
-def _own_exit_code(run_dir: str, job_id: str) -> int | None:
-    try:
-        return int((Path(run_dir) / "logs" / f"{job_id}.exit").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _slurm_job_id() -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 from ptbjobs.core import states
 from ptbjobs.core.errors import PtbjobsError
-from ptbjobs.executors.job import cancel_requested
+from ptbjobs.executors.job import cancel_requested, read_exit_code
 from ptbjobs.executors.slurm_answers import ONE_OFF_MAX_AGE_S
 from ptbjobs.launch.executor_choice import get_executor
 from ptbjobs.sweep.folder import Sweep, latest_job
@@ -70,8 +70,10 @@ def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None =
             if damaged is not None:
                 damaged[key] = exc
         state = states.run_state(job_states.get(job["job_id"]) if job else None, folder_state)
-        if job and state not in (states.COMPLETED, states.DIVERGED, states.DAMAGED, states.NOT_SUBMITTED):
-            # its pack-mates may train on, holding the job: it will not
+        if job and (states.is_active(state) or (state in states.RETRYABLE and folder_state in (None, states.INTERRUPTED))):
+            # its pack-mates may train on, holding the job, while it has ended; or it was
+            # cancelled alone (saved, or before it started) in a job that has ended since. (A run
+            # whose folder says it failed is FAILED either way: no file to read.)
             state = _ended_in_pack(sweep, key, job["job_id"], state)
         result[key] = state
     if live:
@@ -117,10 +119,8 @@ def _ended_in_pack(sweep: Sweep, key: str, job_id: str, state: str) -> str:
     """A run packed with others (runs_per_gpu) records its exit code when it ends: FAILED where it
     failed while the job goes on, CANCELLED where `ptbjobs cancel` let it go alone (whatever
     became of the job since), else `state`."""
-    try:
-        with open(f"{sweep.path}/{key}/logs/{job_id}.exit") as exit_file:
-            code = int(exit_file.read())
-    except (OSError, ValueError):
+    code = read_exit_code(f"{sweep.path}/{key}", job_id)
+    if code is None:
         return state
     if code in RESUMABLE_EXIT_CODES:
         return states.CANCELLED if cancel_requested(f"{sweep.path}/{key}", job_id) else state

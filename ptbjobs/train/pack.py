@@ -29,10 +29,8 @@ from ptbjobs.train.corpus import iter_chunks
 from ptbjobs.train.fused import FusedModel
 from ptbjobs.train.fused_cpu import FusedStep
 from ptbjobs.train.model import Hidden
-from ptbjobs.train.signals import TrainingInterrupted
+from ptbjobs.train.signals import CANCEL_CHECK_S, TrainingInterrupted
 from ptbjobs.train.trainer import POLL_INTERVAL_S, Trainer, exp_or_inf
-
-CANCEL_CHECK_S = 5.0  # how often the pack looks for runs cancelled alone
 
 
 class PackTrainer:

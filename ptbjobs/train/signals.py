@@ -31,6 +31,10 @@ STOPPED = TrainingInterrupted.exit_code
 # step, or before training began), or killed by USR2/TERM before any handler was in place
 RESUMABLE_EXIT_CODES = frozenset({STOPPED, -signal.SIGUSR2, -signal.SIGTERM})
 
+# How often a pack looks for a run cancelled alone (`ptbjobs cancel --run`: a file in the run's
+# folder, which on a shared filesystem is a round trip to its server; a signal needs no looking)
+CANCEL_CHECK_S = 5.0
+
 # USR2/TERM received before training began, in order; the runner stops on them
 pending_stop_signals: list[int] = []
 
