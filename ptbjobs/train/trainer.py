@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ptbjobs.core.atomic import atomic_write_bytes
 from ptbjobs.core.errors import CheckpointError, ConfigError, DivergedError, PtbjobsError, first_line
+from ptbjobs.core.memory import keep_freed_memory
 from ptbjobs.train import checkpoint
 from ptbjobs.train.config import RESUME_NEUTRAL_FIELDS, Schedule, TrainConfig, saved_config
 from ptbjobs.train.corpus import Corpus, batchify, chunk_starts, iter_chunks
@@ -93,6 +94,8 @@ class Trainer:
         self.vocab_size = len(corpus.vocab)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # streams and graphs made without a device land here
+        else:
+            keep_freed_memory()  # each step's large tensors reuse the last step's memory (core/memory.py)
         torch.manual_seed(config.seed)
         self.model = RNNLM(config, self.vocab_size).to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
