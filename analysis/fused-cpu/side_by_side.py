@@ -4,8 +4,10 @@
 
 In each round, in turn: one process trains a fused pack of K runs (seeds 1..K, all the cores),
 then K processes each train one run at once (cores / K threads each, as the local executor or a
-Slurm pack splits them). Each process times its own steps after a warm-up; side by side, the
-processes' tokens/s are added up. Prints each round and the medians, with their ratio (fused /
+Slurm pack splits them). Every process loads its data and warms up, then waits; all are let go at
+once, and the figure is the tokens trained over the wall clock from then until the last of them
+is done (a process that ends first leaves the others the machine: its spare time is counted, as a
+user waiting for the K runs would). Prints each round and the medians, with their ratio (fused /
 side by side): the machine is noisy, so the two are measured in alternation.
 """
 
@@ -24,8 +26,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 
-def _train(kind: str, runs: int, seed: int, steps: int, data_dir: str) -> float:
-    """In a child process: tokens/s of `steps` steps, after 5 of warm-up."""
+def _train(kind: str, runs: int, seed: int, steps: int, data_dir: str) -> None:
+    """In a child process: 20 steps of warm-up (a fused process's threads take longer to reach
+    their pace), "ready", and once told to go (a line on stdin), `steps` steps; prints the tokens
+    trained and the time it was done."""
     from ptbjobs.train.bench import scratch_run
     from ptbjobs.train.config import TrainConfig
     from ptbjobs.train.corpus import load_corpus
@@ -41,22 +45,35 @@ def _train(kind: str, runs: int, seed: int, steps: int, data_dir: str) -> float:
         else:
             model = Trainer(config.replace(seed=seed), corpus, scratch_run(Path(scratch) / "r"))
             runs = 1
-        model.run_steps(5)
-        start = time.perf_counter()
+        model.run_steps(20)
+        print("ready", flush=True)
+        sys.stdin.readline()
         model.run_steps(steps)
-        return runs * steps * config.batch_size * config.bptt / (time.perf_counter() - start)
+        print(runs * steps * config.batch_size * config.bptt, time.time(), flush=True)
+
+
+def _together(children: list[subprocess.Popen]) -> float:
+    """Tokens/s of processes let go at once: their tokens over the time until the last is done."""
+    for child in children:
+        assert child.stdout.readline().strip() == "ready"
+    start = time.time()
+    for child in children:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    ends = [child.communicate()[0].split() for child in children]
+    return sum(int(tokens) for tokens, _ in ends) / (max(float(end) for _, end in ends) - start)
 
 
 def _child(kind: str, runs: int, seed: int, threads: int, steps: int, data_dir: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     return subprocess.Popen([sys.executable, __file__, "--child", kind, str(runs), str(seed), str(steps), data_dir],
-                            env=env, stdout=subprocess.PIPE, text=True)
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
 def main() -> None:
     if sys.argv[1:2] == ["--child"]:
         kind, runs, seed, steps, data_dir = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
-        print(_train(kind, runs, seed, steps, data_dir))
+        _train(kind, runs, seed, steps, data_dir)
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-dir", required=True)
@@ -72,10 +89,9 @@ def main() -> None:
     for runs in args.runs:
         fused, side = [], []
         for round_ in range(args.rounds):
-            fused.append(float(_child("fused", runs, 1, cores, args.steps, args.data_dir).communicate()[0]))
-            children = [_child("solo", 1, seed, max(1, cores // runs), args.steps, args.data_dir)
-                        for seed in range(1, runs + 1)]
-            side.append(sum(float(child.communicate()[0]) for child in children))
+            fused.append(_together([_child("fused", runs, 1, cores, args.steps, args.data_dir)]))
+            side.append(_together([_child("solo", 1, seed, max(1, cores // runs), args.steps, args.data_dir)
+                                   for seed in range(1, runs + 1)]))
             print(f"  K={runs} round {round_ + 1}: fused {fused[-1]:,.0f} tokens/s, side by side {side[-1]:,.0f}")
         print(f"K={runs}: fused {statistics.median(fused):,.0f} tokens/s, side by side {statistics.median(side):,.0f}, "
               f"ratio {statistics.median(fused) / statistics.median(side):.2f}x")

@@ -18,6 +18,7 @@ done, diverged, or cancelled alone); the others go on in a pack rebuilt without 
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from typing import Any, Callable
@@ -155,16 +156,21 @@ class PackTrainer:
         lrs = self._lrs()
         segment_start, segment_tokens = time.monotonic(), 0
         next_poll = segment_start + POLL_INTERVAL_S
-        for index, inputs, targets in iter_chunks(first.train_data, config.bptt, first=first.chunk):
-            if self._steps_left() <= 0 or index >= first.chunks_per_epoch:
-                break
+        chunks = iter_chunks(first.train_data, config.bptt, first=first.chunk)
+        while self.trainers:
             step = self.trainers[0].global_step  # (of a run still in the pack: `first` may have left)
-            self.hidden, nll = self.step(inputs, targets, self.hidden, lrs, step, config.loss_scale.divisor(inputs))
-            self.epoch_nll += nll.double()
+            segment = [(inputs, targets, step + i, config.loss_scale.divisor(inputs))
+                       for i, (_, inputs, targets) in enumerate(itertools.islice(chunks, self._segment_length()))]
+            if not segment:
+                break
+            self.hidden, nll = self.step.train_steps(segment, self.hidden, lrs)
+            for step_nll in nll:  # step by step, as a solo run adds its losses up
+                self.epoch_nll += step_nll.double()
+            tokens = sum(targets.numel() for _, targets, _, _ in segment)
             for trainer in self.trainers:
-                trainer.chunk, trainer.global_step = index + 1, trainer.global_step + 1
-                trainer.epoch_tokens += targets.numel()
-            segment_tokens += targets.numel()
+                trainer.chunk, trainer.global_step = trainer.chunk + len(segment), trainer.global_step + len(segment)
+                trainer.epoch_tokens += tokens
+            segment_tokens += tokens
             now = time.monotonic()
             if now >= next_poll:
                 next_poll = now + POLL_INTERVAL_S
@@ -177,12 +183,22 @@ class PackTrainer:
                 self._save_all()
                 lrs = self._lrs()  # (a run may have left)
                 if self._stop_requested:
-                    raise TrainingInterrupted(f"stopped {self._stop_reason} at step {step + 1}, state saved",
+                    raise TrainingInterrupted(f"stopped {self._stop_reason} at step {step + len(segment)}, state saved",
                                               "run the same command to resume")
-            if not self.trainers:
-                return
+        if not self.trainers:
+            return
         for trainer in self.trainers:
             trainer.epoch_train_s += time.monotonic() - segment_start
+
+    def _segment_length(self) -> int:
+        """Steps to take before the pack next looks at signals, progress and checkpoints: at most
+        the step's own segment, never past the epoch's end, the steps asked for, or a run's next
+        checkpoint by steps (which is then taken at the step it would be alone)."""
+        first = self.trainers[0]
+        length = min(self.step.segment_steps, first.chunks_per_epoch - first.chunk, self._steps_left())
+        for every in {t.config.checkpoint_every_steps for t in self.trainers if t.config.checkpoint_every_steps}:
+            length = min(length, every - first.global_step % every)
+        return max(0, int(length))
 
     def _lrs(self) -> torch.Tensor:
         return torch.tensor([t.lr for t in self.trainers], device=self.fused.device)

@@ -69,11 +69,13 @@ def _fused_losses(configs, corpus, steps: int = STEPS) -> list[list[float]]:
         hidden = pack.init_hidden(first.batch_size)
         lrs = torch.tensor([step_schedule_lr(c, epoch) for c in configs])
         epoch += 1
-        for _, inputs, targets in iter_chunks(train, first.bptt):
-            if len(losses) >= steps:
-                break
-            hidden, nll = train_step(inputs, targets, hidden, lrs, len(losses), first.loss_scale.divisor(inputs))
-            losses.append(nll.tolist())
+        chunks = iter_chunks(train, first.bptt)
+        # in segments, as the pack trainer gives them (on a CPU, several steps before the runs' threads meet)
+        while segment := list(itertools.islice(chunks, min(train_step.segment_steps, steps - len(losses)))):
+            segment = [(inputs, targets, len(losses) + i, first.loss_scale.divisor(inputs))
+                       for i, (_, inputs, targets) in enumerate(segment)]
+            hidden, nll = train_step.train_steps(segment, hidden, lrs)
+            losses.extend(nll.tolist())
     train_step.close()
     return losses
 

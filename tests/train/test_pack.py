@@ -19,7 +19,7 @@ from ptbjobs.core import states
 from ptbjobs.core.errors import DivergedError
 from ptbjobs.executors.job import write_spec
 from ptbjobs.train import checkpoint
-from ptbjobs.train.fused_cpu import FusedStep
+from ptbjobs.train.fused_cpu import SEGMENT_STEPS, FusedStep
 from ptbjobs.train.pack_runner import run_pack
 from ptbjobs.train.reporting import SilentReporter
 from ptbjobs.train.run_dir import RunDir
@@ -39,22 +39,24 @@ def _pack(configs, folder, data, **kwargs):
 
 
 @contextlib.contextmanager
-def _sigterm_at(monkeypatch, at_step: int):
+def _sigterm_at(monkeypatch, at_step: int, stopped_after: list[int]):
     """SIGTERM to this process right after the pack's step `at_step`: the real signal handler
-    asks the pack to stop at the next step boundary."""
-    real_step = FusedStep.__call__
+    asks the pack to stop at the next step boundary it looks at (its segment's end, appended to
+    `stopped_after`)."""
+    real_steps = FusedStep.train_steps
 
-    def step_then_signal(self, inputs, targets, hidden, lrs, step, divisor):
-        result = real_step(self, inputs, targets, hidden, lrs, step, divisor)
-        if step == at_step:
+    def steps_then_signal(self, chunks, hidden, lrs):
+        result = real_steps(self, chunks, hidden, lrs)
+        if any(step == at_step for _, _, step, _ in chunks):
+            stopped_after.append(chunks[-1][2])
             os.kill(os.getpid(), signal.SIGTERM)
         return result
 
-    monkeypatch.setattr(FusedStep, "__call__", step_then_signal)
+    monkeypatch.setattr(FusedStep, "train_steps", steps_then_signal)
     try:
         yield
     finally:
-        monkeypatch.setattr(FusedStep, "__call__", real_step)
+        monkeypatch.setattr(FusedStep, "train_steps", real_steps)
 
 
 def test_each_run_of_a_pack_ends_as_its_solo_run_does(tmp_path, tiny_corpus, tiny_config):
@@ -77,13 +79,16 @@ def test_each_run_of_a_pack_ends_as_its_solo_run_does(tmp_path, tiny_corpus, tin
 def test_a_pack_stopped_by_a_signal_resumes_bit_for_bit(tmp_path, tiny_corpus, tiny_config, monkeypatch):
     configs = _configs(tiny_config)
     _pack(configs, tmp_path / "whole", tiny_corpus)
-    with _sigterm_at(monkeypatch, 150):  # mid-epoch 2 (125 steps an epoch)
+    stopped_after: list[int] = []
+    with _sigterm_at(monkeypatch, 150, stopped_after):  # mid-epoch 2 (125 steps an epoch)
         with pytest.raises(TrainingInterrupted):
             _pack(configs, tmp_path / "stopped", tiny_corpus)
+    assert 150 <= stopped_after[0] < 150 + SEGMENT_STEPS
     for index in range(3):
         run = RunDir(tmp_path / "stopped" / f"r{index}")
         assert run.read_state()["state"] == states.INTERRUPTED
-        assert checkpoint.load_latest(run.checkpoint_dir)[0]["global_step"] == 151  # every run saved at one step
+        # every run saved at one step: the end of the segment the signal came in
+        assert checkpoint.load_latest(run.checkpoint_dir)[0]["global_step"] == stopped_after[0] + 1
     _pack(configs, tmp_path / "stopped", tiny_corpus)
     for index in range(3):
         assert_same_run(tmp_path / "whole" / f"r{index}", tmp_path / "stopped" / f"r{index}")
@@ -126,7 +131,7 @@ def test_a_run_that_diverges_leaves_the_pack_and_the_others_go_on(tmp_path, tiny
 def test_a_run_trained_fused_resumes_solo(tmp_path, tiny_corpus, tiny_config, monkeypatch):
     configs = _configs(tiny_config)
     _pack(configs, tmp_path / "whole", tiny_corpus)
-    with _sigterm_at(monkeypatch, 200):
+    with _sigterm_at(monkeypatch, 200, []):
         with pytest.raises(TrainingInterrupted):
             _pack(configs, tmp_path / "stopped", tiny_corpus)
     run_training(configs[2], tmp_path / "stopped" / "r2", tiny_corpus, handle_signals=False)  # no dropout: close
