@@ -11,7 +11,7 @@ data and its thread count, so a pack still resumes exactly.
 
 The threads take several steps each before they meet (a segment, SEGMENT_STEPS): threads that met
 after every step waited each time for the slower one, and separate processes never wait (measured
-on 2 cores: 5 to 13% of the pack's time). The pack looks at signals, progress and checkpoints at the
+on 2 cores: 4 to 15% of the pack's time). The pack looks at signals, progress and checkpoints at the
 segments' ends: a run stops up to a segment later than it would alone (about a second), at a step
 that is the same for every run of the pack.
 """
