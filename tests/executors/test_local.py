@@ -395,6 +395,8 @@ def test_a_finished_run_with_a_damaged_file_is_not_taken_for_finished_and_retry_
 
     grid, sweep, run_dir = submit_one_run(tmp_path, tiny_corpus, "gru", 0.0, epochs=2)
     assert [r["state"] for r in wait_until(lambda: all_ended(sweep))["runs"]] == [states.COMPLETED]
+    # the job too: a damaged folder of a job still running (its worker just done) is left to it
+    wait_until(lambda: not states.is_active(LocalExecutor(1).query(sweep, ["L1"]).states["L1"]))
     finished = RunDir(run_dir).read_metrics()
     path = run_dir / damaged_file
     path.write_text(damage if damage is not None else path.read_text()[:-40])  # a bad copy, a full disk
