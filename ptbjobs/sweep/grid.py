@@ -36,72 +36,16 @@ import tomllib
 
 from ptbjobs.core.errors import ConfigError
 from ptbjobs.sweep.grid_lines import GridError, KeyLocator
+from ptbjobs.sweep.grid_resources import Resources, Targets, parse_resources, parse_targets
 from ptbjobs.sweep.identity import config_hash, hash_of_changes
+from ptbjobs.sweep.search import Distribution, Search, check_rungs, parse_distribution, parse_search, sample_points
 from ptbjobs.train.config import FIELD_DEFAULTS, TrainConfig, coerce
 
-TOP_LEVEL_KEYS = ("name", "data_dir", "defaults", "axes", "overrides", "include", "exclude", "resources", "targets")
+TOP_LEVEL_KEYS = ("name", "data_dir", "defaults", "axes", "overrides", "include", "exclude", "resources", "targets",
+                  "search")
 MAX_RUNS_WITHOUT_YES = 10_000
 MAX_RUNS = 1_000_000
-# Words that reach sbatch: no spaces, newlines, ';', '#', quotes or shell metacharacters. A
-# constraint also needs Slurm's & | ( ) [ ] * operators: they are passed as one argv element
-# (never through a shell), where they mean nothing but to Slurm.
-_SAFE_WORD = re.compile(r"[A-Za-z0-9_.:+-]+")
-_SAFE_CONSTRAINT = re.compile(r"[A-Za-z0-9_.:&|()\[\]*,+-]+")
-_SAFE_SBATCH_OPTION = re.compile(r"--[a-z][a-z0-9-]*(=[A-Za-z0-9_.:,/@%+=-]+)?")
 _SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-# sbatch options that ptbjobs and submitit set themselves: given again in extra_sbatch they would
-# break the requeue before a time limit, the logs status and `logs` read, or the job arrays. Each
-# with what to do instead.
-_OWN_SBATCH_OPTIONS = {
-    "signal": "ptbjobs asks for USR2 before the time limit itself: set timeout_min",
-    "time": "set timeout_min (USR2 is asked for before it)",
-    "requeue": "a time limit is requeued up to max_requeues times: set max_requeues",
-    "no-requeue": "set max_requeues = 0",
-    "array": "ptbjobs makes the arrays: set array_parallelism for their %N limit",
-    "output": "ptbjobs writes each task's log where `ptbjobs logs` reads it: remove it",
-    "error": "ptbjobs writes each task's log where `ptbjobs logs` reads it: remove it",
-    "open-mode": "ptbjobs keeps each task's log across requeues: remove it",
-    "wrap": "ptbjobs writes the job script: remove it",
-    "parsable": "ptbjobs reads sbatch's answer itself: remove it",
-    "job-name": "ptbjobs names each array after the sweep, which is how it counts the sweep's jobs and finds "
-                "the array of a submit killed before it recorded it: remove it",
-}
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one job asks for. The local executor reads runs_per_gpu, cpus_per_task, timeout_min and
-    max_requeues."""
-
-    partition: str = ""  # empty: the cluster's default
-    account: str = ""
-    qos: str = ""
-    constraint: str = ""
-    gpus_per_node: int = 0
-    cpus_per_task: int = 0  # 0: the executor's default
-    mem_gb: float = 0.0  # 0: the cluster's default (DefMemPerCPU)
-    timeout_min: int = 120
-    max_requeues: int = 3
-    array_parallelism: int = 0  # the sweep's runs queued or running at once, all arrays together (0: no limit)
-    # jobs of this user queued or running at once, below the cluster's own limit (0: the cluster's)
-    max_queued: int = 0
-    runs_per_gpu: int = 1  # runs packed into one job, sharing its GPU (or splitting its CPUs)
-    # each pack's runs of one shape train as one batched model in one process (train/fused.py)
-    fuse: bool = False
-    # a running run whose heartbeat (progress.json) is older than this shows STALLED (0: never)
-    stall_after_min: float = 30.0
-    extra_sbatch: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "extra_sbatch": list(self.extra_sbatch)}
-
-
-@dataclass(frozen=True)
-class Targets:
-    """Validation-perplexity goals (Zaremba et al.'s study: below 125 without dropout, 100 with)."""
-
-    valid_ppl_no_dropout: float = 125.0
-    valid_ppl_dropout: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -126,12 +70,12 @@ class Grid:
     resources: Resources = field(default_factory=Resources)
     targets: Targets = field(default_factory=Targets)
     data_dir: str | None = None
+    search: Search | None = None  # the [search] table, where the grid has one
+    whole_runs: list[RunSpec] = field(default_factory=list)  # every run, also of a grid cut by --only
 
 
 def _full_hash(config: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-
-
 
 
 def load_grid(path: Path, allow_large: bool = False) -> Grid:
@@ -161,18 +105,28 @@ def parse_grid(text: str, path: Path, allow_large: bool = True) -> Grid:
     if data_dir is not None and not isinstance(data_dir, str):
         raise where.error("", "data_dir", "must be a string path")
     defaults = _training_fields(_table(data, "defaults", where), "defaults", where)
-    axes = _axes(_table(data, "axes", where), where)
-    overrides = [_override(entry, i, axes, where) for i, entry in enumerate(_array(data, "overrides", where))]
-    excludes = [_partial_point(entry, "exclude", i, axes, where) for i, entry in enumerate(_array(data, "exclude", where))]
-    includes = [_include(entry, i, axes, where) for i, entry in enumerate(_array(data, "include", where))]
-    size = math.prod(len(values) for values in axes.values()) + len(includes)
+    axes, ranges = _axes(_table(data, "axes", where), where)
+    search = parse_search(data["search"], axes, where) if "search" in data else None
+    _check_sampling(search, ranges, where)
+    order = [key for key in _table(data, "axes", where)]  # the axes as the file lists them, for run keys
+    overrides = [_override(entry, i, axes, ranges, where) for i, entry in enumerate(_array(data, "overrides", where))]
+    excludes = [_partial_point(entry, "exclude", i, axes, where, ranges)
+                for i, entry in enumerate(_array(data, "exclude", where))]
+    includes = [_include(entry, i, order, where) for i, entry in enumerate(_array(data, "include", where))]
+    samples = search.samples if search and ranges else 1
+    size = math.prod(len(values) for values in axes.values()) * samples + len(includes)
     if size > MAX_RUNS_WITHOUT_YES and not allow_large or size > MAX_RUNS:
         raise GridError(None, f"{path}: the grid expands to {size:,} runs",
                         "add --yes if you mean it" if size <= MAX_RUNS else f"split it: at most {MAX_RUNS:,} runs a grid")
-    runs = _expand(where, defaults, axes, overrides, excludes, includes)
+    draws = [{axis: _check_field("axes", axis, value, where) for axis, value in draw.items()}
+             for draw in sample_points(ranges, search.samples, search.seed)] if search and ranges else [{}]
+    runs = _expand(where, defaults, axes, draws, order, overrides, excludes, includes)
+    if search:
+        check_rungs(search, runs, where)
     return Grid(name=name, path=path, text=text, runs=runs, axes=axes,
-                resources=_resources(_table(data, "resources", where), where),
-                targets=_targets(_table(data, "targets", where), where), data_dir=data_dir)
+                resources=parse_resources(_table(data, "resources", where), where),
+                targets=parse_targets(_table(data, "targets", where), where), data_dir=data_dir, search=search,
+                whole_runs=runs)
 
 
 # ---- pieces ----
@@ -209,12 +163,16 @@ def _training_fields(entries: dict, table: str, where: KeyLocator, index: int = 
     return {key: _check_field(table, key, value, where, index) for key, value in entries.items()}
 
 
-def _axes(table: dict, where: KeyLocator) -> dict[str, list[Any]]:
+def _axes(table: dict, where: KeyLocator) -> tuple[dict[str, list[Any]], dict[str, Distribution]]:
+    """(the axes given as lists of values, those given as ranges to draw from)"""
     if not table:
         raise where.error("", "axes", "the grid has no [axes] table",
                           'add e.g. [axes] with cell = ["lstm", "gru"], dropout = [0.0], seed = [1]')
-    axes = {}
+    axes, ranges = {}, {}
     for key, values in table.items():
+        if isinstance(values, dict):
+            ranges[key] = _range(key, values, where)
+            continue
         if not isinstance(values, list):
             raise where.error("axes", key, f"must be a list of values, got {values!r}", f"write {key} = [{values!r}]")
         if not values:
@@ -223,12 +181,39 @@ def _axes(table: dict, where: KeyLocator) -> dict[str, list[Any]]:
         if len(set(map(repr, converted))) != len(converted):
             raise where.error("axes", key, f"lists a value twice ({values})", "remove the duplicate")
         axes[key] = converted
-    return axes
+    return axes, ranges
 
 
-def _partial_point(entry: dict, table: str, index: int, axes: dict, where: KeyLocator) -> dict[str, Any]:
+def _range(key: str, spec: dict, where: KeyLocator) -> Distribution:
+    """A ranged axis of a search, its bounds or choices checked as values of the field."""
+    distribution = parse_distribution(key, spec, where)
+    if distribution.kind != "choice" and not isinstance(FIELD_DEFAULTS.get(key, 0.0), float):
+        raise where.error("axes", key, f"{distribution.kind} draws real numbers, and {key} is not one",
+                          f"give its values as a list, or as {key} = {{ choice = [...] }}")
+    values = tuple(_check_field("axes", key, value, where) for value in distribution.values)
+    if distribution.kind == "choice" and len(set(map(repr, values))) != len(values):
+        raise where.error("axes", key, f"lists a choice twice ({list(distribution.values)})", "remove the duplicate")
+    return dataclasses.replace(distribution, values=values)
+
+
+def _check_sampling(search: Search | None, ranges: dict[str, Distribution], where: KeyLocator) -> None:
+    """Ranged axes are drawn from only by a search with samples, and samples need a ranged axis."""
+    if ranges and not (search and search.samples):
+        axis = next(iter(ranges))
+        raise where.error("axes", axis, "a range is drawn from only by a random search",
+                          "add [search] with samples = N (the draws), or give the axis a list of values")
+    if search and search.samples and not ranges:
+        raise where.error("search", "samples", "no axis is a range to draw from",
+                          "give an axis as e.g. lr = { loguniform = [0.1, 2.0] }, or remove samples")
+
+
+def _partial_point(entry: dict, table: str, index: int, axes: dict, where: KeyLocator,
+                   ranges: dict | None = None) -> dict[str, Any]:
     point = {}
     for key, value in entry.items():
+        if key in (ranges or {}):
+            raise where.error(table, key, "is a ranged axis: each draw has its own value",
+                              "match on the axes given as lists: " + ", ".join(axes), index)
         if key not in axes:
             raise where.error(table, key, "is not an axis of this grid", "match on: " + ", ".join(axes), index)
         point[key] = _check_field(table, key, value, where, index)
@@ -237,20 +222,21 @@ def _partial_point(entry: dict, table: str, index: int, axes: dict, where: KeyLo
     return point
 
 
-def _override(entry: dict, index: int, axes: dict, where: KeyLocator) -> tuple[dict, dict]:
+def _override(entry: dict, index: int, axes: dict, ranges: dict, where: KeyLocator) -> tuple[dict, dict]:
     match = entry.get("match")
     if not isinstance(match, dict) or not match:
         raise where.error("overrides", "match", "each [[overrides]] needs match = { axis = value, ... }",
                           'e.g. match = { cell = "gru" }', index)
     fields = {k: v for k, v in entry.items() if k != "match"}
     for key in fields:
-        if key in axes:
+        if key in axes or key in ranges:
             raise where.error("overrides", key, "is an axis: an override cannot change it",
                               "use [[exclude]] / [[include]] to change the points", index)
-    return _partial_point(match, "overrides", index, axes, where), _training_fields(fields, "overrides", where, index)
+    return (_partial_point(match, "overrides", index, axes, where, ranges),
+            _training_fields(fields, "overrides", where, index))
 
 
-def _include(entry: dict, index: int, axes: dict, where: KeyLocator) -> tuple[dict, dict]:
+def _include(entry: dict, index: int, axes: list[str], where: KeyLocator) -> tuple[dict, dict]:
     missing = [axis for axis in axes if axis not in entry]
     if missing:
         raise GridError(None, f"{where.place(where.header_line('include', index))}: include[{index}]: "
@@ -260,11 +246,14 @@ def _include(entry: dict, index: int, axes: dict, where: KeyLocator) -> tuple[di
     return point, extra
 
 
-def _expand(where: KeyLocator, defaults: dict, axes: dict, overrides: list, excludes: list,
-            includes: list) -> list[RunSpec]:
+def _expand(where: KeyLocator, defaults: dict, axes: dict, draws: list[dict], order: list[str], overrides: list,
+            excludes: list, includes: list) -> list[RunSpec]:
+    """The runs: every point of the list axes, crossed with every draw of the ranged ones (the same
+    draws at each point: the cells of a search try the same settings), then the included points."""
     path = where.path
     points = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
-    points = [(p, {}, None) for p in points if not any(_matches(p, ex) for ex in excludes)]
+    points = [p for p in points if not any(_matches(p, ex) for ex in excludes)]
+    points = [({axis: {**p, **draw}[axis] for axis in order}, {}, None) for p in points for draw in draws]
     points += [(point, extra, index) for index, (point, extra) in enumerate(includes)]
     if not points:
         raise GridError(None, f"{path}: exclude: every point of the grid is excluded", "loosen the [[exclude]] entries")
@@ -286,7 +275,7 @@ def _expand(where: KeyLocator, defaults: dict, axes: dict, overrides: list, excl
                             f"{exc.field + ': ' if exc.field else ''}{exc.message}",
                             exc.hint or "fix the fields it takes from defaults and overrides") from None
         # an included point's own fields go into its key, as an axis would: it differs by them
-        run = RunSpec(key=run_key(config, list(axes) + list(extra)), config=config, point=point)
+        run = RunSpec(key=run_key(config, order + list(extra)), config=config, point=point)
         object.__setattr__(run, "_hash", hash_of_changes(values))  # what run.config_hash() gives, faster
         config_hash = run.config_hash()
         same = run_of_config.get(config_hash)
@@ -336,58 +325,3 @@ def _make_keys_unique(runs: list[RunSpec]) -> None:
     for i, run in enumerate(runs):
         if counts[run.key] > 1:
             runs[i] = dataclasses.replace(run, key=f"{run.key}-{_full_hash(run.config)[:6]}")
-
-
-def _resources(table: dict, where: KeyLocator) -> Resources:
-    known = {f.name: f for f in dataclasses.fields(Resources)}
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in known:
-            raise where.error("resources", key, "unknown key", "valid keys: " + ", ".join(known))
-        default = known[key].default if known[key].default is not dataclasses.MISSING else ()
-        if isinstance(default, str):
-            pattern = _SAFE_CONSTRAINT if key == "constraint" else _SAFE_WORD
-            if not isinstance(value, str) or not pattern.fullmatch(value):
-                raise where.error("resources", key, f"{value!r} is not a plain {key} name",
-                                  "letters, digits and . _ : + - only: no spaces, newlines, ';' or '#'")
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise where.error("resources", key, f"must be true or false, got {value!r}")
-        elif isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise where.error("resources", key, f"must be a whole number >= 0, got {value!r}")
-        elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-                raise where.error("resources", key, f"must be a finite number >= 0, got {value!r}")
-            value = float(value)
-        else:  # extra_sbatch
-            if not isinstance(value, list) or not all(isinstance(v, str) and _SAFE_SBATCH_OPTION.fullmatch(v) for v in value):
-                raise where.error("resources", key, f"{value!r} is not a list of --option[=value] strings",
-                                  'e.g. extra_sbatch = ["--exclusive", "--mail-type=END"]; no spaces or shell characters')
-            for option in value:
-                name = option[2:].partition("=")[0]
-                if name in _OWN_SBATCH_OPTIONS:
-                    raise where.error("resources", key, f"--{name} is set by ptbjobs", _OWN_SBATCH_OPTIONS[name])
-            value = tuple(value)
-        values[key] = value
-    if not 1 <= values.get("runs_per_gpu", 1) <= 64:
-        raise where.error("resources", "runs_per_gpu", f"must be from 1 to 64, got {values['runs_per_gpu']}",
-                          "a small model leaves a GPU mostly idle: 4 to 8 runs share one well")
-    if values.get("fuse") and values.get("runs_per_gpu", 1) < 2:
-        raise where.error("resources", "fuse", "fuses the runs of each pack, and runs_per_gpu is 1",
-                          "set runs_per_gpu to the runs to train as one model (e.g. 8), or remove fuse")
-    if not 1 <= values.get("timeout_min", 1) <= 366 * 24 * 60:
-        raise where.error("resources", "timeout_min", f"must be from 1 minute to a year, got {values['timeout_min']}")
-    return Resources(**values)
-
-
-def _targets(table: dict, where: KeyLocator) -> Targets:
-    known = [f.name for f in dataclasses.fields(Targets)]
-    values = {}
-    for key, value in table.items():
-        if key not in known:
-            raise where.error("targets", key, "unknown key", "valid keys: " + ", ".join(known))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 < value < math.inf:
-            raise where.error("targets", key, f"must be a perplexity above 1, got {value!r}")
-        values[key] = float(value)
-    return Targets(**values)

@@ -25,6 +25,7 @@ is not a finite number (diverged) ranks below every other and is never promoted.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from dataclasses import dataclass
@@ -67,9 +68,12 @@ class Distribution:
         return min(max(float(f"{value:.4g}"), low), high)
 
 
-def parse_search(table: dict, axes: Iterable[str], where: KeyLocator) -> Search:
-    """The [search] table, checked: one line naming the key and what to do for each problem."""
-    values: dict[str, Any] = {}
+def parse_search(table: Any, axes: Iterable[str], where: KeyLocator) -> Search:
+    """The [search] table, checked: one line naming the key and what to do for each problem.
+    `axes`: the grid's axes given as lists, those a group can be made of (by default, the cell's)."""
+    if not isinstance(table, dict):
+        raise where.error("", "search", "must be a table [search]")
+    values: dict[str, Any] = {"group_by": tuple(axis for axis in Search.group_by if axis in axes)}
     for key, value in table.items():
         if key not in SEARCH_KEYS:
             raise where.error("search", key, "unknown key", "valid keys: " + ", ".join(SEARCH_KEYS))
@@ -138,22 +142,43 @@ def sample_points(ranges: dict[str, Distribution], samples: int, seed: int) -> l
 
 
 def promoted_at_rung(arrivals: list[tuple[str, float]], keep: float) -> list[str]:
-    """The runs that go on from a rung of one group, by the rule above: `arrivals` is each run
-    that has reached the rung with its metric there, in the order they reached it. The best
-    floor(n * keep) of them, a tie going to the earlier arrival, and every run ever promoted
-    before: a run that went on when fewer had arrived is not taken back (the earliest prefixes
-    are replayed, so the answer depends on the order of arrival alone)."""
+    """The runs that go on from a rung of one group, by the rule above, in the order they were
+    promoted: `arrivals` is each run that has reached the rung with its metric there, in the order
+    they reached it. After each arrival, the best floor(n * keep) of the n so far go on, a tie
+    going to the earlier arrival; a run that went on when fewer had arrived is not taken back.
+
+    The arrivals are replayed one by one, keeping them ranked (a sorted list): from one arrival to
+    the next, the best k can only gain the new run or the one now ranked k-th, so each arrival
+    costs a binary search and an insertion, not a sort of all the runs before it."""
+    ranked: list[tuple[float, int, str]] = []  # (metric, order of arrival, run), finite metrics only
     promoted: list[str] = []
-    for n in range(1, len(arrivals) + 1):
-        for key in _best(arrivals[:n], math.floor(n * keep)):
-            if key not in promoted:
-                promoted.append(key)
+    done: set[str] = set()
+    for order, (key, metric) in enumerate(arrivals):
+        if math.isfinite(metric):
+            bisect.insort(ranked, (metric, order, key))
+        count = min(math.floor((order + 1) * keep), len(ranked))
+        candidates = [key] if math.isfinite(metric) and bisect.bisect_left(ranked, (metric, order, key)) < count else []
+        if count:
+            candidates.append(ranked[count - 1][2])
+        for candidate in candidates:
+            if candidate not in done:
+                done.add(candidate)
+                promoted.append(candidate)
     return promoted
 
 
-def _best(arrivals: list[tuple[str, float]], count: int) -> list[str]:
-    finite = [(metric, order, key) for order, (key, metric) in enumerate(arrivals) if math.isfinite(metric)]
-    return [key for _, _, key in sorted(finite)[:count]]
+def group_of(point: dict[str, Any], group_by: Iterable[str]) -> str:
+    """The group a run is compared within: its values of the `group_by` axes, e.g. "cell=lstm"
+    ("" where runs are compared all together)."""
+    return ",".join(f"{axis}={getattr(point[axis], 'value', point[axis])}" for axis in group_by)
+
+
+def check_rungs(search: Search, runs: list[Any], where: KeyLocator) -> None:
+    """Each rung must be an epoch every run reaches: a run of fewer epochs would never be judged there."""
+    shortest = min(runs, key=lambda run: run.config.epochs)
+    if search.rungs and search.rungs[-1] > shortest.config.epochs:
+        raise where.error("search", "rungs", f"{search.rungs[-1]} is past the last epoch of run {shortest.key} "
+                          f"({shortest.config.epochs} epochs)", "list rungs up to the runs' epochs")
 
 
 def _is_int(value: Any) -> bool:

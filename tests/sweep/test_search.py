@@ -4,12 +4,14 @@ and the [search] table's checks."""
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from pathlib import Path
 
 import pytest
 import tomllib
 
+from ptbjobs.sweep.grid import parse_grid
 from ptbjobs.sweep.grid_lines import GridError, KeyLocator
 from ptbjobs.sweep.search import Distribution, Search, parse_distribution, parse_search, promoted_at_rung, sample_points
 
@@ -93,3 +95,74 @@ def test_a_bad_range_is_one_line_naming_its_axis(spec, message):
     with pytest.raises(GridError) as caught:
         parse_distribution("lr", tomllib.loads(text)["axes"]["lr"], _where(text))
     assert str(caught.value).startswith(message)
+
+
+def _replayed(arrivals: list[tuple[str, float]], keep: float) -> list[str]:
+    """The rule as written: after each arrival, sort all the arrivals so far and take the best."""
+    promoted: list[str] = []
+    for n in range(1, len(arrivals) + 1):
+        ranked = sorted((metric, order, key) for order, (key, metric) in enumerate(arrivals[:n]) if math.isfinite(metric))
+        for _, _, key in ranked[:math.floor(n * keep)]:
+            if key not in promoted:
+                promoted.append(key)
+    return promoted
+
+
+def test_the_rule_kept_ranked_as_runs_arrive_promotes_exactly_what_replaying_every_arrival_does():
+    rng = random.Random(3)
+    for trial in range(300):
+        n = rng.randint(1, 40)
+        # few distinct metrics: many ties; some diverged runs
+        arrivals = [(f"r{i}", rng.choice([math.inf, math.nan] + [float(rng.randint(80, 90))] * 8)) for i in range(n)]
+        keep = rng.choice([0.1, 1 / 3, 0.5, 0.75, 0.99])
+        assert promoted_at_rung(arrivals, keep) == _replayed(arrivals, keep), (trial, keep)
+
+
+SEARCH_GRID = '''name = "s"
+[defaults]
+epochs = 8
+[search]
+rungs = [2, 4]
+samples = 3
+seed = 5
+[axes]
+cell = ["lstm", "gru"]
+lr = { loguniform = [0.1, 2.0] }
+dropout = { uniform = [0.1, 0.6] }
+tie_weights = { choice = [true, false] }
+'''
+
+
+def test_a_search_grid_crosses_its_list_axes_with_the_same_seeded_draws():
+    grid = parse_grid(SEARCH_GRID, Path("grid.toml"))
+    assert len(grid.runs) == 6 and grid.search.rungs == (2, 4) and grid.search.group_by == ("cell",)
+    lstm = [(r.config.lr, r.config.dropout, r.config.tie_weights) for r in grid.runs if r.config.cell.value == "lstm"]
+    gru = [(r.config.lr, r.config.dropout, r.config.tie_weights) for r in grid.runs if r.config.cell.value == "gru"]
+    assert lstm == gru and len(set(lstm)) == 3  # each cell tries the same three settings
+    assert all(0.1 <= lr <= 2.0 and 0.1 <= dropout <= 0.6 for lr, dropout, _ in lstm)
+    assert [r.key for r in parse_grid(SEARCH_GRID, Path("grid.toml")).runs] == [r.key for r in grid.runs]
+    reseeded = parse_grid(SEARCH_GRID.replace("seed = 5", "seed = 6"), Path("grid.toml"))
+    assert [r.key for r in reseeded.runs] != [r.key for r in grid.runs]
+    # the key names every axis, in the file's order: the drawn values tell the runs apart
+    first = grid.runs[0]
+    assert first.key == f"lstm-d{first.config.dropout:g}-s1-lr{first.config.lr:g}-tieweights" + \
+        ("T" if first.config.tie_weights else "F")
+
+
+@pytest.mark.parametrize("change, message", [
+    (("samples = 3\n", ""), "grid.toml:9: axes.lr: a range is drawn from only by a random search"),
+    (("lr = { loguniform = [0.1, 2.0] }\ndropout = { uniform = [0.1, 0.6] }\ntie_weights = { choice = [true, false] }\n",
+      "lr = [1.0]\n"), "grid.toml:6: search.samples: no axis is a range to draw from"),
+    (("rungs = [2, 4]", "rungs = [2, 9]"), "grid.toml:5: search.rungs: 9 is past the last epoch of run lstm-"),
+    (("[0.1, 0.6]", "[0.1, 1.5]"), "grid.toml:11: axes.dropout: must be in [0, 1), got 1.5"),
+    (("[true, false]", "[true, true]"), "grid.toml:12: axes.tie_weights: lists a choice twice"),
+    (('cell = ["lstm", "gru"]', 'cell = ["lstm", "gru"]\nseed = { uniform = [1, 9] }'),
+     "grid.toml:10: axes.seed: uniform draws real numbers, and seed is not one"),
+    (("[search]", '[[overrides]]\nmatch = { lr = 1.0 }\nclip = 1.0\n[search]'),
+     "grid.toml:5: overrides[0].lr: is a ranged axis: each draw has its own value"),
+    (("[search]", '[search]\ngroup_by = ["lr"]'), "grid.toml:5: search.group_by: 'lr' is not an axis of this grid"),
+])
+def test_a_search_grid_that_cannot_be_drawn_or_judged_is_refused_with_one_line(change, message):
+    with pytest.raises(GridError) as caught:
+        parse_grid(SEARCH_GRID.replace(*change), Path("grid.toml"))
+    assert str(caught.value).startswith(message), str(caught.value)
