@@ -39,14 +39,18 @@ DIVERGED = "DIVERGED"  # the loss went NaN: resubmitting would replay it, so ret
 LOST = "LOST"  # the scheduler no longer knows the job and the run folder never said it ended
 UNKNOWN = "UNKNOWN"
 INTERRUPTED = "INTERRUPTED"  # a run folder's: stopped on request (a signal) after saving its state
+# a search paused the run at a rung, its state saved (sweep/search.py): it resumes only if later
+# runs make it one of its rung's best (promoted), so neither retry nor a new submit starts it
+PRUNED = "PRUNED"
 # a file of the run folder (state.json, metrics.jsonl) cannot be read: the run resumes from its last
 # checkpoint, which writes the file anew; never taken for a completed run
 DAMAGED = "DAMAGED"
 
-OWN_STATES = frozenset({NOT_SUBMITTED, QUEUED_LOCALLY, DIVERGED, LOST, UNKNOWN, INTERRUPTED, DAMAGED})
+OWN_STATES = frozenset({NOT_SUBMITTED, QUEUED_LOCALLY, DIVERGED, LOST, UNKNOWN, INTERRUPTED, DAMAGED, PRUNED})
 # What a run folder's state.json says: written by the training process itself. FAILED there means
-# an error stopped it; it resumes from its last checkpoint.
-FOLDER_STATES = frozenset({RUNNING, COMPLETED, DIVERGED, FAILED, INTERRUPTED})
+# an error stopped it; it resumes from its last checkpoint. A promoted run's PRUNED becomes
+# INTERRUPTED (written by the run that promoted it): it is to resume.
+FOLDER_STATES = frozenset({RUNNING, COMPLETED, DIVERGED, FAILED, INTERRUPTED, PRUNED})
 # Ended without finishing: `retry` (and a new submit) resume these from their checkpoints
 RETRYABLE = frozenset({FAILED, CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, OUT_OF_MEMORY, BOOT_FAIL, DEADLINE, LOST,
                        DAMAGED})
@@ -77,6 +81,8 @@ def run_state(job_state: str | None, folder_state: str | None) -> str:
         return COMPLETED
     if folder_state == DIVERGED:
         return DIVERGED
+    if folder_state == PRUNED:  # its job ended when the search paused it (a job running it again is shown)
+        return job_state if job_state is not None and is_active(job_state) else PRUNED
     if job_state is None:
         return NOT_SUBMITTED
     if job_state == COMPLETED:

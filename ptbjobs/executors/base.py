@@ -9,9 +9,10 @@ Job ids are the executor's own ("L12" locally, "123_4" on Slurm); the manifest r
 from __future__ import annotations
 
 import abc
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from ptbjobs.core.errors import PtbjobsError
 from ptbjobs.sweep.folder import Sweep
@@ -52,6 +53,39 @@ class SendLedger(Protocol):
     def sending(self, token: str, keys: list[str], per_job: int = 1) -> None: ...  # per_job: runs a job trains
 
     def sent(self, token: str, ids: dict[str, str]) -> None: ...
+
+
+class ManifestLedger:
+    """The manifest's "sending" marks (a SendLedger): token -> the batch's runs, its
+    executor and when, written to the journal before the batch goes out; its job ids recorded,
+    and the mark cleared, in one journal write once it is accepted."""
+
+    def __init__(self, sweep: Sweep, manifest: dict[str, Any], executor_name: str, job_tries: dict[str, int]):
+        self.sweep, self.manifest, self.executor_name, self.job_tries = sweep, manifest, executor_name, job_tries
+
+    def sending(self, token: str, keys: list[str], per_job: int = 1) -> None:
+        marks = {**self.manifest.get("sending", {}),
+                 token: {"runs": keys, "per_job": per_job, "executor": self.executor_name, "time": time.time()}}
+        self.sweep.update_manifest(self.manifest, sending=marks)
+
+    def sent(self, token: str, ids: dict[str, str]) -> None:
+        record_jobs(self.manifest, self.executor_name, ids, self.job_tries)
+        marks = {t: mark for t, mark in self.manifest.get("sending", {}).items() if t != token}
+        self.sweep.update_manifest(self.manifest, ids, sending=marks)
+
+
+def record_jobs(manifest: dict[str, Any], executor_name: str, ids: dict[str, str], job_tries: dict[str, int]) -> None:
+    """Append each run's new job to its manifest entry (the caller writes the entries). A job
+    already recorded as the run's latest is not added again."""
+    now = time.time()
+    for key, job_id in ids.items():
+        jobs = manifest["runs"][key]["jobs"]
+        if jobs and jobs[-1]["job_id"] == job_id:
+            continue
+        if jobs and job_tries.get(jobs[-1]["job_id"], 1) > 1:
+            # once a job is no longer the latest nobody asks its executor about it: keep its count
+            jobs[-1]["tries"] = job_tries[jobs[-1]["job_id"]]
+        jobs.append({"job_id": job_id, "executor": executor_name, "submitted": now})
 
 
 class Executor(abc.ABC):

@@ -62,11 +62,15 @@ def read_exit_code(run_dir: Path | str, job_id: str) -> int | None:
         return None
 
 
-def write_spec(run_dir: Path, config: TrainConfig | dict[str, Any], data_dir: Path, durable: bool = True) -> None:
-    """The run's spec.json. `durable=False` skips its fsyncs: the caller writing many flushes the
+def write_spec(run_dir: Path, config: TrainConfig | dict[str, Any], data_dir: Path, durable: bool = True,
+               search: dict[str, Any] | None = None) -> None:
+    """The run's spec.json; with `search`, what the judge of a search's rungs needs of the run
+    (executors/rungs.py). `durable=False` skips its fsyncs: the caller writing many flushes the
     filesystem once after the last (`flush_filesystem`), before any job can read them."""
     os.makedirs(run_dir, exist_ok=True)
     spec = {"train": config if isinstance(config, dict) else config.to_dict(), "data_dir": str(data_dir)}
+    if search:
+        spec["search"] = search
     payload = (json.dumps(spec) + "\n").encode()  # one line: json's indenting encoder is 10 times slower
     (atomic_write_bytes if durable else replace_unsynced)(run_dir / SPEC_FILE, payload)
 
@@ -74,6 +78,17 @@ def write_spec(run_dir: Path, config: TrainConfig | dict[str, Any], data_dir: Pa
 def read_spec(run_dir: Path) -> tuple[TrainConfig, Path]:
     spec = json.loads((run_dir / SPEC_FILE).read_text())
     return TrainConfig.from_mapping(spec["train"], source=str(run_dir / SPEC_FILE)), Path(spec["data_dir"])
+
+
+def rung_judge(run_dir: Path) -> Any:
+    """The judge of the search the run belongs to (executors/rungs.py), or None: not in a search
+    with rungs."""
+    search = json.loads((run_dir / SPEC_FILE).read_text()).get("search")
+    if not search:
+        return None
+    from ptbjobs.executors.rungs import RungJudge
+
+    return RungJudge(run_dir, search)
 
 
 def run_job(run_dir: Path) -> dict[str, Any]:
@@ -84,7 +99,7 @@ def run_job(run_dir: Path) -> dict[str, Any]:
 
     config, data_dir = read_spec(run_dir)
     reporter = ProgressFileReporter(run_dir, PlainReporter())
-    return run_training(config, run_dir, data_dir, reporter=reporter)
+    return run_training(config, run_dir, data_dir, reporter=reporter, judge=rung_judge(run_dir))
 
 
 def run_fused(run_dirs: list[Path], job_id: str | None = None) -> dict[str, Any]:
@@ -135,7 +150,8 @@ def run_fused(run_dirs: list[Path], job_id: str | None = None) -> dict[str, Any]
         def cancelled(run_dir: Path) -> bool:
             return job_id is not None and cancel_requested(run_dir, job_id)
 
-        return {**outcomes, **run_pack(runs, data_dirs.pop(), on_end=ended, cancel_requested=cancelled)}
+        return {**outcomes, **run_pack(runs, data_dirs.pop(), on_end=ended, cancel_requested=cancelled,
+                                       judge_of=rung_judge)}
 
 
 def exit_code(outcome: Any) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 from ptbjobs.core import states
 from ptbjobs.core.errors import PtbjobsError
 from ptbjobs.core.interrupts import interrupts_held
-from ptbjobs.executors.base import Executor, PartialSubmission
+from ptbjobs.executors.base import Executor, ManifestLedger, PartialSubmission, record_jobs
 from ptbjobs.executors.slurm_answers import poll_interval_s
 from ptbjobs.launch.executor_choice import get_executor
 from ptbjobs.sweep.folder import Sweep, run_config
@@ -137,26 +137,7 @@ def submit_and_record(sweep: Sweep, manifest: dict[str, Any], executor: Executor
     stops sending at the next batch on such a stop; a kill -9, which cannot be held, leaves at most
     one batch marked as being sent, settled by the next send (`settle_sending`)."""
     with interrupts_held():
-        return executor.submit(sweep, keys, resources, _Ledger(sweep, manifest, executor.name, job_tries))
-
-
-class _Ledger:
-    """The manifest's "sending" marks (executors.base.SendLedger): token -> the batch's runs, its
-    executor and when, written to the journal before the batch goes out; its job ids recorded,
-    and the mark cleared, in one journal write once it is accepted."""
-
-    def __init__(self, sweep: Sweep, manifest: dict[str, Any], executor_name: str, job_tries: dict[str, int]):
-        self.sweep, self.manifest, self.executor_name, self.job_tries = sweep, manifest, executor_name, job_tries
-
-    def sending(self, token: str, keys: list[str], per_job: int = 1) -> None:
-        marks = {**self.manifest.get("sending", {}),
-                 token: {"runs": keys, "per_job": per_job, "executor": self.executor_name, "time": time.time()}}
-        self.sweep.update_manifest(self.manifest, sending=marks)
-
-    def sent(self, token: str, ids: dict[str, str]) -> None:
-        _record_jobs(self.manifest, self.executor_name, ids, self.job_tries)
-        marks = {t: mark for t, mark in self.manifest.get("sending", {}).items() if t != token}
-        self.sweep.update_manifest(self.manifest, ids, sending=marks)
+        return executor.submit(sweep, keys, resources, ManifestLedger(sweep, manifest, executor.name, job_tries))
 
 
 def settle_sending(sweep: Sweep, manifest: dict[str, Any], executor: Executor, resources: Resources,
@@ -173,24 +154,10 @@ def settle_sending(sweep: Sweep, manifest: dict[str, Any], executor: Executor, r
         # the manifest still has the run
         sent = {k: j for k, j in runner.find_sent(sweep, token, mark["runs"], mark["per_job"], mark["time"]).items()
                 if k in manifest["runs"]}
-        _record_jobs(manifest, mark["executor"], sent, job_tries)
+        record_jobs(manifest, mark["executor"], sent, job_tries)
         found.update(sent)
     if marks:
         for key in found:  # sent, so no longer waiting
             manifest["runs"][key].pop("waiting", None)
         sweep.update_manifest(manifest, found, sending={})
     return found
-
-
-def _record_jobs(manifest: dict[str, Any], executor_name: str, ids: dict[str, str], job_tries: dict[str, int]) -> None:
-    """Append each run's new job to its manifest entry (the caller writes the entries). A job
-    already recorded as the run's latest is not added again."""
-    now = time.time()
-    for key, job_id in ids.items():
-        jobs = manifest["runs"][key]["jobs"]
-        if jobs and jobs[-1]["job_id"] == job_id:
-            continue
-        if jobs and job_tries.get(jobs[-1]["job_id"], 1) > 1:
-            # once a job is no longer the latest nobody asks its executor about it: keep its count
-            jobs[-1]["tries"] = job_tries[jobs[-1]["job_id"]]
-        jobs.append({"job_id": job_id, "executor": executor_name, "submitted": now})

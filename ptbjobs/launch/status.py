@@ -7,7 +7,8 @@ The `--json` schema (version 1) is one object:
      "notes": [what the executor said of its answer, e.g. that Slurm did not answer],
      "runs": [{"key", "cell", "dropout", "seed", "executor", "job_id", "attempts", "state",
                "epoch", "epochs", "train_ppl", "valid_ppl", "best_valid_ppl", "test_ppl",
-               "elapsed_s", "eta_s", "problem"}, ...]}
+               "elapsed_s", "eta_s", "problem"}, ...],
+     "search": [{"epoch", "reached", "went_on"}, ...]}   (a search with rungs only: each rung reached)
 Numbers the run has not produced yet are null. "problem" names a file of the run's folder that
 cannot be read and what is wrong with it (the run is DAMAGED unless its job is still going), else null.
 """
@@ -25,6 +26,7 @@ from ptbjobs.core.errors import PtbjobsError
 from ptbjobs.executors.slurm_answers import poll_interval_s
 from ptbjobs.launch.feed import feed, feed_if_stuck
 from ptbjobs.launch.run_states import run_states, run_tries
+from ptbjobs.sweep.arrivals import rung_summary
 from ptbjobs.sweep.folder import Sweep, latest_job, run_config
 from ptbjobs.sweep.grid import Resources
 from ptbjobs.sweep.index import add_to_index, read_index
@@ -62,8 +64,12 @@ def collect(sweep: Sweep, max_age_s: float | None = None) -> dict[str, Any]:
     notes += [f"{row['key']}: {row['problem']}; `ptbjobs retry --run {row['key']}` resumes it from its last checkpoint"
               if row["state"] in states.RETRYABLE else f"{row['key']}: {row['problem']}"
               for row in rows if row["problem"]]
-    return {"version": STATUS_SCHEMA_VERSION, "sweep": manifest.get("name", sweep.path.name),
-            "dir": str(sweep.path), "time": now, "summary": dict(Counter(r["state"] for r in rows)), "notes": notes, "runs": rows}
+    status = {"version": STATUS_SCHEMA_VERSION, "sweep": manifest.get("name", sweep.path.name),
+              "dir": str(sweep.path), "time": now, "summary": dict(Counter(r["state"] for r in rows)), "notes": notes,
+              "runs": rows}
+    if manifest.get("search"):
+        status["search"] = rung_summary(sweep.path, manifest["search"]["keep"])
+    return status
 
 
 def status_json(status: dict[str, Any]) -> str:
@@ -202,7 +208,7 @@ def _eta(config: dict[str, Any], epochs_done: int, last: dict[str, Any] | None, 
 STATE_STYLES = {states.COMPLETED: "green", states.RUNNING: "cyan", states.PENDING: "yellow",
                 states.QUEUED_LOCALLY: "yellow",
                 states.REQUEUED: "yellow", states.NOT_SUBMITTED: "dim italic", states.DIVERGED: "bold magenta",
-                states.LOST: "bold magenta", states.UNKNOWN: "dim italic", states.STALLED: "bold red"}
+                states.LOST: "bold magenta", states.UNKNOWN: "dim italic", states.STALLED: "bold red", states.PRUNED: "dim"}
 
 
 COLUMNS = [("run", "<"), ("cell", "<"), ("dropout", ">"), ("seed", ">"), ("job", "<"), ("state", "<"),
@@ -273,6 +279,9 @@ def summary_line(status: dict[str, Any], every_run: bool = False) -> str:
     order = sorted(counts, key=lambda s: (s != states.COMPLETED, s != states.RUNNING, s))
     ended = sum(n for s, n in counts.items() if states.is_finished(s))
     line = f"{len(status['runs'])} runs: " + ", ".join(f"{counts[s]} {s}" for s in order) + f"  ({ended} ended)"
+    if status.get("search"):
+        line += "\nsearch: " + "; ".join(f"epoch {rung['epoch']}: {rung['reached']} reached, {rung['went_on']} went on"
+                                          for rung in status["search"])
     unlisted = len(status["runs"]) - len(listed_runs(status, every_run))
     if unlisted:
         line += f"\n{unlisted} completed runs not listed (`ptbjobs status --all` lists them; --json has every run)"
@@ -280,7 +289,10 @@ def summary_line(status: dict[str, Any], every_run: bool = False) -> str:
 
 
 def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    if value is None:
+        return "-"
+    # a perplexity that blew up (a hopeless lr) would print a hundred digits wide
+    return f"{value:.2f}" if value < 1e6 else f"{value:.2g}"
 
 
 def _dur(seconds: float | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,14 @@ from ptbjobs.launch.feed import send, waiting_runs
 from ptbjobs.launch.run_states import run_states
 from ptbjobs.sweep.folder import Sweep, latest_job, run_config, stored_config
 from ptbjobs.sweep.grid import Grid, RunSpec, load_grid, parse_grid
+from ptbjobs.sweep.search import group_of
 from ptbjobs.sweep.select import select_runs
 from ptbjobs.train.config import FIELD_DEFAULTS
 from ptbjobs.train.ptb_files import SPLITS, missing_data_hint, resolve_data_dir, split_filename
 
-SUBMIT, RESUME, SKIP_COMPLETED, SKIP_ACTIVE, SKIP_DIVERGED, SKIP_UNKNOWN, RESTART = (
+SUBMIT, RESUME, SKIP_COMPLETED, SKIP_ACTIVE, SKIP_DIVERGED, SKIP_PRUNED, SKIP_UNKNOWN, RESTART = (
     "submit", "resume", "skip: completed", "skip: queued or running", "skip: diverged",
-    "skip: state unknown", "restart (forced)")
+    "skip: paused by the search", "skip: state unknown", "restart (forced)")
 
 
 STARTING = (SUBMIT, RESUME, RESTART)  # the actions that start a job
@@ -110,6 +112,8 @@ def _action(state: str) -> str:
         return SKIP_COMPLETED
     if state == states.DIVERGED:
         return SKIP_DIVERGED
+    if state == states.PRUNED:  # it resumes when the search promotes it, not before
+        return SKIP_PRUNED
     if states.is_active(state):
         return SKIP_ACTIVE
     if state in states.RETRYABLE:
@@ -117,6 +121,17 @@ def _action(state: str) -> str:
     # UNKNOWN: it may still be running. REVOKED: a federation sibling cluster runs it. Or a word
     # of a newer Slurm: never start a second copy on a guess
     return SKIP_UNKNOWN
+
+
+def search_entry(grid: Grid, spec: RunSpec, group_sizes: Counter) -> dict[str, Any] | None:
+    """What the judge of the grid's search needs of a run, for its spec.json; None without rungs.
+    `group_sizes`: the grid's runs in each group (of the whole grid, also under --only)."""
+    search = grid.search
+    if search is None or not search.rungs:
+        return None
+    group = group_of(spec.point, search.group_by)
+    return {"rungs": list(search.rungs), "keep": search.keep, "metric": search.metric, "group": group,
+            "group_size": group_sizes[group], "config": spec.config_hash()}
 
 
 def _describe_change(spec: RunSpec, manifest: dict[str, Any], entry: dict[str, Any]) -> str:
@@ -161,6 +176,8 @@ def _submit_locked(grid: Grid, sweep: Sweep, executor: Executor, data: Path, for
         planned = plan(grid, sweep, force, job_tries)
         manifest = sweep.read_manifest()
         to_start = [p for p in planned if p.action in STARTING]
+        group_sizes = Counter(group_of(spec.point, grid.search.group_by) for spec in grid.whole_runs or grid.runs) \
+            if grid.search else Counter()
         for item in to_start:
             run_dir = sweep.run_dir(item.spec.key)
             if item.action == RESTART and run_dir.exists():
@@ -168,7 +185,7 @@ def _submit_locked(grid: Grid, sweep: Sweep, executor: Executor, data: Path, for
                 aside.parent.mkdir(exist_ok=True)
                 shutil.move(str(run_dir), aside)
             config = item.spec.config.to_dict()
-            write_spec(run_dir, config, data, durable=False)
+            write_spec(run_dir, config, data, durable=False, search=search_entry(grid, item.spec, group_sizes))
             entry = manifest["runs"].get(item.spec.key) if item.action != RESTART else None
             manifest["runs"][item.spec.key] = {
                 "config": stored_config(manifest, config), "config_hash": item.spec.config_hash(),
@@ -179,6 +196,9 @@ def _submit_locked(grid: Grid, sweep: Sweep, executor: Executor, data: Path, for
             flush_filesystem(sweep.path)
         # the runs must be in the manifest before their jobs can start and be asked about
         top = {"name": grid.name, "stall_after_min": grid.resources.stall_after_min}  # for status, which reads no grid
+        if grid.search and grid.search.rungs:
+            top["search"] = {"rungs": list(grid.search.rungs), "keep": grid.search.keep, "metric": grid.search.metric,
+                             "group_by": list(grid.search.group_by)}
         top = {k: v for k, v in top.items() if manifest.get(k) != v}
         if "config_defaults" not in manifest:  # a manifest of version 1: its new entries are kept short too
             top["config_defaults"] = FIELD_DEFAULTS

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from ptbjobs.core.atomic import atomic_write_bytes
-from ptbjobs.core.errors import CheckpointError, first_line
+from ptbjobs.core.errors import CheckpointError, PtbjobsError, first_line
+from ptbjobs.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +92,31 @@ def load_latest(folder: Path) -> tuple[dict[str, Any], Path] | None:
         raise CheckpointError("no usable checkpoint: " + "; ".join(problems),
                               "delete the run folder's checkpoints/ to start the run afresh")
     return None
+
+
+def save_weights(path: Path, model: torch.nn.Module, config: TrainConfig, vocab_size: int, epoch: int, valid_ppl: float) -> None:
+    """Weights plus what is needed to rebuild the model: a plain dict, never a pickled module."""
+    buffer = io.BytesIO()
+    torch.save({"config": config.to_dict(), "vocab_size": vocab_size, "model": own_tensors(model.state_dict()),
+                "epoch": epoch, "valid_ppl": valid_ppl}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def own_tensors(value: Any) -> Any:
+    """A tensor (or a dict of them) that views part of a larger storage, copied to a storage of its
+    own: torch.save writes a view's whole storage, and a run of a fused pack views its slice of the
+    pack's weights."""
+    if isinstance(value, dict):
+        return {key: own_tensors(tensor) for key, tensor in value.items()}
+    if value.untyped_storage().nbytes() > value.numel() * value.element_size():
+        return value.clone()
+    return value
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PtbjobsError(f"no weights file {path}", "the run has not finished an epoch yet") from None
+    except Exception as exc:  # torch raises many types for a damaged file; its text runs over lines
+        raise PtbjobsError(f"{path}: not a readable weights file ({first_line(exc)})") from None

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ptbjobs.core.errors import ConfigError, PtbjobsError
+from ptbjobs.train.checkpoint import load_weights
 from ptbjobs.train.config import TrainConfig
 from ptbjobs.train.corpus import batchify, load_corpus
 from ptbjobs.train.model import RNNLM
-from ptbjobs.train.trainer import load_weights, perplexity, resolve_device
+from ptbjobs.train.trainer import perplexity, resolve_device
 
 
 def evaluate_saved(target: Path, data_dir: Path | str | None = None, device: str = "auto",

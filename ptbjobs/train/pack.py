@@ -31,7 +31,7 @@ from ptbjobs.train.fused import FusedModel
 from ptbjobs.train.fused_cpu import FusedStep
 from ptbjobs.train.model import Hidden
 from ptbjobs.train.signals import CANCEL_CHECK_S, TrainingInterrupted
-from ptbjobs.train.trainer import POLL_INTERVAL_S, Trainer, exp_or_inf
+from ptbjobs.train.trainer import POLL_INTERVAL_S, RunPruned, Trainer, exp_or_inf
 
 
 class PackTrainer:
@@ -128,6 +128,11 @@ class PackTrainer:
                 self._leave(trainer, trainer.finish(truncated=False))
             for trainer in [t for t in self.trainers if t.chunk == 0 and t.steps_left() <= 0]:
                 self._leave(trainer, trainer.finish(truncated=True))
+            for trainer in [t for t in self.trainers if t.chunk == 0]:
+                try:  # a search's judge may pause a run at a rung: it leaves, the others go on
+                    trainer.judge_at_rung()
+                except RunPruned as pruned:
+                    self._leave(trainer, pruned)
             self._let_cancelled_go()
             if not self.trainers:
                 break

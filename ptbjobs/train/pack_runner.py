@@ -24,23 +24,27 @@ from ptbjobs.train.runner import (
     check_folder,
     exclusive,
     make_trainer,
+    pruned_record,
     record_end,
     resume,
     stop_if_signalled_while_starting,
+    tell_judge_if_diverged,
 )
 from ptbjobs.train.signals import TrainingInterrupted, stop_on_signals
-from ptbjobs.train.trainer import Trainer
+from ptbjobs.train.trainer import RungJudge, RunPruned, Trainer
 
 
 def run_pack(runs: list[tuple[TrainConfig, Path, Reporter]], data_dir: Path | str | None = None,
              handle_signals: bool = True, on_end: Callable[[Path, Any], None] | None = None,
-             cancel_requested: Callable[[Path], bool] | None = None) -> dict[str, Any]:
+             cancel_requested: Callable[[Path], bool] | None = None,
+             judge_of: Callable[[Path], RungJudge | None] | None = None) -> dict[str, Any]:
     """Train every run to its end. Returns, by run folder, its final record or the error that
     ended it (one run's error never stops the others). A stop signal stops every run with its
     state saved: TrainingInterrupted is raised once all have saved. `on_end(run folder, outcome)`
     is called as each run ends, while the others may train on. A run for which
     `cancel_requested(run folder)` turns true saves its state and leaves (TrainingInterrupted), and
-    its folder is free at once for another process to train."""
+    its folder is free at once for another process to train. `judge_of(run folder)`: the judge
+    of the search the run belongs to, if any (a run it pauses ends with `pruned_record`)."""
     outcomes = _Outcomes(on_end)
     ready: list[tuple[RunDir, TrainConfig, Reporter, dict[str, Any] | None]] = []
     for config, out, reporter in runs:
@@ -65,6 +69,7 @@ def run_pack(runs: list[tuple[TrainConfig, Path, Reporter]], data_dir: Path | st
             lock = held.enter_context(contextlib.ExitStack())  # each run's, let go as the run ends
             try:
                 trainer = make_trainer(run, config, corpus, existing, reporter, solo_step=False)
+                trainer.rung_judge = judge_of(run.path) if judge_of else None
                 lock.enter_context(exclusive(run))
                 resume(run, trainer, corpus.data_dir, reporter, first_start=existing is None)
             except PtbjobsError as exc:
@@ -112,7 +117,11 @@ def _train_group(trainers: list[Trainer], handle_signals: bool, outcomes: _Outco
     """One group's runs trained together; each run's state.json written as it ends."""
     def ended(trainer: Trainer, outcome: Any) -> None:
         trainer.reporter.close()
-        record_end(trainer.run, trainer, outcome)
+        if isinstance(outcome, RunPruned):  # its judge wrote its state, under the sweep's lock
+            outcome = pruned_record(outcome.epoch, outcome.record)
+        else:
+            record_end(trainer.run, trainer, outcome)
+            tell_judge_if_diverged(trainer, outcome)
         outcomes.settle(trainer.run.path, outcome)
 
     received: list[int] = []

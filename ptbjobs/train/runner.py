@@ -20,35 +20,40 @@ from ptbjobs.core import states
 from ptbjobs.core.atomic import try_exclusive_lock
 from ptbjobs.core.errors import ConfigError, DivergedError, PtbjobsError
 from ptbjobs.train import checkpoint
+from ptbjobs.train.checkpoint import load_weights, save_weights
 from ptbjobs.train.config import RESUME_NEUTRAL_FIELDS, TrainConfig
 from ptbjobs.train.corpus import Corpus, load_corpus
 from ptbjobs.train.ptb_files import CANONICAL_SHA256, SPLITS, sha256_file, split_filename
 from ptbjobs.train.reporting import Reporter, SilentReporter
 from ptbjobs.train.run_dir import DamagedFile, RunDir
 from ptbjobs.train.signals import TrainingInterrupted, stop_on_signals, take_pending_stop
-from ptbjobs.train.trainer import Trainer, load_weights, save_weights
+from ptbjobs.train.trainer import RungJudge, RunPruned, Trainer
 
 log = logging.getLogger(__name__)
 NEW_RUN_HINT = "start a new run with a new --out"
+PAUSED_HANDOVER_S = 60.0  # how long a promoted run waits for the process the search paused to exit
 
 
 def run_training(config: TrainConfig, out: Path, data_dir: Path | str | None = None,
-                 reporter: Reporter | None = None, handle_signals: bool = True) -> dict[str, Any]:
-    """Train the run in `out` to completion and return its final metrics record."""
+                 reporter: Reporter | None = None, handle_signals: bool = True,
+                 judge: RungJudge | None = None) -> dict[str, Any]:
+    """Train the run in `out` to completion and return its final metrics record; or, where a
+    search's `judge` pauses it at a rung, `pruned_record` of that epoch."""
     reporter = reporter or SilentReporter()
     run = RunDir(out)
     with run.disk_errors():
-        return _run_training(run, config, data_dir, reporter, handle_signals)
+        return _run_training(run, config, data_dir, reporter, handle_signals, judge)
 
 
 def _run_training(run: RunDir, config: TrainConfig, data_dir: Path | str | None, reporter: Reporter,
-                  handle_signals: bool) -> dict[str, Any]:
+                  handle_signals: bool, judge: RungJudge | None) -> dict[str, Any]:
     existing, final = check_folder(run, config, reporter)
     if final is not None:
         return final
     stop_if_signalled_while_starting(run)  # before the data and the device are made ready
     corpus = load_corpus(data_dir)
     trainer = make_trainer(run, config, corpus, existing, reporter)
+    trainer.rung_judge = judge
     stop_if_signalled_while_starting(run)
     with exclusive(run):
         resume(run, trainer, corpus.data_dir, reporter, first_start=existing is None)
@@ -107,17 +112,34 @@ def _train(run: RunDir, trainer: Trainer, reporter: Reporter, handle_signals: bo
     try:
         with run.disk_errors(), stop_on_signals(trainer, received, enabled=handle_signals):
             final = trainer.fit()
+    except RunPruned as pruned:  # the judge wrote its state, under the sweep's lock
+        reporter.note(f"paused by the search at epoch {pruned.epoch}: not among the best of its rung so far")
+        return pruned_record(pruned.epoch, pruned.record)
     except TrainingInterrupted as exc:
         exc.signals = tuple(received)  # a Slurm job requeues itself after USR2, not after TERM
         record_end(run, trainer, exc)
         raise
     except BaseException as exc:
         record_end(run, trainer, exc)
+        tell_judge_if_diverged(trainer, exc)
         raise
     finally:
         reporter.close()
     record_end(run, trainer, final)
     return final
+
+
+def tell_judge_if_diverged(trainer: Trainer, outcome: Any) -> None:
+    """A diverged run of a search counts at its next rung, so the others' verdicts do not wait for
+    it. (Where the sweep folder refuses the write, they wait: the run's own error is the one to show.)"""
+    if isinstance(outcome, DivergedError) and trainer.rung_judge is not None:
+        with contextlib.suppress(OSError, PtbjobsError):
+            trainer.rung_judge.diverged(trainer.epoch)
+
+
+def pruned_record(epoch: int, record: dict[str, Any]) -> dict[str, Any]:
+    """What a run paused by a search returns, in place of its final record."""
+    return {"pruned": True, "epoch": epoch, "valid_ppl": record["valid_ppl"], "train_ppl": record["train_ppl"]}
 
 
 def record_end(run: RunDir, trainer: Trainer, outcome: dict[str, Any] | BaseException) -> None:
@@ -164,10 +186,21 @@ def exclusive(run: RunDir) -> Iterator[None]:
     """One process trains a run folder at a time: a second one (a job submitted twice, a
     `ptbjobs train` started by hand beside a job) is refused instead of interleaving writes."""
     with open(run.path / ".train.lock", "a") as handle:
-        if not try_exclusive_lock(handle):
-            raise PtbjobsError(f"{run.path} is being trained by another process right now",
-                               "wait for it, or stop it first")
+        # a run promoted by a search may start while the process it paused is still exiting
+        handover_until = time.monotonic() + (PAUSED_HANDOVER_S if _promoted_from_pause(run) else 0.0)
+        while not try_exclusive_lock(handle):
+            if time.monotonic() >= handover_until:
+                raise PtbjobsError(f"{run.path} is being trained by another process right now",
+                                   "wait for it, or stop it first")
+            time.sleep(0.2)
         yield
+
+
+def _promoted_from_pause(run: RunDir) -> bool:
+    with contextlib.suppress(DamagedFile):
+        record = run.read_state()
+        return bool(record) and record["state"] == states.INTERRUPTED and bool(record.get("promoted"))
+    return False
 
 
 def _final_record(run: RunDir, state: dict[str, Any] | None, reporter: Reporter) -> dict[str, Any] | None:

@@ -9,20 +9,19 @@ epoch ends and checkpoints.
 
 from __future__ import annotations
 
-import io
 import math
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from ptbjobs.core.atomic import atomic_write_bytes
-from ptbjobs.core.errors import CheckpointError, ConfigError, DivergedError, PtbjobsError, first_line
+from ptbjobs.core.errors import CheckpointError, ConfigError, DivergedError
 from ptbjobs.core.memory import keep_freed_memory
 from ptbjobs.train import checkpoint
+from ptbjobs.train.checkpoint import load_weights, own_tensors, save_weights
 from ptbjobs.train.config import RESUME_NEUTRAL_FIELDS, Schedule, TrainConfig, saved_config
 from ptbjobs.train.corpus import Corpus, batchify, chunk_starts, iter_chunks
 from ptbjobs.train.graph_step import StaticStep
@@ -34,6 +33,24 @@ from ptbjobs.train.signals import TrainingInterrupted
 CHECKPOINT_FORMAT = 1
 POLL_INTERVAL_S = 1.0  # how often the loop reads the loss back (progress, divergence check)
 ALIVE_EVERY_CHUNKS = 20  # how often evaluation tells the reporter it is still at work
+
+
+class RungJudge(Protocol):
+    """A search's judge of a run at its rungs (executors/rungs.py)."""
+
+    def __call__(self, epoch: int, record: dict[str, Any]) -> bool:
+        """After `epoch` epochs, whose record is `record`: go on (True), or pause here."""
+
+    def diverged(self, epochs_done: int) -> None:
+        """The run diverged after `epochs_done` epochs: it counts at its next rung, as the worst."""
+
+
+class RunPruned(Exception):
+    """A search's judge paused the run at a rung (after writing its PRUNED state): not an error."""
+
+    def __init__(self, epoch: int, record: dict[str, Any]):
+        super().__init__(f"paused by the search at epoch {epoch}")
+        self.epoch, self.record = epoch, record
 
 
 def resolve_device(name: str) -> torch.device:
@@ -126,6 +143,8 @@ class Trainer:
         self._stop_reason = ""
         self._stop_at_step: int | None = None
         self.static_step: StaticStep | None = None
+        # a search's judge (executors/rungs.py): (epochs done, that epoch's record) -> go on?
+        self.rung_judge: RungJudge | None = None
         if self.device.type == "cuda" and config.cuda_graph and solo_step:
             self.use_static_step(capture=True)
 
@@ -216,9 +235,18 @@ class Trainer:
             # max_steps must still close that epoch (evaluation, best weights) when resumed
             if self.chunk == 0 and self.steps_left() <= 0:
                 return self.finish(truncated=True)
+            self.judge_at_rung()
             self._train_epoch()
             self.end_epoch()
         return self.finish(truncated=False)
+
+    def judge_at_rung(self) -> None:
+        """A search's judge may pause the run between epochs (raising RunPruned), its state saved
+        by the epoch's end. Asked again on resuming there: its verdict is the same, or the run
+        was promoted since."""
+        if self.rung_judge is not None and self.chunk == 0 and self.history:
+            if not self.rung_judge(self.epoch, self.history[-1]):
+                raise RunPruned(self.epoch, self.history[-1])
 
     def run_steps(self, steps: int) -> None:
         """Train `steps` more steps within the current epoch (or to its end), nothing else: no
@@ -362,30 +390,3 @@ class Trainer:
         self.run.write_metrics(self.history + [final])
         return final
 
-
-def save_weights(path: Path, model: RNNLM, config: TrainConfig, vocab_size: int, epoch: int, valid_ppl: float) -> None:
-    """Weights plus what is needed to rebuild the model: a plain dict, never a pickled module."""
-    buffer = io.BytesIO()
-    torch.save({"config": config.to_dict(), "vocab_size": vocab_size, "model": own_tensors(model.state_dict()),
-                "epoch": epoch, "valid_ppl": valid_ppl}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def own_tensors(value: Any) -> Any:
-    """A tensor (or a dict of them) that views part of a larger storage, copied to a storage of its
-    own: torch.save writes a view's whole storage, and a run of a fused pack views its slice of the
-    pack's weights."""
-    if isinstance(value, dict):
-        return {key: own_tensors(tensor) for key, tensor in value.items()}
-    if value.untyped_storage().nbytes() > value.numel() * value.element_size():
-        return value.clone()
-    return value
-
-
-def load_weights(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise PtbjobsError(f"no weights file {path}", "the run has not finished an epoch yet") from None
-    except Exception as exc:  # torch raises many types for a damaged file; its text runs over lines
-        raise PtbjobsError(f"{path}: not a readable weights file ({first_line(exc)})") from None

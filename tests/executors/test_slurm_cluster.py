@@ -580,3 +580,73 @@ def test_a_submit_killed_around_sbatch_and_run_again_sends_no_run_twice(cluster,
         arrays = {slurm.base_id(job_id) for job_id in tasks_queued()}
         if arrays:
             subprocess.run(["scancel", *arrays], capture_output=True)
+
+
+SEARCH_GRID = '''
+name = "search"
+[defaults]
+''' + TINY_MODEL_TOML + '''epochs = {epochs}
+decay_after = 1
+lr_decay = 0.9
+checkpoint_every_min = 0
+checkpoint_every_steps = 10
+[search]
+rungs = [1, 2]
+keep = 0.5
+[axes]
+cell = ["lstm"]
+lr = [1.0, 50.0, 0.5, 2.0]
+[resources]
+timeout_min = 10
+cpus_per_task = 1
+'''
+
+
+def test_a_search_on_slurm_pauses_and_promotes_by_the_rule_and_a_requeued_survivor_ends_as_if_never_stopped(
+        cluster, tmp_path, tiny_corpus):
+    from ptbjobs.sweep.arrivals import read_arrivals, read_rung
+    from ptbjobs.sweep.search import promoted_at_rung
+
+    probe = load_grid(make_grid(tmp_path, "probe", epochs=1)).runs[0].config
+    epochs = epochs_lasting(probe, 20, tmp_path / "probe", tiny_corpus)  # the survivors outlast the USR2 below
+    grid_path = tmp_path / "search.toml"
+    grid_path.write_text(SEARCH_GRID.format(epochs=epochs))
+    grid = load_grid(grid_path)
+    sweep = Sweep(tmp_path / "sweep")
+    submit(grid, sweep, SlurmExecutor(), data_dir=tiny_corpus)  # the four tasks start together: any order
+    # a run past the last rung is a survivor: a preemption's USR2 requeues it in the middle
+    survivor = wait_until(lambda: next((key for key in job_ids(sweep) if len([r for r in RunDir(sweep.run_dir(key))
+                                        .read_metrics() if "valid_ppl" in r]) >= 3), None), timeout_s=600, every_s=0.2)
+    slurm.scancel([job_ids(sweep)[survivor]], signal="USR2")
+    status = wait_until(lambda: all_ended(sweep), timeout_s=1200, every_s=2)
+    rows = {row["key"]: row for row in status["runs"]}
+    assert {row["state"] for row in rows.values()} <= {states.COMPLETED, states.PRUNED}, rows
+    hopeless = next(spec.key for spec in grid.runs if spec.config.lr == 50.0)
+    assert (rows[hopeless]["state"], rows[hopeless]["epoch"]) == (states.PRUNED, 1)
+    assert rows[survivor]["state"] == states.COMPLETED and rows[survivor]["attempts"] >= 2
+    assert "Caught signal SIGUSR2" in log_text(sweep, survivor)
+    for rung in (1, 2):  # who went on is the rule's verdict on the arrivals, in the order Slurm made them
+        assert {key for key, row in rows.items() if row["epoch"] > rung} == set(read_rung(sweep.path, rung).went_on(
+            "cell=lstm", 0.5))
+    def times_paused_and_promoted(key: str) -> int:
+        """Rungs where the run was paused at its arrival and promoted by a later one."""
+        count = 0
+        for rung in (1, 2):
+            arrivals = [(a["run"], a["metric"]) for a in read_arrivals(sweep.path, rung)]
+            at = next((i for i, (k, _) in enumerate(arrivals) if k == key), None)
+            file = read_rung(sweep.path, rung)
+            went_on_arriving = key in promoted_at_rung(arrivals[:at + 1], 0.5) if at is not None else False
+            went_on_arriving |= file.closed.get("cell=lstm") == key and arrivals[-1][0] == key  # it closed the rung
+            if at is not None and key in file.went_on("cell=lstm", 0.5) and not went_on_arriving:
+                count += 1
+        return count
+
+    manifest = sweep.read_manifest()
+    for spec in grid.runs:
+        row, jobs = rows[spec.key], manifest["runs"][spec.key]["jobs"]
+        epochs_trained = [r["epoch"] for r in RunDir(sweep.run_dir(spec.key)).read_metrics() if "valid_ppl" in r]
+        assert epochs_trained == list(range(1, row["epoch"] + 1))  # every epoch once, across pauses and requeues
+        assert len(jobs) == 1 + times_paused_and_promoted(spec.key)  # a job for each start, none twice
+        if row["state"] == states.COMPLETED:  # paused, promoted, requeued or not: as if never stopped
+            train_reference(spec.config, tmp_path / f"reference-{spec.key}", tiny_corpus)
+            assert_same_run(tmp_path / f"reference-{spec.key}", sweep.run_dir(spec.key))
