@@ -69,7 +69,7 @@ def variant_figure(data: SweepData, runs: pd.DataFrame, label: str) -> Figure:
                               label=f"{name}: min-max over seeds")
     target = target_for(first["dropout"], data.targets)
     axis.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target: valid < {target:g}")
-    return _finish(figure, axis, "perplexity (log scale)", f"{label}: {data.name}, PTB")
+    return finish_axes(figure, axis, "perplexity (log scale)", f"{label}: {data.name}, PTB")
 
 
 def overview_figure(data: SweepData, groups: list[tuple[str, pd.DataFrame]]) -> Figure:
@@ -81,7 +81,7 @@ def overview_figure(data: SweepData, groups: list[tuple[str, pd.DataFrame]]) -> 
         axis.axhline(target, color="gray", linestyle="--", linewidth=1)
         axis.annotate(f"target {target:g}", (axis.get_xlim()[0], target), fontsize=7, color="gray",
                       xytext=(3, 3), textcoords="offset points")
-    return _finish(figure, axis, "validation perplexity (log scale)",
+    return finish_axes(figure, axis, "validation perplexity (log scale)",
                    f"Validation perplexity of every variant: {data.name}, PTB")
 
 
@@ -96,7 +96,7 @@ def _wrapped(title: str) -> str:
     return textwrap.fill(title, TITLE_WIDTH, break_on_hyphens=False)
 
 
-def _finish(figure: Figure, axis, ylabel: str, title: str) -> Figure:
+def finish_axes(figure: Figure, axis, ylabel: str, title: str) -> Figure:
     _log_axis(axis)
     axis.set_xlabel("epoch")
     axis.set_ylabel(ylabel)

@@ -12,6 +12,8 @@ import pandas as pd
 
 from ptbjobs.analysis import figures
 from ptbjobs.analysis import tables as analysis
+from ptbjobs.analysis.search_report import SearchResult, search_figure, search_result
+from ptbjobs.analysis.search_report import markdown as search_markdown
 from ptbjobs.core.atomic import atomic_write_bytes
 from ptbjobs.core.errors import ConfigError, PtbjobsError
 from ptbjobs.sweep.folder import Sweep
@@ -29,6 +31,7 @@ class Report:
     references: pd.DataFrame | None
     files: list[Path] = field(default_factory=list)
     diverged: dict[str, int] = field(default_factory=dict)  # runs whose loss became NaN or infinite: key -> epoch
+    search: SearchResult | None = None  # what a search found and cost (search.md), for a grid with [search] rungs
 
 
 def make_report(sweep: Sweep, out: Path | None = None, include_incomplete: bool = False,
@@ -67,6 +70,12 @@ def make_report(sweep: Sweep, out: Path | None = None, include_incomplete: bool 
     for label, runs in groups:
         figures.save(figures.variant_figure(data, runs, label), folder / "figures", figures.slug(label), write)
     figures.save(figures.overview_figure(data, groups), folder / "figures", "overview", write)
+    report.search = search_result(sweep, data)
+    if report.search is not None:
+        write(folder / "search.md", search_markdown(report.search).encode())
+        for group in report.search.best["group"]:
+            figure = search_figure(data, report.search, group)
+            figures.save(figure, folder / "figures", "search-" + figures.slug(group), write)
     return report
 
 

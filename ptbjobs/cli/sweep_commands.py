@@ -227,5 +227,12 @@ def report(
         print(f"diverged runs, {counted}: {diverged_list(made)}")
     for key, problem in made.damaged.items():
         print(f"damaged run, left out: {key}: {problem}")
+    if made.search is not None:
+        found = made.search
+        for _, best in found.best.iterrows():
+            print(f"search, {best['group']}: best {best['key']} (valid {best['min_valid_ppl']:.2f}"
+                  + ("" if best["complete"] else ", not finished") + ")")
+        print(f"search compute: {found.used_hours:.3g} {found.device}-hours, {100 * found.ratio:.0f}% of the full grid's "
+              f"{found.full_hours:.3g} (search.md)")
     for path in made.files:
         print(path)
