@@ -61,7 +61,7 @@ def search_result(sweep: Sweep, data: SweepData) -> SearchResult | None:
                           "test_ppl": top["test_ppl"], "settings": {c: _plain(top[c]) for c in settings}})
     return SearchResult(rungs=list(search["rungs"]), best=pd.DataFrame(best_rows), used_hours=float(hours.sum()),
                         full_hours=full, device="GPU" if on_gpu else "CPU",
-                        reached=rung_summary(sweep.path, search["keep"]), groups=groups)
+                        reached=rung_summary(sweep.path, search["keep"])["rungs"], groups=groups)
 
 
 def _varying(runs: pd.DataFrame) -> list[str]:

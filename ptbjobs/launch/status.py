@@ -8,7 +8,8 @@ The `--json` schema (version 1) is one object:
      "runs": [{"key", "cell", "dropout", "seed", "executor", "job_id", "attempts", "state",
                "epoch", "epochs", "train_ppl", "valid_ppl", "best_valid_ppl", "test_ppl",
                "elapsed_s", "eta_s", "problem"}, ...],
-     "search": [{"epoch", "reached", "went_on"}, ...]}   (a search with rungs only: each rung reached)
+     "search": {"rungs": [{"epoch", "reached", "went_on"}, ...],       (a search with rungs only)
+                "runs": {key: {"rung": last rung reached, "promoted": paused there, then promoted}}}}
 Numbers the run has not produced yet are null. "problem" names a file of the run's folder that
 cannot be read and what is wrong with it (the run is DAMAGED unless its job is still going), else null.
 """
@@ -234,11 +235,18 @@ def table_lines(status: dict[str, Any], rows: list[dict[str, Any]]) -> list[tupl
     cells = [[r["key"], r["cell"], f"{r['dropout']:g}", str(r["seed"]), r["job_id"] or "-", r["state"],
               f"{r['epoch']}/{r['epochs']}", _num(r["train_ppl"]), _num(r["valid_ppl"]), _num(r["best_valid_ppl"]),
               _num(r["test_ppl"]), _dur(r["elapsed_s"]), _dur(r["eta_s"]), str(r["attempts"])] for r in rows]
-    widths = [max([len(name)] + [len(row[i]) for row in cells]) for i, (name, _) in enumerate(COLUMNS)]
-    header = "  ".join(_align(name, width, align) for (name, align), width in zip(COLUMNS, widths))
+    columns = COLUMNS
+    if status.get("search"):  # the last rung each run reached, and whether it was promoted from a pause there
+        reached = status["search"]["runs"]
+        columns = COLUMNS + [("rung", "<")]
+        for row, r in zip(cells, rows):
+            at = reached.get(r["key"])
+            row.append("-" if at is None else f"{at['rung']}" + (" promoted" if at["promoted"] else ""))
+    widths = [max([len(name)] + [len(row[i]) for row in cells]) for i, (name, _) in enumerate(columns)]
+    header = "  ".join(_align(name, width, align) for (name, align), width in zip(columns, widths))
     lines = [(header, "", ""), ("─" * len(header), "", "")]
     for row in cells:
-        aligned = [_align(value, width, align) for (_, align), width, value in zip(COLUMNS, widths, row)]
+        aligned = [_align(value, width, align) for (_, align), width, value in zip(columns, widths, row)]
         lines.append(("  ".join(aligned[:5]) + "  ", aligned[5], "  " + "  ".join(aligned[6:])))
     return lines
 
@@ -281,7 +289,7 @@ def summary_line(status: dict[str, Any], every_run: bool = False) -> str:
     line = f"{len(status['runs'])} runs: " + ", ".join(f"{counts[s]} {s}" for s in order) + f"  ({ended} ended)"
     if status.get("search"):
         line += "\nsearch: " + "; ".join(f"epoch {rung['epoch']}: {rung['reached']} reached, {rung['went_on']} went on"
-                                          for rung in status["search"])
+                                          for rung in status["search"]["rungs"])
     unlisted = len(status["runs"]) - len(listed_runs(status, every_run))
     if unlisted:
         line += f"\n{unlisted} completed runs not listed (`ptbjobs status --all` lists them; --json has every run)"

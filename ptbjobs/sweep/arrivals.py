@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ptbjobs.core.atomic import read_records
-from ptbjobs.sweep.search import promoted_at_rung
+from ptbjobs.sweep.search import promotions
 
 SEARCH_DIR = "search"
 
@@ -39,9 +39,25 @@ class Rung:
 
     def went_on(self, group: str, keep: float) -> list[str]:
         """The runs of the group that go on from this rung, in the order they were promoted."""
-        promoted = promoted_at_rung(self.group(group), keep)
+        return list(self.promotions(group, keep))
+
+    def promotions(self, group: str, keep: float) -> dict[str, int]:
+        """search.promotions of the group's arrivals, with the run that went on as the rung closed
+        (promoted by the last arrival)."""
+        arrivals = self.group(group)
+        promoted = promotions(arrivals, keep)
         last = self.closed.get(group)
-        return promoted + [last] if last is not None and last not in promoted else promoted
+        if last is not None:
+            promoted.setdefault(last, len(arrivals) - 1)
+        return promoted
+
+    def paused_then_promoted(self, keep: float) -> set[str]:
+        """The runs, of every group, that were paused here as they arrived and promoted later."""
+        later = set()
+        for group in {a["group"] for a in self.arrivals}:
+            order = {run: index for index, (run, _) in enumerate(self.group(group))}
+            later |= {run for run, by in self.promotions(group, keep).items() if by > order[run]}
+        return later
 
 
 def read_rung(sweep_dir: Path, epoch: int) -> Rung:
@@ -77,12 +93,15 @@ def rung_epochs(sweep_dir: Path) -> list[int]:
     return sorted(int(name[5:-6]) for name in names if name[5:-6].isdigit())
 
 
-def rung_summary(sweep_dir: Path, keep: float) -> list[dict[str, Any]]:
-    """Each rung some run reached: its epoch, how many reached it, and how many of those went on
-    from it (by the rule, per group). For `status`: one small file per rung."""
-    summary = []
+def rung_summary(sweep_dir: Path, keep: float) -> dict[str, Any]:
+    """For `status` (one small file per rung): "rungs", each rung some run reached with how many
+    reached it and how many of those went on (by the rule, per group); and "runs", each run that
+    reached a rung: the last it reached, and whether it was paused there and then promoted."""
+    rungs, runs = [], {}
     for epoch in rung_epochs(sweep_dir):
         rung = read_rung(sweep_dir, epoch)
         went_on = sum(len(rung.went_on(group, keep)) for group in {a["group"] for a in rung.arrivals})
-        summary.append({"epoch": epoch, "reached": len(rung.arrivals), "went_on": went_on})
-    return summary
+        rungs.append({"epoch": epoch, "reached": len(rung.arrivals), "went_on": went_on})
+        later = rung.paused_then_promoted(keep)
+        runs.update({a["run"]: {"rung": epoch, "promoted": a["run"] in later} for a in rung.arrivals})
+    return {"rungs": rungs, "runs": runs}

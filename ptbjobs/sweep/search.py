@@ -145,14 +145,19 @@ def promoted_at_rung(arrivals: list[tuple[str, float]], keep: float) -> list[str
     """The runs that go on from a rung of one group, by the rule above, in the order they were
     promoted: `arrivals` is each run that has reached the rung with its metric there, in the order
     they reached it. After each arrival, the best floor(n * keep) of the n so far go on, a tie
-    going to the earlier arrival; a run that went on when fewer had arrived is not taken back.
+    going to the earlier arrival; a run that went on when fewer had arrived is not taken back."""
+    return list(promotions(arrivals, keep))
+
+
+def promotions(arrivals: list[tuple[str, float]], keep: float) -> dict[str, int]:
+    """Each run promoted from the rung -> the arrival (its index) that promoted it: its own where it
+    went on as it arrived, a later one where it was paused first.
 
     The arrivals are replayed one by one, keeping them ranked (a sorted list): from one arrival to
     the next, the best k can only gain the new run or the one now ranked k-th, so each arrival
     costs a binary search and an insertion, not a sort of all the runs before it."""
     ranked: list[tuple[float, int, str]] = []  # (metric, order of arrival, run), finite metrics only
-    promoted: list[str] = []
-    done: set[str] = set()
+    promoted: dict[str, int] = {}
     for order, (key, metric) in enumerate(arrivals):
         if math.isfinite(metric):
             bisect.insort(ranked, (metric, order, key))
@@ -161,9 +166,7 @@ def promoted_at_rung(arrivals: list[tuple[str, float]], keep: float) -> list[str
         if count:
             candidates.append(ranked[count - 1][2])
         for candidate in candidates:
-            if candidate not in done:
-                done.add(candidate)
-                promoted.append(candidate)
+            promoted.setdefault(candidate, order)
     return promoted
 
 

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_MODEL_TOML
+from conftest import TINY_MODEL_TOML, write_corpus
 from helpers import all_ended, assert_same_run, comparable, wait_until
+from ptbjobs.analysis.report import make_report
 from ptbjobs.core import states
 from ptbjobs.core.atomic import try_exclusive_lock
 from ptbjobs.core.errors import PtbjobsError
 from ptbjobs.executors.local import LocalExecutor
 from ptbjobs.executors.rungs import RungJudge
+from ptbjobs.launch.status import collect, plain_table, summary_line
 from ptbjobs.launch.submit import SKIP_COMPLETED, SKIP_PRUNED, plan, retry, submit
 from ptbjobs.sweep.arrivals import read_arrivals, read_rung, rung_path
 from ptbjobs.sweep.folder import Sweep
@@ -43,20 +45,22 @@ lr = [1.0, 50.0, 0.5, 2.0]
 '''
 
 
-@pytest.fixture
-def search_sweep(tmp_path, tiny_corpus):
-    grid_path = tmp_path / "search.toml"
+@pytest.fixture(scope="module")
+def search_sweep(tmp_path_factory):
+    """The search run once for the tests that read it: (grid, sweep, status rows by key, data)."""
+    folder = tmp_path_factory.mktemp("search")
+    data = write_corpus(folder / "data")
+    grid_path = folder / "search.toml"
     grid_path.write_text(SEARCH_GRID)
     grid = load_grid(grid_path)
-    sweep = Sweep(tmp_path / "sweep")
-    submit(grid, sweep, LocalExecutor(max_parallel=1), data_dir=tiny_corpus)
+    sweep = Sweep(folder / "sweep")
+    submit(grid, sweep, LocalExecutor(max_parallel=1), data_dir=data)
     status = wait_until(lambda: all_ended(sweep), timeout_s=300)
-    return grid, sweep, {row["key"]: row for row in status["runs"]}
+    return grid, sweep, {row["key"]: row for row in status["runs"]}, data
 
 
-def test_runs_behind_at_a_rung_are_paused_and_promoted_when_later_runs_put_them_ahead(search_sweep, tmp_path,
-                                                                                        tiny_corpus):
-    grid, sweep, rows = search_sweep
+def test_runs_behind_at_a_rung_are_paused_and_promoted_when_later_runs_put_them_ahead(search_sweep, tmp_path):
+    grid, sweep, rows, tiny_corpus = search_sweep
     keys = {spec.config.lr: spec.key for spec in grid.runs}
     # rung 1: lr1 arrives alone (the best floor(1/2) = 0 go on): paused. lr50 arrives: lr1 is now
     # the best of 2 and is promoted; lr50 paused. lr0.5 is the best of 3 and goes on; lr2, third of
@@ -83,10 +87,36 @@ def test_runs_behind_at_a_rung_are_paused_and_promoted_when_later_runs_put_them_
     assert comparable(RunDir(sweep.run_dir(keys[1.0])).read_metrics()) == \
         comparable(RunDir(tmp_path / "lr1").read_metrics()[:-1])
     assert rows[keys[1.0]]["attempts"] == 2 and rows[keys[0.5]]["attempts"] == 2
+    # status: each rung's counts, and the last rung each run reached (lr0.5 promoted from its pause there)
+    status = collect(sweep)
+    assert status["search"]["rungs"] == [{"epoch": 1, "reached": 4, "went_on": 2},
+                                         {"epoch": 2, "reached": 2, "went_on": 1}]
+    assert status["search"]["runs"] == {
+        keys[1.0]: {"rung": 2, "promoted": False}, keys[50.0]: {"rung": 1, "promoted": False},
+        keys[0.5]: {"rung": 2, "promoted": True}, keys[2.0]: {"rung": 1, "promoted": False}}
+    assert "search: epoch 1: 4 reached, 2 went on; epoch 2: 2 reached, 1 went on" in summary_line(status)
+    assert plain_table(status).splitlines()[1].rstrip().endswith("rung")
 
 
-def test_paused_runs_are_left_paused_by_a_new_submit_and_by_retry(search_sweep, tiny_corpus):
-    grid, sweep, rows = search_sweep
+def test_the_report_of_a_search_names_each_groups_best_run_and_the_compute_it_saved(search_sweep, tmp_path):
+    grid, sweep, rows, _ = search_sweep
+    made = make_report(sweep, tmp_path / "report")
+    best = made.search.best.iloc[0]
+    assert (best["group"], best["key"], best["complete"]) == ("cell=lstm", next(
+        spec.key for spec in grid.runs if spec.config.lr == 0.5), True)
+    assert best["min_valid_ppl"] == rows[best["key"]]["best_valid_ppl"]
+    # 2 + 1 + 4 + 1 = 8 of the 16 epochs the four runs would have trained: half, give or take each
+    # run's own time per epoch
+    assert sum(row["epoch"] for row in rows.values()) == 8
+    assert 0.3 < made.search.ratio < 0.7 and made.search.used_hours < made.search.full_hours
+    text = (tmp_path / "report" / "search.md").read_text()
+    assert "| cell=lstm | " + best["key"] + " | lr 0.5 |" in text and "went on" in text
+    for suffix in ("png", "svg"):
+        assert (tmp_path / "report" / "figures" / f"search-cell-lstm.{suffix}").stat().st_size > 1000
+
+
+def test_paused_runs_are_left_paused_by_a_new_submit_and_by_retry(search_sweep):
+    grid, sweep, rows, tiny_corpus = search_sweep
     actions = {p.spec.key: p.action for p in plan(grid, sweep)}
     assert sorted(actions.values()) == [SKIP_COMPLETED] + [SKIP_PRUNED] * 3
     assert retry(sweep).submitted == {}
