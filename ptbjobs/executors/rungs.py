@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ptbjobs.core import states
-from ptbjobs.core.atomic import append_records
+from ptbjobs.core.atomic import append_records, read_json_if_any
 from ptbjobs.executors.base import ManifestLedger
-from ptbjobs.executors.local import LocalExecutor
-from ptbjobs.sweep.arrivals import read_rung, rung_path
+from ptbjobs.executors.local import LocalExecutor, local_folder
+from ptbjobs.sweep.arrivals import Rung, read_rung, rung_path
 from ptbjobs.sweep.folder import Sweep, latest_job
 from ptbjobs.sweep.grid_resources import read_resources
 from ptbjobs.train.run_dir import DamagedFile, RunDir
@@ -65,20 +65,36 @@ class RungJudge:
                 path.parent.mkdir(exist_ok=True)
                 append_records(path, [mine])
                 rung.arrivals = [a for a in rung.arrivals if a["run"] != key] + [mine]
-            promoted = rung.went_on(self.group, self.keep)
-            if not promoted and self._closed(epoch, len(rung.group(self.group))):
-                ranked = sorted((metric, order, run) for order, (run, metric) in enumerate(rung.group(self.group))
-                                if math.isfinite(metric))
-                if ranked:  # the best goes on; a group that only diverged ends here
-                    append_records(path, [{"closed": self.group, "promoted": ranked[0][2], "time": time.time()}])
-                    promoted = [ranked[0][2]]
+            promoted = self._went_on(epoch, rung)
+            resume_promoted(self.sweep, [k for k in promoted if k != key], epoch)
+            for higher in [r for r in self.rungs if r > epoch]:
+                # this arrival may have closed a rung above: a run waiting there for the last of
+                # those that could still come goes on now
+                above = read_rung(self.sweep.path, higher)
+                if not above.group(self.group):
+                    break
+                resume_promoted(self.sweep, self._went_on(higher, above), higher)
             goes_on = key in promoted
             if pause and not goes_on:
+                # last: killed before this, the run shows FAILED, and a retry judges it here again
+                # (and sends the runs it promoted, should they not have gone out)
                 value = next(a["metric"] for a in rung.arrivals if a["run"] == key)
                 RunDir(self.run_dir).write_state(states.PRUNED, epoch=epoch, rung=epoch, metric=self.metric,
                                                  value=value)
-            resume_promoted(self.sweep, [k for k in promoted if k != key], epoch)
         return goes_on
+
+    def _went_on(self, epoch: int, rung: Rung) -> list[str]:
+        """The group's runs that go on from the rung: by the rule, or its best once it has closed."""
+        promoted = rung.went_on(self.group, self.keep)
+        if not promoted and self._closed(epoch, len(rung.group(self.group))):
+            ranked = sorted((metric, order, run) for order, (run, metric) in enumerate(rung.group(self.group))
+                            if math.isfinite(metric))
+            if ranked:  # the best goes on; a group that only diverged ends here
+                append_records(rung_path(self.sweep.path, epoch),
+                               [{"closed": self.group, "promoted": ranked[0][2], "time": time.time()}])
+                rung.closed[self.group] = ranked[0][2]
+                promoted = [ranked[0][2]]
+        return promoted
 
     def _closed(self, epoch: int, arrived: int) -> bool:
         """Has every run of the group that can reach this rung reached it? All of the group's runs
@@ -109,7 +125,10 @@ def resume_promoted(sweep: Sweep, keys: list[str], epoch: int) -> list[str]:
     paused = [key for key in paused if key in manifest["runs"] and latest_job(manifest["runs"][key])]
     local = [key for key in paused if latest_job(manifest["runs"][key])["executor"] == "local"]
     if local:
-        LocalExecutor().submit(sweep, local, read_resources(sweep.grid_path), ManifestLedger(sweep, manifest, "local", {}))
+        # at the sweep's width in force: a worker's own view (its one GPU) would narrow it
+        width = (read_json_if_any(local_folder(sweep) / "settings.json") or {}).get("max_parallel")
+        LocalExecutor(width).submit(sweep, local, read_resources(sweep.grid_path),
+                                    ManifestLedger(sweep, manifest, "local", {}))
     elsewhere = [key for key in paused if key not in local]
     for key in elsewhere:  # sent by the sweep's feeding (launch/feed.py), as room allows
         manifest["runs"][key]["waiting"] = True

@@ -74,7 +74,7 @@ def run_states(sweep: Sweep, manifest: dict[str, Any], notes: list[str] | None =
             # its pack-mates may train on, holding the job, while it has ended; or it was
             # cancelled alone (saved, or before it started) in a job that has ended since. (A run
             # whose folder says it failed is FAILED either way: no file to read.)
-            state = _ended_in_pack(sweep, key, job["job_id"], state)
+            state = _ended_in_pack(sweep, key, job["job_id"], state, folder_state)
         result[key] = state
     if live:
         _confirm_ended(sweep, manifest, result, job_states, held if held is not None else {})
@@ -115,13 +115,15 @@ def _folder_state(run: RunDir) -> str | None:
     return record["state"]
 
 
-def _ended_in_pack(sweep: Sweep, key: str, job_id: str, state: str) -> str:
+def _ended_in_pack(sweep: Sweep, key: str, job_id: str, state: str, folder_state: str | None = None) -> str:
     """A run packed with others (runs_per_gpu) records its exit code when it ends: FAILED where it
     failed while the job goes on, CANCELLED where `ptbjobs cancel` let it go alone (whatever
-    became of the job since), else `state`."""
+    became of the job since), PRUNED where a search paused it, else `state`."""
     code = read_exit_code(f"{sweep.path}/{key}", job_id)
     if code is None:
         return state
+    if code == 0 and folder_state == states.PRUNED:
+        return states.PRUNED
     if code in RESUMABLE_EXIT_CODES:
         return states.CANCELLED if cancel_requested(f"{sweep.path}/{key}", job_id) else state
     return states.FAILED if code != 0 and states.is_active(state) else state

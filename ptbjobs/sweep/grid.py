@@ -119,7 +119,7 @@ def parse_grid(text: str, path: Path, allow_large: bool = True) -> Grid:
         raise GridError(None, f"{path}: the grid expands to {size:,} runs",
                         "add --yes if you mean it" if size <= MAX_RUNS else f"split it: at most {MAX_RUNS:,} runs a grid")
     draws = [{axis: _check_field("axes", axis, value, where) for axis, value in draw.items()}
-             for draw in sample_points(ranges, search.samples, search.seed)] if search and ranges else [{}]
+             for draw in _draws(ranges, search, where)] if search and ranges else [{}]
     runs = _expand(where, defaults, axes, draws, order, overrides, excludes, includes)
     if search:
         check_rungs(search, runs, where)
@@ -194,6 +194,14 @@ def _range(key: str, spec: dict, where: KeyLocator) -> Distribution:
     if distribution.kind == "choice" and len(set(map(repr, values))) != len(values):
         raise where.error("axes", key, f"lists a choice twice ({list(distribution.values)})", "remove the duplicate")
     return dataclasses.replace(distribution, values=values)
+
+
+def _draws(ranges: dict[str, Distribution], search: Search, where: KeyLocator) -> list[dict[str, Any]]:
+    try:
+        return sample_points(ranges, search.samples, search.seed)
+    except ValueError as exc:
+        raise where.error("search", "samples", f"{search.samples} draws wanted: {exc}",
+                          "ask for fewer samples, or widen the ranges (more choices)") from None
 
 
 def _check_sampling(search: Search | None, ranges: dict[str, Distribution], where: KeyLocator) -> None:

@@ -135,10 +135,23 @@ def parse_distribution(axis: str, spec: dict, where: KeyLocator) -> Distribution
 
 
 def sample_points(ranges: dict[str, Distribution], samples: int, seed: int) -> list[dict[str, Any]]:
-    """`samples` draws of the ranged axes, each axis in the order given: the same arguments give
-    the same draws, whatever the machine."""
+    """`samples` different draws of the ranged axes, each axis in the order given: the same
+    arguments give the same draws, whatever the machine. A draw equal to an earlier one (rounded to
+    four digits, or a choice) is drawn again: two would be one run. Raises ValueError where the
+    ranges do not hold that many different points."""
     rng = random.Random(seed)
-    return [{axis: distribution.draw(rng) for axis, distribution in ranges.items()} for _ in range(samples)]
+    points: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for _ in range(samples * 20 + 100):
+        if len(points) == samples:
+            break
+        point = {axis: distribution.draw(rng) for axis, distribution in ranges.items()}
+        if repr(point) not in seen:
+            seen.add(repr(point))
+            points.append(point)
+    if len(points) < samples:
+        raise ValueError(f"the ranges gave only {len(points)} different points in {samples * 20 + 100} draws")
+    return points
 
 
 def promoted_at_rung(arrivals: list[tuple[str, float]], keep: float) -> list[str]:

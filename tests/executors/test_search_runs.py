@@ -204,3 +204,17 @@ def test_a_rung_every_run_of_its_group_has_reached_lets_its_best_go_on_and_a_div
     # a group whose size is not known never closes a rung: its first arrival waits, as the rule says
     unknown = _judge(sweep_dir, "x", group="cell=other", rungs=(2,))
     assert unknown(2, {"valid_ppl": 50.0}) is False
+
+
+def test_the_last_arrival_at_a_rung_closes_the_rung_above_where_a_run_waits_for_it(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    a, b, c = (_judge(sweep_dir, key, rungs=(2, 4), group_size=3) for key in ("a", "b", "c"))
+    assert a(2, {"valid_ppl": 100.0}) is False
+    assert b(2, {"valid_ppl": 110.0}) is False  # a, the best of two, is promoted
+    assert a(4, {"valid_ppl": 90.0}) is False  # alone at rung 4, while c may still reach rung 2
+    assert RunDir(sweep_dir / "a").read_state()["state"] == states.PRUNED
+    # c, the worst, reaches rung 2: no more can come to rung 4 than a, and a goes on from there
+    assert c(2, {"valid_ppl": 120.0}) is False
+    assert RunDir(sweep_dir / "a").read_state()["state"] == states.INTERRUPTED
+    assert read_rung(sweep_dir, 4).closed == {"cell=lstm": "a"}
+    assert a(4, {"valid_ppl": 90.0}) is True  # resumed at rung 4, it goes on

@@ -161,8 +161,21 @@ def test_a_search_grid_crosses_its_list_axes_with_the_same_seeded_draws():
     (("[search]", '[[overrides]]\nmatch = { lr = 1.0 }\nclip = 1.0\n[search]'),
      "grid.toml:5: overrides[0].lr: is a ranged axis: each draw has its own value"),
     (("[search]", '[search]\ngroup_by = ["lr"]'), "grid.toml:5: search.group_by: 'lr' is not an axis of this grid"),
+    (("samples = 3", "samples = 5"), "grid.toml:6: search.samples: 5 draws wanted: the ranges gave only 4 different"),
 ])
 def test_a_search_grid_that_cannot_be_drawn_or_judged_is_refused_with_one_line(change, message):
+    text = SEARCH_GRID.replace(*change)
+    if "samples = 5" in text:  # two choices of two: four different points at most
+        text = text.replace("lr = { loguniform = [0.1, 2.0] }\ndropout = { uniform = [0.1, 0.6] }\n",
+                            "lr = { choice = [0.5, 1.0] }\n")
     with pytest.raises(GridError) as caught:
-        parse_grid(SEARCH_GRID.replace(*change), Path("grid.toml"))
+        parse_grid(text, Path("grid.toml"))
     assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_draws_that_repeat_an_earlier_one_are_drawn_again():
+    ranges = {"lr": Distribution("choice", (0.5, 1.0)), "clip": Distribution("choice", (1.0, 5.0))}
+    points = sample_points(ranges, 4, seed=1)
+    assert len({repr(p) for p in points}) == 4  # all four points of two choices of two
+    with pytest.raises(ValueError, match="only 4 different points"):
+        sample_points(ranges, 5, seed=1)
