@@ -66,8 +66,9 @@ class LocalExecutor(Executor):
         self.max_parallel = max_parallel  # --max-parallel of this command, if given
 
     def submit(self, sweep: Sweep, keys: list[str], resources: Resources,
-               ledger: SendLedger | None = None) -> dict[str, str]:
+               ledger: SendLedger | None = None, ahead: bool = False) -> dict[str, str]:
         """Queue one job per run key; returns key -> job id. Call with the sweep lock held.
+        `ahead`: these start before the jobs already queued (a search's promoted runs).
         A sweep keeps the last --max-parallel given to it: a later submit or retry without the
         flag (resuming a timed-out run, adding runs) must not fall back to the default."""
         folder = local_folder(sweep)
@@ -86,6 +87,8 @@ class LocalExecutor(Executor):
                       "submitted": time.time()}
             if len(pack) > 1:
                 record["runs"] = pack
+            if ahead:
+                record["ahead"] = True
             atomic_write_json(job_path(folder, job_id), record)
             ids.update({key: job_id for key in pack})
         if ledger:

@@ -102,7 +102,7 @@ class _Queue:
             self.jobs[job_id] = record
 
     def look(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """(running, queued in order) now; ended jobs leave the queue."""
+        """(running, queued in order: those queued `ahead` first) now; ended jobs leave the queue."""
         while job_path(self.folder, f"L{self.last_number + 1}").exists():
             self.last_number += 1
             self._add(f"L{self.last_number}")
@@ -123,7 +123,7 @@ class _Queue:
                 pending.append(self.jobs[job_id])
             elif not states.is_active(state):
                 del self.jobs[job_id]
-        return running, sorted(pending, key=lambda r: r["number"])
+        return running, sorted(pending, key=lambda r: (not r.get("ahead"), r["number"]))
 
 
 def _beat(folder: Path) -> None:

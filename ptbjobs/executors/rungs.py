@@ -128,10 +128,10 @@ def resume_promoted(sweep: Sweep, keys: list[str], epoch: int) -> list[str]:
         # at the sweep's width in force: a worker's own view (its one GPU) would narrow it
         width = (read_json_if_any(local_folder(sweep) / "settings.json") or {}).get("max_parallel")
         LocalExecutor(width).submit(sweep, local, read_resources(sweep.grid_path),
-                                    ManifestLedger(sweep, manifest, "local", {}))
+                                    ManifestLedger(sweep, manifest, "local", {}), ahead=True)
     elsewhere = [key for key in paused if key not in local]
     for key in elsewhere:  # sent by the sweep's feeding (launch/feed.py), as room allows
-        manifest["runs"][key]["waiting"] = True
+        manifest["runs"][key].update(waiting=True, promoted=True)  # sent before runs not yet started
     if elsewhere:
         sweep.update_manifest(manifest, elsewhere)
     return paused

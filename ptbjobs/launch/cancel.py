@@ -24,6 +24,7 @@ def cancel(sweep: Sweep, keys: list[str] | None = None) -> list[str]:
         withdrawn = [k for k, s in current.items() if s == states.QUEUED_LOCALLY and (not keys or k in keys)]
         for key in withdrawn:
             manifest["runs"][key].pop("waiting")
+            manifest["runs"][key].pop("promoted", None)
         if withdrawn:
             sweep.update_manifest(manifest, withdrawn)
         current = {k: s for k, s in current.items() if k not in withdrawn}

@@ -37,7 +37,10 @@ from ptbjobs.train.config import fusion_key
 
 
 def waiting_runs(manifest: dict[str, Any]) -> list[str]:
-    return [key for key, entry in manifest["runs"].items() if entry.get("waiting")]
+    """The runs waiting to be sent, in order: a search's promoted runs first (as ASHA does: a run
+    that earned its next epochs goes before one not yet started), then the others as planned."""
+    waiting = [key for key, entry in manifest["runs"].items() if entry.get("waiting")]
+    return sorted(waiting, key=lambda key: not manifest["runs"][key].get("promoted"))
 
 
 def send(sweep: Sweep, manifest: dict[str, Any], executor: Executor, keys: list[str], resources: Resources,
@@ -60,6 +63,8 @@ def send(sweep: Sweep, manifest: dict[str, Any], executor: Executor, keys: list[
     sent: dict[str, str] = {}
     if going:
         waited = {k for k in going if manifest["runs"][k].pop("waiting", None)}  # recorded with the run's job id
+        for key in going:
+            manifest["runs"][key].pop("promoted", None)
         try:
             sent = submit_and_record(sweep, manifest, executor, going, resources, job_tries)
         except PartialSubmission as exc:

@@ -4,6 +4,7 @@ paused run's state written under the lock, a promoted run waiting for its paused
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -27,9 +28,9 @@ from ptbjobs.sweep.search import promoted_at_rung
 from ptbjobs.train.run_dir import RunDir
 from ptbjobs.train.runner import exclusive, run_training
 
-# lr 50 is hopeless (its perplexity explodes in the first epoch); the others learn, at different
-# speeds. With keep 1/2 and one run at a time, the jobs run in the order submitted and each
-# promotion queues the promoted run after them (worked by hand in the test below).
+# lr 50 is hopeless (its perplexity explodes in the first epoch); the others learn, lr 0.5 best,
+# then lr 1, then lr 2. With keep 1/2 and one run at a time, the jobs run in the order submitted,
+# a promoted run's ahead of those not started (worked by hand in the test below).
 SEARCH_GRID = '''
 name = "tiny-search"
 [defaults]
@@ -41,7 +42,7 @@ rungs = [1, 2]
 keep = 0.5
 [axes]
 cell = ["lstm"]
-lr = [1.0, 50.0, 0.5, 2.0]
+lr = [0.5, 50.0, 2.0, 1.0]
 '''
 
 
@@ -62,22 +63,27 @@ def search_sweep(tmp_path_factory):
 def test_runs_behind_at_a_rung_are_paused_and_promoted_when_later_runs_put_them_ahead(search_sweep, tmp_path):
     grid, sweep, rows, tiny_corpus = search_sweep
     keys = {spec.config.lr: spec.key for spec in grid.runs}
-    # rung 1: lr1 arrives alone (the best floor(1/2) = 0 go on): paused. lr50 arrives: lr1 is now
-    # the best of 2 and is promoted; lr50 paused. lr0.5 is the best of 3 and goes on; lr2, third of
-    # 4, is paused. Rung 2: lr0.5 arrives first and is paused; lr1 (promoted) arrives behind it,
-    # which promotes lr0.5 and pauses lr1. lr0.5 resumes and completes.
+    # rung 1: lr0.5 arrives alone (the best floor(1/2) = 0 go on): paused. lr50 arrives: lr0.5 is
+    # the best of 2 and is promoted, ahead of lr2 and lr1, not started yet; lr50 paused. lr0.5
+    # reaches rung 2 alone and is paused (two more may reach rung 1). lr2, third of 3, is paused;
+    # lr1, second of 4 (floor(4/2) = 2 go on), goes on and reaches rung 2 behind lr0.5, which
+    # promotes lr0.5 and pauses lr1. lr0.5 resumes and completes.
     assert {lr: (rows[key]["state"], rows[key]["epoch"]) for lr, key in keys.items()} == {
         1.0: (states.PRUNED, 2), 50.0: (states.PRUNED, 1), 0.5: (states.COMPLETED, 4), 2.0: (states.PRUNED, 1)}
-    assert [a["run"] for a in read_arrivals(sweep.path, 1)] == [keys[1.0], keys[50.0], keys[0.5], keys[2.0]]
+    assert [a["run"] for a in read_arrivals(sweep.path, 1)] == [keys[0.5], keys[50.0], keys[2.0], keys[1.0]]
     assert [a["run"] for a in read_arrivals(sweep.path, 2)] == [keys[0.5], keys[1.0]]
+    # the jobs in the order they started: lr0.5's first promotion (L5) ahead of lr2's and lr1's
+    # jobs (L3, L4), queued since the submit
+    records = [json.loads(p.read_text()) for p in (sweep.path / "local" / "jobs").glob("L?.json")]
+    assert [r["job_id"] for r in sorted(records, key=lambda r: r["started"])] == ["L1", "L2", "L5", "L3", "L4", "L6"]
     assert read_arrivals(sweep.path, 1)[1]["metric"] > 1e6  # lr50 blew up
     # the verdicts are the rule's, applied to what the runs recorded
     for epoch in (1, 2):
         arrivals = [(a["run"], a["metric"]) for a in read_arrivals(sweep.path, epoch)]
         went_on = {key for key, row in rows.items() if row["epoch"] > epoch}
         assert set(promoted_at_rung(arrivals, 0.5)) == went_on and not read_rung(sweep.path, epoch).closed
-    # paused at rung 2 and promoted, lr0.5 ends exactly as if never paused; lr1, paused at rung 1,
-    # promoted and paused again at 2, holds the same two epochs as a run never paused
+    # paused and promoted at both rungs, lr0.5 ends exactly as if never paused; lr1, paused at
+    # rung 2, holds the same two epochs as a run never paused
     reference = tmp_path / "reference"
     spec = next(s for s in grid.runs if s.config.lr == 0.5)
     run_training(spec.config, reference, tiny_corpus, handle_signals=False)
@@ -86,7 +92,7 @@ def test_runs_behind_at_a_rung_are_paused_and_promoted_when_later_runs_put_them_
     run_training(spec.config.replace(epochs=2), tmp_path / "lr1", tiny_corpus, handle_signals=False)
     assert comparable(RunDir(sweep.run_dir(keys[1.0])).read_metrics()) == \
         comparable(RunDir(tmp_path / "lr1").read_metrics()[:-1])
-    assert rows[keys[1.0]]["attempts"] == 2 and rows[keys[0.5]]["attempts"] == 2
+    assert rows[keys[0.5]]["attempts"] == 3 and rows[keys[1.0]]["attempts"] == 1
     # status: each rung's counts, and the last rung each run reached (lr0.5 promoted from its pause there)
     status = collect(sweep)
     assert status["search"]["rungs"] == [{"epoch": 1, "reached": 4, "went_on": 2},
@@ -179,8 +185,8 @@ def test_a_fused_pack_lets_its_paused_runs_go_and_trains_the_others_on(tmp_path,
     assert {lr: (rows[key]["state"], rows[key]["epoch"]) for lr, key in keys.items()} == {
         1.0: (states.PRUNED, 2), 50.0: (states.PRUNED, 1), 0.5: (states.COMPLETED, 4), 2.0: (states.PRUNED, 1)}
     jobs = {key: [job["job_id"] for job in entry["jobs"]] for key, entry in sweep.read_manifest()["runs"].items()}
-    assert jobs[keys[50.0]] == jobs[keys[2.0]] == ["L1"]  # paused in the pack, never sent again
-    assert jobs[keys[0.5]][0] == jobs[keys[1.0]][0] == "L1" and len(jobs[keys[0.5]]) == len(jobs[keys[1.0]]) == 2
+    assert jobs[keys[50.0]] == jobs[keys[2.0]] == jobs[keys[1.0]] == ["L1"]  # paused in the pack, never sent again
+    assert jobs[keys[0.5]] == ["L1", "L2"]  # paused first in the pack, promoted by lr50 there, and on its own since
     for key in keys.values():  # every run of the pack ended cleanly, as far as its own exit code goes
         assert (sweep.run_dir(key) / "logs" / "L1.exit").read_text() == "0\n"
 

@@ -595,7 +595,7 @@ rungs = [1, 2]
 keep = 0.5
 [axes]
 cell = ["lstm"]
-lr = [1.0, 50.0, 0.5, 2.0]
+lr = [0.5, 50.0, 2.0, 1.0]
 [resources]
 timeout_min = 10
 cpus_per_task = 1
@@ -614,8 +614,9 @@ def test_a_search_on_slurm_pauses_and_promotes_by_the_rule_and_a_requeued_surviv
     grid_path.write_text(SEARCH_GRID.format(epochs=epochs))
     grid = load_grid(grid_path)
     sweep = Sweep(tmp_path / "sweep")
-    # one run at a time, in the grid's order, as on the local executor above: lr1 is paused at rung 1
-    # and promoted by lr50's arrival, and waits in the sweep until the feeding sends it
+    # one run at a time, in the grid's order, as on the local executor (tests/executors/
+    # test_search_runs.py): lr0.5 is paused at rung 1 and promoted by lr50's arrival, paused at
+    # rung 2 and promoted by lr1's; each time it waits in the sweep until the feeding sends it
     submit(grid, sweep, SlurmExecutor(), data_dir=tiny_corpus)
     # a run past the last rung is a survivor: a preemption's USR2 requeues it in the middle
     survivor = wait_until(lambda: next((spec.key for spec in grid.runs if len([r for r in RunDir(sweep.run_dir(spec.key))
