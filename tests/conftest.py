@@ -73,6 +73,18 @@ eval_batch_size = 3
 """
 
 
+# a search over four lrs of tiny_config's model, as the tests of searches run it on either executor,
+# one run at a time in this order: lr 50 is hopeless; of the others lr 0.5 learns fastest, then 1,
+# then 2 (tests/executors/test_search_runs.py works the verdicts by hand)
+TINY_SEARCH_TOML = """[search]
+rungs = [1, 2]
+keep = 0.5
+[axes]
+cell = ["lstm"]
+lr = [0.5, 50.0, 2.0, 1.0]
+"""
+
+
 @pytest.fixture
 def tiny_config() -> TrainConfig:
     return TrainConfig(emb_size=16, hidden_size=16, batch_size=4, bptt=5, eval_batch_size=3, epochs=3,

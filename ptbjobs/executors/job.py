@@ -75,20 +75,16 @@ def write_spec(run_dir: Path, config: TrainConfig | dict[str, Any], data_dir: Pa
     (atomic_write_bytes if durable else replace_unsynced)(run_dir / SPEC_FILE, payload)
 
 
-def read_spec(run_dir: Path) -> tuple[TrainConfig, Path]:
+def read_spec(run_dir: Path) -> tuple[TrainConfig, Path, Any]:
+    """What to train, on which data, and the judge of the search the run belongs to
+    (executors/rungs.py), or None: not in a search with rungs."""
     spec = json.loads((run_dir / SPEC_FILE).read_text())
-    return TrainConfig.from_mapping(spec["train"], source=str(run_dir / SPEC_FILE)), Path(spec["data_dir"])
+    judge = None
+    if spec.get("search"):
+        from ptbjobs.executors.rungs import RungJudge
 
-
-def rung_judge(run_dir: Path) -> Any:
-    """The judge of the search the run belongs to (executors/rungs.py), or None: not in a search
-    with rungs."""
-    search = json.loads((run_dir / SPEC_FILE).read_text()).get("search")
-    if not search:
-        return None
-    from ptbjobs.executors.rungs import RungJudge
-
-    return RungJudge(run_dir, search)
+        judge = RungJudge(run_dir, spec["search"])
+    return TrainConfig.from_mapping(spec["train"], source=str(run_dir / SPEC_FILE)), Path(spec["data_dir"]), judge
 
 
 def run_job(run_dir: Path) -> dict[str, Any]:
@@ -97,9 +93,9 @@ def run_job(run_dir: Path) -> dict[str, Any]:
     from ptbjobs.train.progress import PlainReporter, ProgressFileReporter  # torch: only where a run trains
     from ptbjobs.train.runner import run_training
 
-    config, data_dir = read_spec(run_dir)
+    config, data_dir, judge = read_spec(run_dir)
     reporter = ProgressFileReporter(run_dir, PlainReporter())
-    return run_training(config, run_dir, data_dir, reporter=reporter, judge=rung_judge(run_dir))
+    return run_training(config, run_dir, data_dir, reporter=reporter, judge=judge)
 
 
 def run_fused(run_dirs: list[Path], job_id: str | None = None) -> dict[str, Any]:
@@ -122,14 +118,15 @@ def run_fused(run_dirs: list[Path], job_id: str | None = None) -> dict[str, Any]
         if not run_dirs:
             return outcomes
     specs = [(run_dir, *read_spec(run_dir)) for run_dir in run_dirs]
-    data_dirs = {data_dir for _, _, data_dir in specs}
+    data_dirs = {data_dir for _, _, data_dir, _ in specs}
+    judges = {run_dir: judge for run_dir, _, _, judge in specs}
     if len(data_dirs) != 1:
         raise ConfigError(None, f"runs of one fused pack read different data folders ({', '.join(map(str, data_dirs))})",
                           "submit them in one grid")
     with contextlib.ExitStack() as held:
         logs: dict[Path, Any] = {}  # run folder -> its own log, with a job id
         runs = []
-        for run_dir, config, _ in specs:
+        for run_dir, config, _, _ in specs:
             if job_id is None:
                 inner = PlainReporter(prefix=f"{run_dir.name}: ")
             else:
@@ -151,7 +148,7 @@ def run_fused(run_dirs: list[Path], job_id: str | None = None) -> dict[str, Any]
             return job_id is not None and cancel_requested(run_dir, job_id)
 
         return {**outcomes, **run_pack(runs, data_dirs.pop(), on_end=ended, cancel_requested=cancelled,
-                                       judge_of=rung_judge)}
+                                       judge_of=judges.get)}
 
 
 def exit_code(outcome: Any) -> int:

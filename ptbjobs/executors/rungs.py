@@ -58,7 +58,8 @@ class RungJudge:
         key = self.run_dir.name
         path = rung_path(self.sweep.path, epoch)
         with self.sweep.locked():
-            rung = read_rung(self.sweep.path, epoch)
+            self._read: dict[int, Rung] = {}  # each rung's file read once in this hold of the lock
+            rung = self._rung(epoch)
             if not any(a["run"] == key and a.get("config") == self.config for a in rung.arrivals):
                 mine = {"run": key, "group": self.group, "metric": value if math.isfinite(value) else math.inf,
                         "config": self.config, "time": time.time()}
@@ -70,7 +71,7 @@ class RungJudge:
             for higher in [r for r in self.rungs if r > epoch]:
                 # this arrival may have closed a rung above: a run waiting there for the last of
                 # those that could still come goes on now
-                above = read_rung(self.sweep.path, higher)
+                above = self._rung(higher)
                 if not above.group(self.group):
                     break
                 resume_promoted(self.sweep, self._went_on(higher, above), higher)
@@ -82,6 +83,11 @@ class RungJudge:
                 RunDir(self.run_dir).write_state(states.PRUNED, epoch=epoch, rung=epoch, metric=self.metric,
                                                  value=value)
         return goes_on
+
+    def _rung(self, epoch: int) -> Rung:
+        if epoch not in self._read:
+            self._read[epoch] = read_rung(self.sweep.path, epoch)
+        return self._read[epoch]
 
     def _went_on(self, epoch: int, rung: Rung) -> list[str]:
         """The group's runs that go on from the rung: by the rule, or its best once it has closed."""
@@ -104,7 +110,7 @@ class RungJudge:
             return False
         expected = self.group_size
         for lower in [rung for rung in self.rungs if rung < epoch]:
-            lower_rung = read_rung(self.sweep.path, lower)
+            lower_rung = self._rung(lower)
             if len(lower_rung.group(self.group)) != expected:
                 return False
             expected = len(lower_rung.went_on(self.group, self.keep))

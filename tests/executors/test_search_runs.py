@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_MODEL_TOML, write_corpus
+from conftest import TINY_MODEL_TOML, TINY_SEARCH_TOML, write_corpus
 from helpers import all_ended, assert_same_run, comparable, wait_until
 from ptbjobs.analysis.report import make_report
 from ptbjobs.core import states
@@ -37,13 +37,7 @@ name = "tiny-search"
 ''' + TINY_MODEL_TOML + '''epochs = 4
 decay_after = 1
 checkpoint_every_min = 0
-[search]
-rungs = [1, 2]
-keep = 0.5
-[axes]
-cell = ["lstm"]
-lr = [0.5, 50.0, 2.0, 1.0]
-'''
+''' + TINY_SEARCH_TOML
 
 
 @pytest.fixture(scope="module")

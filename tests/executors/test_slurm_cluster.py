@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_MODEL_TOML
+from conftest import TINY_MODEL_TOML, TINY_SEARCH_TOML
 from helpers import all_ended, assert_same_run, wait_until
 from ptbjobs.cli import main
 from ptbjobs.core import states
@@ -590,13 +590,7 @@ decay_after = 1
 lr_decay = 0.9
 checkpoint_every_min = 0
 checkpoint_every_steps = 10
-[search]
-rungs = [1, 2]
-keep = 0.5
-[axes]
-cell = ["lstm"]
-lr = [0.5, 50.0, 2.0, 1.0]
-[resources]
+''' + TINY_SEARCH_TOML + '''[resources]
 timeout_min = 10
 cpus_per_task = 1
 array_parallelism = 1
